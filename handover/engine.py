@@ -1,0 +1,343 @@
+"""The deploy sequence: health-gated start beside the old version, switch nginx, drain, record.
+
+Every step reads the real state first (containers by ID and label, health, the live upstream
+file), so a rerun after an interruption converges instead of stacking containers, and a dry run
+is the same reading with the changes left out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from . import proxy, record, upstream
+from .errors import CommandError, HandoverError, HealthCheckFailed, NginxConfigInvalid, PreflightError
+from .lock import DeployLock
+from .progress import Progress
+from .record import RunRecord
+from .settings import Settings, check_version
+from .shell import Runner, run
+from .stack import APP_PORT, APP_SERVICE, PROXY_SERVICE, UNHEALTHY, Container, Stack
+
+LOG_LINES_ON_FAILURE = 40
+PROXY_START_TIMEOUT = 30.0
+COMPOSE_MAJOR = "2"
+
+
+@dataclass
+class DeployOptions:
+    version: str
+    dry_run: bool = False
+    force: bool = False
+    build: bool = True
+    action: str = "deploy"
+    app_env: dict[str, str] = field(default_factory=dict)
+    host: str = "local"
+    # Called with the record once the new containers serve (e.g. to tag the probe's window).
+    on_switched: Callable[[RunRecord], None] | None = None
+
+
+@dataclass
+class Facts:
+    """What is true on the host before a step changes anything."""
+
+    containers: list[Container]
+    upstream_text: str | None
+    proxy: Container | None
+
+    @property
+    def live(self) -> list[Container]:
+        ids = set(upstream.live_ids(self.upstream_text))
+        return [c for c in self.containers if c.id in ids]
+
+    @property
+    def leftovers(self) -> list[Container]:
+        """App containers nginx does not route to: left by an interrupted or failed run."""
+        ids = set(upstream.live_ids(self.upstream_text))
+        return [c for c in self.containers if c.id not in ids]
+
+    @property
+    def live_version(self) -> str:
+        versions = sorted({c.version for c in self.live})
+        return ",".join(versions)
+
+
+class Engine:
+    def __init__(self, runner: Runner, settings: Settings, progress: Progress | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.stack = Stack(runner, settings, dict(extra_env or {}))
+        self.progress = progress or Progress()
+        self.lock = DeployLock(runner, settings.state_path)
+
+    @property
+    def runner(self) -> Runner:
+        return self.stack.runner
+
+    # -- facts -------------------------------------------------------------------------------------
+    def facts(self) -> Facts:
+        return Facts(self.stack.app_containers(), proxy.read_upstream(self.stack), self.stack.proxy_container())
+
+    # -- steps -------------------------------------------------------------------------------------
+    def preflight(self, *, need_proxy: bool = True) -> Facts:
+        """Docker engine and compose v2 reachable, compose file valid, nginx config valid."""
+        engine = run(self.runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
+        if engine.exited != 0:
+            raise PreflightError(
+                "the Docker engine is not reachable (`docker version` failed): "
+                f"{(engine.stderr or engine.stdout).strip()}"
+            )
+        compose = run(self.runner, ["docker", "compose", "version", "--short"], check=False)
+        if compose.exited != 0 or not compose.stdout.strip().lstrip("v").startswith(COMPOSE_MAJOR):
+            raise PreflightError(
+                "Docker Compose v2 is missing: `docker compose version` failed. Install the compose "
+                "plugin (docker-compose-plugin, or the docker-compose v2 binary in ~/.docker/cli-plugins/)."
+            )
+        try:
+            self.stack.compose("config", "--quiet")
+        except CommandError as exc:
+            raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}") from exc
+        facts = self.facts()
+        if need_proxy:
+            if facts.proxy is None:
+                raise PreflightError(
+                    f"the stack {self.settings.project!r} is not up (no running nginx container); start it first"
+                )
+            if not [c for c in facts.live if c.status == "running"]:
+                raise PreflightError(
+                    f"nginx of {self.settings.project!r} routes to no running app container; start the stack first"
+                )
+            proxy.test_config(self.stack)
+        return facts
+
+    def build(self, version: str) -> None:
+        self.stack.compose("build", APP_SERVICE, version=version, timeout=1800)
+
+    def start_new(self, old: Sequence[Container], version: str, app_env: dict[str, str]) -> list[Container]:
+        before = {c.id for c in self.stack.app_containers()}
+        target = len(old) + self.settings.replicas
+        self.stack.extra_env.update(app_env)
+        try:
+            self.stack.compose("up", "--detach", "--no-build", "--no-recreate", "--no-deps",
+                               "--scale", f"{APP_SERVICE}={target}", APP_SERVICE, version=version, timeout=300)
+        finally:
+            for key in app_env:
+                self.stack.extra_env.pop(key, None)
+        new = [c for c in self.stack.app_containers() if c.id not in before]
+        if not new:
+            raise HandoverError("compose started no new app container")
+        return new
+
+    def wait_healthy(self, new: Sequence[Container]) -> list[Container]:
+        ids = [c.id for c in new]
+        deadline = time.monotonic() + self.settings.health_timeout
+        t0 = time.monotonic()
+        while True:
+            current = self.stack.inspect(ids)
+            healthy = [c for c in current if c.is_healthy]
+            if len(healthy) == len(ids):
+                return current
+            dead = [c for c in current if c.status in ("exited", "dead") or c.health == UNHEALTHY or c.restarts > 0]
+            missing = set(ids) - {c.id for c in current}
+            if dead or missing:
+                what = ", ".join(f"{c.name} is {c.health or c.status}" + (f" after {c.restarts} restarts"
+                                                                          if c.restarts else "") for c in dead)
+                raise HealthCheckFailed(what or f"containers vanished: {sorted(missing)}")
+            if time.monotonic() > deadline:
+                raise HealthCheckFailed(
+                    f"not healthy within {self.settings.health_timeout:g} s: "
+                    + ", ".join(f"{c.name} is {c.health or c.status}" for c in current if not c.is_healthy)
+                )
+            self.progress.waiting(f"{len(healthy)}/{len(ids)} healthy, {time.monotonic() - t0:.1f} s")
+            time.sleep(self.settings.health_poll_interval)
+
+    def switch_to(self, containers: Sequence[Container]) -> None:
+        text = upstream.render([(c.name, c.id, c.version) for c in containers], APP_PORT)
+        proxy.switch(self.stack, text)
+
+    def drain(self, old: Sequence[Container]) -> None:
+        ids = [c.id for c in old]
+        self.stack.stop(ids, self.settings.stop_grace_period)
+        self.stack.remove(ids)
+
+    def discard(self, containers: Sequence[Container]) -> None:
+        """Remove containers that never received traffic (a failed or rolled-back start)."""
+        self.stack.remove([c.id for c in containers])
+
+    def failure_logs(self, containers: Sequence[Container]) -> str:
+        parts = []
+        for c in containers:
+            parts.append(f"--- last {LOG_LINES_ON_FAILURE} log lines of {c.name} ({c.short_id}) ---")
+            parts.append(self.stack.logs(c.id, LOG_LINES_ON_FAILURE) or "(no output)")
+        return "\n".join(parts)
+
+    def converge(self, facts: Facts, rec: RunRecord) -> Facts:
+        """Finish what an interrupted run left: make nginx's loaded config match the upstream file,
+        then drain every app container it does not route to."""
+        leftovers = facts.leftovers
+        if not leftovers:
+            return facts
+        with self.progress.step(rec, "converge", f"{len(leftovers)} container(s) left by an earlier run") as step:
+            proxy.reload(self.stack)
+            self.drain(leftovers)
+            step.detail = "removed " + ", ".join(c.name for c in leftovers)
+        return self.facts()
+
+    # -- the sequence ------------------------------------------------------------------------------
+    def deploy(self, options: DeployOptions) -> RunRecord:
+        version = check_version(options.version)
+        s = self.settings
+        rec = RunRecord(action=options.action, version=version, project=s.project, host=options.host,
+                        image=f"{s.app_image}:{version}")
+        say = self.progress.say
+        with self.progress.step(rec, "preflight", "docker, compose v2, compose file, nginx -t"):
+            facts = self.preflight()
+        rec.previous_version = facts.live_version
+        if options.dry_run:
+            self._plan(facts, options, rec)
+            return rec
+        lock_info = {"holder": rec.by, "since": rec.started_at, "version": version, "action": options.action}
+        with self.progress.step(rec, "lock", f"take the deploy lock at {self.lock.path}"):
+            self.lock.acquire(lock_info)
+        try:
+            return self._locked_deploy(facts, options, rec)
+        except KeyboardInterrupt:
+            rec.finish("interrupted", "interrupted by the user")
+            self.progress.warn("interrupted: " + rec.error)
+            raise
+        finally:
+            self.lock.release()
+            try:
+                record.append(self.runner, s.state_path, rec)
+            except HandoverError as exc:
+                self.progress.warn(f"could not write the release record: {exc}")
+            say(f"    lock released; record appended to {s.state_path}/{record.RELEASE_LOG}")
+
+    def _locked_deploy(self, facts: Facts, options: DeployOptions, rec: RunRecord) -> RunRecord:
+        version = rec.version
+        facts = self.converge(facts, rec)
+        old = facts.live
+        rec.old_containers = [c.name for c in old]
+        if not options.force and old and all(c.version == version for c in old):
+            rec.finish("unchanged")
+            self.progress.say(f"==> version {version} is already live; nothing to do (use --force to redeploy)")
+            return rec
+        if options.build:
+            with self.progress.step(rec, "build", f"image {rec.image}"):
+                self.build(version)
+        elif not self.stack.image_exists(rec.image):
+            raise HandoverError(f"image {rec.image} is not on the host; it cannot be deployed without a build")
+        new: list[Container] = []
+        try:
+            with self.progress.step(rec, "start", f"{s_rep(self.settings.replicas)} beside {len(old)} live"):
+                new = self.start_new(old, version, options.app_env)
+                rec.new_containers = [c.name for c in new]
+            with self.progress.step(rec, "health", f"wait for {', '.join(c.name for c in new)} "
+                                    f"(up to {self.settings.health_timeout:g} s)") as step:
+                try:
+                    new = self.wait_healthy(new)
+                except HealthCheckFailed as exc:
+                    step.detail = str(exc)
+                    raise HealthCheckFailed(f"{exc}\n{self.failure_logs(new)}") from None
+            with self.progress.step(rec, "switch", "point nginx at the new containers, nginx -t, reload"):
+                self.switch_to(new)
+        except (HandoverError, KeyboardInterrupt) as exc:
+            if new:
+                with self.progress.step(rec, "rollback", "remove the new containers; the old version keeps serving"):
+                    self.discard(new)
+            rec.finish("rolled_back" if isinstance(exc, HealthCheckFailed | NginxConfigInvalid) else "failed",
+                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+        if options.on_switched:
+            options.on_switched(rec)
+        with self.progress.step(rec, "drain", f"stop {', '.join(c.name for c in old) or 'nothing'} "
+                                f"(grace {self.settings.stop_grace_period:g} s), remove by ID"):
+            self.drain(old)
+        with self.progress.step(rec, "prune", f"keep the last {self.settings.releases_kept} release images"):
+            self.prune_images(keep={version})
+        rec.finish("success")
+        return rec
+
+    def _plan(self, facts: Facts, options: DeployOptions, rec: RunRecord) -> None:
+        say = self.progress.say
+        say("==> plan (dry run: nothing changes)")
+        for c in facts.leftovers:
+            say(f"    converge: drain {c.name} ({c.short_id}, {c.version}), left by an earlier run")
+        old = facts.live
+        if not options.force and old and all(c.version == options.version for c in old):
+            say(f"    version {options.version} is already live: nothing to do")
+        else:
+            if options.build:
+                say(f"    build {rec.image}")
+            say(f"    start {s_rep(self.settings.replicas)} of {options.version} beside "
+                + (", ".join(f"{c.name} ({c.version})" for c in old) or "nothing"))
+            say(f"    wait until healthy (up to {self.settings.health_timeout:g} s), else remove them and stop")
+            say("    switch nginx to them (nginx -t, reload)")
+            say(f"    drain and remove {', '.join(c.name for c in old) or 'nothing'} by ID")
+        rec.finish("planned")
+
+    def prune_images(self, keep: set[str]) -> None:
+        s = self.settings
+        kept = set(keep) | {c.version for c in self.stack.app_containers()}
+        for item in reversed(record.history(self.runner, s.state_path)):
+            if len(kept) >= s.releases_kept:
+                break
+            if item.get("result") == "success":
+                kept.add(str(item.get("version")))
+        tags = run(self.runner, ["docker", "image", "ls", s.app_image, "--format", "{{.Tag}}"]).stdout.split()
+        stale = [f"{s.app_image}:{tag}" for tag in tags if tag not in kept and tag != "<none>"]
+        if stale:
+            run(self.runner, ["docker", "image", "rm", *stale], check=False)
+
+    # -- the stack as a whole ----------------------------------------------------------------------
+    def up(self, version: str) -> RunRecord:
+        """Build and start the stack, or converge a partly running one; idempotent."""
+        version = check_version(version)
+        s = self.settings
+        rec = RunRecord(action="up", version=version, project=s.project, host="local",
+                        image=f"{s.app_image}:{version}")
+        with self.progress.step(rec, "preflight", "docker, compose v2, compose file"):
+            facts = self.preflight(need_proxy=False)
+        live = [c for c in facts.live if c.is_healthy]
+        if live and facts.proxy is not None:
+            self.progress.say(f"==> already up: {', '.join(c.name for c in live)} ({facts.live_version})")
+            rec.finish("unchanged")
+            return rec
+        with self.progress.step(rec, "build", f"images {rec.image} and the nginx image"):
+            self.stack.compose("build", version=version, timeout=1800)
+        if not live:
+            with self.progress.step(rec, "start", f"{s_rep(s.replicas)} of {version}"):
+                for c in facts.leftovers:
+                    self.stack.remove([c.id])
+                new = self.start_new([], version, {})
+            with self.progress.step(rec, "health", "wait for the app"):
+                try:
+                    live = self.wait_healthy(new)
+                except HealthCheckFailed as exc:
+                    logs = self.failure_logs(new)
+                    self.discard(new)
+                    raise HealthCheckFailed(f"{exc}\n{logs}") from None
+            proxy.write_upstream(self.stack, upstream.render([(c.name, c.id, c.version) for c in live], APP_PORT))
+        with self.progress.step(rec, "proxy", f"start nginx on http://{s.http_bind}:{s.http_port}"):
+            self.stack.compose("up", "--detach", "--no-build", "--no-deps", PROXY_SERVICE, timeout=300)
+            deadline = time.monotonic() + PROXY_START_TIMEOUT
+            while self.stack.proxy_container() is None:
+                if time.monotonic() > deadline:
+                    raise PreflightError("nginx did not start:\n" + self.stack.compose("logs", "--tail", "30",
+                                                                                     PROXY_SERVICE))
+                time.sleep(0.2)
+            proxy.test_config(self.stack)
+            proxy.reload(self.stack)
+        rec.finish("success")
+        return rec
+
+    def down(self) -> None:
+        self.stack.compose("down", "--remove-orphans", "--timeout", str(int(self.settings.stop_grace_period)),
+                           timeout=self.settings.stop_grace_period + 120)
+        proxy.remove_upstream(self.stack)
+        self.lock.release()
+
+
+def s_rep(n: int) -> str:
+    return f"{n} new container" + ("s" if n != 1 else "")

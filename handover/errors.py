@@ -1,0 +1,40 @@
+"""Errors the engine raises. Each names the problem so the front doors can print it as is."""
+
+
+class HandoverError(Exception):
+    """Base class: a failure the user should read, not a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(HandoverError):
+    """A configuration value is missing or invalid. Raised before anything runs."""
+
+    exit_code = 2
+
+
+class CommandError(HandoverError):
+    """A command on the Docker host failed."""
+
+    def __init__(self, command: str, exited: int, output: str) -> None:
+        self.command = command
+        self.exited = exited
+        self.output = output.strip()
+        detail = f"\n{self.output}" if self.output else ""
+        super().__init__(f"command failed (exit {exited}): {command}{detail}")
+
+
+class PreflightError(HandoverError):
+    """The host is not ready for a deploy (engine, compose plugin, config, nginx)."""
+
+
+class HealthCheckFailed(HandoverError):
+    """New containers did not become healthy; they were removed and the old version keeps serving."""
+
+
+class NginxConfigInvalid(HandoverError):
+    """``nginx -t`` rejected a configuration; the previous upstream was restored, nothing reloaded."""
+
+
+class LockHeld(HandoverError):
+    """Another deploy holds the host's lock."""

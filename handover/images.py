@@ -1,0 +1,80 @@
+"""Base images and the Python wheelhouse: what an app image build needs, with or without a registry.
+
+With a registry, the configured public base (``debian:bookworm-slim``) is pulled as usual. Without
+one, a base of the same Debian suite is made with ``debootstrap --variant=minbase`` and imported
+under its own honest name, ``localhost/debian-minbase:<suite>``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import PreflightError
+from .progress import Progress
+from .shell import Runner, run
+
+LOCAL_BASE_REPO = "localhost/debian-minbase"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+PULL_TIMEOUT = 120.0
+DEBOOTSTRAP_TIMEOUT = 900.0
+_DEBIAN_IMAGE = re.compile(r"^(?:docker\.io/)?(?:library/)?debian:([a-z]+)(?:-slim)?$")
+WHEEL_PLATFORM = {"x86_64": "manylinux2014_x86_64", "aarch64": "manylinux2014_aarch64"}
+CONTAINER_PYTHON = "3.11"  # Debian bookworm's python3
+
+
+def ensure_base_image(runner: Runner, image: str, progress: Progress) -> str:
+    """Return an image reference the build can use for ``image``: itself, pulled, or a local minbase."""
+    if run(runner, ["docker", "image", "inspect", image], check=False).exited == 0:
+        return image
+    pulled = run(runner, ["docker", "pull", "--quiet", image], check=False, timeout=PULL_TIMEOUT)
+    if pulled.exited == 0:
+        return image
+    match = _DEBIAN_IMAGE.match(image)
+    if not match:
+        raise PreflightError(f"base image {image} is not present and could not be pulled: {pulled.stderr.strip()}")
+    suite = match.group(1)
+    local = f"{LOCAL_BASE_REPO}:{suite}"
+    if run(runner, ["docker", "image", "inspect", local], check=False).exited == 0:
+        return local
+    if run(runner, ["sh", "-c", "command -v debootstrap"], check=False).exited != 0:
+        raise PreflightError(
+            f"base image {image} could not be pulled and debootstrap is not installed to make {local} "
+            "(apt-get install debootstrap)"
+        )
+    progress.say(f"    {image} cannot be pulled; making {local} with debootstrap (about a minute)")
+    rootfs = f"/tmp/handover-rootfs-{suite}"
+    script = (
+        f"set -e; rm -rf {shlex.quote(rootfs)}; "
+        f"debootstrap --variant=minbase {shlex.quote(suite)} {shlex.quote(rootfs)} {DEBIAN_MIRROR} >/dev/null; "
+        f"rm -rf {shlex.quote(rootfs)}/var/cache/apt/archives/*.deb {shlex.quote(rootfs)}/var/lib/apt/lists/*; "
+        f"tar -C {shlex.quote(rootfs)} -c . | docker import - {shlex.quote(local)} >/dev/null; "
+        f"rm -rf {shlex.quote(rootfs)}"
+    )
+    run(runner, ["sh", "-c", script], timeout=DEBOOTSTRAP_TIMEOUT)
+    return local
+
+
+def build_wheelhouse(server_dir: Path, progress: Progress) -> None:
+    """Download the app's wheels (for the container's Python) into ``server/wheelhouse``, if stale."""
+    requirements = server_dir / "requirements.txt"
+    wheelhouse = server_dir / "wheelhouse"
+    stamp = wheelhouse / "requirements.txt"
+    if stamp.exists() and stamp.read_text() == requirements.read_text():
+        return
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    platform = WHEEL_PLATFORM.get(machine)
+    if platform is None:
+        raise PreflightError(f"no wheel platform known for machine type {machine!r}")
+    progress.say(f"    downloading wheels for Python {CONTAINER_PYTHON} ({platform}) into {wheelhouse}")
+    wheelhouse.mkdir(exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+         "--only-binary=:all:", "--platform", platform, "--python-version", CONTAINER_PYTHON,
+         "--implementation", "cp", "--dest", str(wheelhouse), "--requirement", str(requirements)],
+        check=True,
+    )
+    stamp.write_text(requirements.read_text())

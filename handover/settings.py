@@ -1,0 +1,153 @@
+"""Deploy settings, read from Invoke/Fabric's layered configuration (the ``deploy`` key).
+
+Defaults live in ``config/deploy.yaml`` and enter as the collection's configuration; a project
+``invoke.yaml``/``fabric.yaml``, the user's files, ``INVOKE_DEPLOY_*``/``FABRIC_DEPLOY_*`` environment
+variables and ``-f`` runtime files all override them, as Invoke documents. :func:`load` validates
+the merged result and names the key at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = PROJECT_ROOT / "config" / "deploy.yaml"
+
+# Compose project names: lowercase letters, digits, dashes and underscores, starting with a letter/digit.
+_PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Image references: registry/repo path segments (no tag; the version is the tag).
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+# Docker tags: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'.
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    deploy_dir: str
+    compose_file: str
+    state_dir: str
+    http_bind: str
+    http_port: int
+    replicas: int
+    app_image: str
+    base_image: str
+    nginx_base_image: str
+    health_timeout: float
+    health_poll_interval: float
+    drain_timeout: float
+    stop_grace_period: float
+    reload_timeout: float
+    releases_kept: int
+    env_file: str
+
+    @property
+    def compose_path(self) -> str:
+        return _join(self.deploy_dir, self.compose_file)
+
+    @property
+    def state_path(self) -> str:
+        return _join(self.deploy_dir, self.state_dir)
+
+
+def _join(base: str, path: str) -> str:
+    return path if path.startswith("/") else f"{base.rstrip('/')}/{path}"
+
+
+def _expect(key: str, ok: bool, expected: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"config key deploy.{key}: expected {expected}, got {value!r}")
+
+
+def _number(key: str, value: object, low: float, high: float) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            ok = False
+        else:
+            ok, value = low <= number <= high, number
+    _expect(key, ok, f"a number from {low:g} to {high:g}", value)
+    return float(value)  # type: ignore[arg-type]
+
+
+def _integer(key: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    _expect(key, ok, f"a whole number from {low} to {high}", value)
+    return int(value)  # type: ignore[call-overload]
+
+
+def _text(key: str, value: object, pattern: re.Pattern[str] | None, expected: str) -> str:
+    ok = isinstance(value, str) and value != "" and (pattern is None or bool(pattern.match(value)))
+    ok = ok and "\n" not in str(value) and "\0" not in str(value)
+    _expect(key, ok, expected, value)
+    return str(value)
+
+
+def _ipv4(key: str, value: object) -> str:
+    match = _IPV4.match(value) if isinstance(value, str) else None
+    _expect(key, bool(match) and all(int(p) <= 255 for p in match.groups()) if match else False,
+            "an IPv4 address such as 127.0.0.1", value)
+    return str(value)
+
+
+def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Settings:
+    """Validate the ``deploy`` section of an Invoke/Fabric config. Raises :class:`ConfigError`."""
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
+    missing = sorted(name for name in known if name != "deploy_dir" and config.get(name) is None)
+    if missing:
+        raise ConfigError(f"missing config key deploy.{missing[0]}")
+    raw_dir = deploy_dir if deploy_dir is not None else config.get("deploy_dir") or str(PROJECT_ROOT)
+    path_expected = "a path without newlines"
+    drain = _number("drain_timeout", config["drain_timeout"], 1, 600)
+    grace = _number("stop_grace_period", config["stop_grace_period"], 1, 3600)
+    # The app drains WebSockets and then HTTP, each bounded by drain_timeout; Docker must not kill it first.
+    if grace <= 2 * drain:
+        raise ConfigError(
+            f"config key deploy.stop_grace_period: expected more than twice deploy.drain_timeout "
+            f"({2 * drain:g} s), got {grace:g}"
+        )
+    return Settings(
+        project=_text("project", config["project"], _PROJECT_NAME,
+                      "a compose project name: lowercase letters, digits, '-' or '_'"),
+        deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
+        compose_file=_text("compose_file", config["compose_file"], None, path_expected),
+        state_dir=_text("state_dir", config["state_dir"], None, path_expected),
+        http_bind=_ipv4("http_bind", config["http_bind"]),
+        http_port=_integer("http_port", config["http_port"], 1, 65535),
+        replicas=_integer("replicas", config["replicas"], 1, 16),
+        app_image=_text("app_image", config["app_image"], _IMAGE_NAME, "an image name without a tag"),
+        base_image=_text("base_image", config["base_image"], _IMAGE_REF, "an image reference"),
+        nginx_base_image=_text("nginx_base_image", config["nginx_base_image"], _IMAGE_REF, "an image reference"),
+        health_timeout=_number("health_timeout", config["health_timeout"], 1, 3600),
+        health_poll_interval=_number("health_poll_interval", config["health_poll_interval"], 0.05, 10),
+        drain_timeout=drain,
+        stop_grace_period=grace,
+        reload_timeout=_number("reload_timeout", config["reload_timeout"], 1, 600),
+        releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
+        env_file=str(config["env_file"]) if config.get("env_file") else "",
+    )
+
+
+def check_version(version: str) -> str:
+    """A release version becomes an image tag: refuse anything Docker would not accept."""
+    if not VERSION_PATTERN.match(version):
+        raise ConfigError(
+            f"version {version!r}: expected 1-128 characters of letters, digits, '_', '.', '-' "
+            "(not starting with '.' or '-')"
+        )
+    return version

@@ -1,0 +1,73 @@
+"""Running commands on the Docker host through anything with ``.run()``.
+
+Every argument is quoted with :func:`shlex.quote`; environment variables are passed inline with
+``env`` so the same command line works through a local shell and through SSH (where sshd usually
+refuses ``SetEnv``). Nothing here reads the caller's stdin.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .errors import CommandError
+
+
+class Result(Protocol):
+    stdout: str
+    stderr: str
+    exited: int
+
+
+class Runner(Protocol):
+    """Invoke's ``Context`` and Fabric's ``Connection`` both fit."""
+
+    def run(self, command: str, **kwargs: Any) -> Any: ...
+
+
+def command_line(args: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """Quote ``args`` (and ``env``) into one shell command line."""
+    prefix = ["env", *(f"{key}={value}" for key, value in sorted(env.items()))] if env else []
+    return shlex.join([*prefix, *args])
+
+
+def run(
+    runner: Runner,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    echo: bool = False,
+) -> Result:
+    """Run ``args`` through ``runner``; raise :class:`CommandError` on a non-zero exit when ``check``."""
+    line = command_line(args, env)
+    result: Result = runner.run(line, hide=not echo, warn=True, in_stream=False, timeout=timeout)
+    if check and result.exited != 0:
+        # The environment is left out of the message: it may hold values the user keeps private.
+        raise CommandError(shlex.join(args), result.exited, result.stderr or result.stdout)
+    return result
+
+
+def write_file(runner: Runner, path: str, content: str, mode: str = "0644") -> None:
+    """Atomically replace ``path`` on the host with ``content`` (write a temp file, then rename)."""
+    encoded = base64.b64encode(content.encode()).decode()
+    tmp = f"{path}.tmp"
+    script = (
+        f"umask 077 && printf '%s' {shlex.quote(encoded)} | base64 -d > {shlex.quote(tmp)}"
+        f" && chmod {shlex.quote(mode)} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+    )
+    run(runner, ["sh", "-c", script])
+
+
+def read_file(runner: Runner, path: str) -> str | None:
+    """Return the content of ``path`` on the host, or None if it does not exist."""
+    result = run(runner, ["sh", "-c", f"if [ -f {shlex.quote(path)} ]; then cat {shlex.quote(path)}; else exit 3; fi"],
+                 check=False)
+    if result.exited == 3:
+        return None
+    if result.exited != 0:
+        raise CommandError(f"cat {path}", result.exited, result.stderr)
+    return result.stdout

@@ -1,0 +1,19 @@
+"""Release versions: given, or derived from the app's source so the same source is the same version."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+SKIP_DIRS = {"wheelhouse", "__pycache__"}
+
+
+def source_version(server_dir: Path) -> str:
+    """``src-<hash>`` of every file under ``server_dir`` (paths and contents), wheels excluded."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in server_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(server_dir)
+        if SKIP_DIRS & set(rel.parts):
+            continue
+        digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"src-{digest.hexdigest()[:10]}"

@@ -1,0 +1,252 @@
+"""Invoke tasks: the local stack (`inv local.up`, `inv local.deploy`, ...) and the probe.
+
+Settings come from Invoke's layered config under the `deploy` key: config/deploy.yaml holds the
+defaults; invoke.yaml, INVOKE_DEPLOY_* variables and `-f FILE` override them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from invoke import Collection, Context, task
+
+from handover import cli, images
+from handover.engine import DeployOptions, Engine
+from handover.progress import Progress
+from handover.record import RunRecord, history
+from handover.settings import Settings
+from handover.stack import APP_SERVICE
+from handover.version import source_version
+
+
+def _settings(c: Context) -> Settings:
+    return cli.settings_from(c.config)
+
+
+def _engine(c: Context, quiet: bool = False, base_image: str | None = None) -> Engine:
+    s = _settings(c)
+    env = {"BASE_IMAGE": base_image} if base_image else None
+    return Engine(c, s, Progress(quiet=quiet), extra_env=env)
+
+
+def _prepare(c: Context, s: Settings, progress: Progress) -> str:
+    """Wheelhouse and base image for building the app; returns the base image to build from."""
+    images.build_wheelhouse(cli.SERVER_DIR, progress)
+    return images.ensure_base_image(c, s.base_image, progress)
+
+
+def _bases(c: Context, s: Settings, progress: Progress) -> dict[str, str]:
+    app_base = _prepare(c, s, progress)
+    nginx_base = images.ensure_base_image(c, s.nginx_base_image, progress)
+    return {"BASE_IMAGE": app_base, "NGINX_BASE_IMAGE": nginx_base}
+
+
+@task(help={"version": "version tag for the app image (default: derived from server/ sources)"})
+def up(c: Context, version: str | None = None) -> None:
+    """Build and start the stack (nginx + app) and wait until it is healthy; rerunning converges."""
+
+    def go() -> None:
+        s = _settings(c)
+        progress = Progress()
+        t0 = time.monotonic()
+        progress.say("==> prepare: wheelhouse and base images")
+        bases = _bases(c, s, progress)
+        progress.say(f"    done in {time.monotonic() - t0:.2f} s")
+        engine = Engine(c, s, progress, extra_env=bases)
+        engine.up(version or source_version(cli.SERVER_DIR))
+        progress.say(f"==> serving on http://{s.http_bind}:{s.http_port}/  (total {time.monotonic() - t0:.1f} s)")
+
+    cli.guarded(go)
+
+
+@task(
+    help={
+        "version": "version to deploy (default: derived from server/ sources)",
+        "dry-run": "print the plan from the real state and change nothing",
+        "force": "deploy even if this version is already live",
+        "probe": "run the load probe during the deploy and report what it saw",
+        "json": "print the release record as JSON (progress goes quiet)",
+        "quiet": "print only errors and the final report",
+        "fault": "start the new version with APP_FAULT set (unhealthy|crash), to rehearse a rollback",
+    }
+)
+def deploy(
+    c: Context,
+    version: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    probe: bool = False,
+    json: bool = False,
+    quiet: bool = False,
+    fault: str = "",
+) -> None:
+    """Zero-downtime deploy on the local stack: start beside, health-gate, switch nginx, drain, record."""
+
+    def go() -> RunRecord:
+        s = _settings(c)
+        progress = Progress(quiet=quiet or json)
+        bases = _bases(c, s, progress) if not dry_run else {}
+        engine = Engine(c, s, progress, extra_env=bases)
+        options = DeployOptions(
+            version=version or source_version(cli.SERVER_DIR),
+            dry_run=dry_run,
+            force=force,
+            app_env={"APP_FAULT": fault} if fault else {},
+        )
+        if not probe:
+            return engine.deploy(options)
+        from handover.probe import Probe, ProbeSettings
+
+        load = Probe(ProbeSettings(base_url=f"http://{s.http_bind}:{s.http_port}"))
+        load.start()
+        try:
+            time.sleep(2.0)
+            with load.window("deploy"):
+                rec = engine.deploy(options)
+            time.sleep(1.0)
+        finally:
+            report = load.stop()
+        rec.probe = report.to_dict()
+        if not json:
+            print(report.format_table())
+        if not report.ok:
+            print("error: the probe saw failures during the deploy", flush=True)
+        return rec
+
+    rec = cli.guarded(go)
+    cli.print_record(rec, json)
+
+
+@task(help={"version": "the earlier version to go back to (default: the one before the live one)"})
+def rollback(c: Context, version: str | None = None) -> None:
+    """Swap back to an earlier release's image with the same zero-downtime sequence (no build)."""
+
+    def go() -> RunRecord:
+        s = _settings(c)
+        engine = _engine(c)
+        target = version or _previous_version(c, s)
+        return engine.deploy(DeployOptions(version=target, build=False, action="rollback"))
+
+    cli.print_record(cli.guarded(go), False)
+
+
+def _previous_version(c: Context, s: Settings) -> str:
+    from handover.errors import HandoverError
+
+    live = Engine(c, s).facts().live_version
+    for item in reversed(history(c, s.state_path)):
+        v = str(item.get("version", ""))
+        if item.get("result") == "success" and v and v != live:
+            return v
+    raise HandoverError("no earlier successful release to roll back to")
+
+
+@task
+def down(c: Context) -> None:
+    """Stop and remove the whole local stack (app and nginx containers, network)."""
+    cli.guarded(lambda: _engine(c).down())
+    print("stack removed")
+
+
+@task(help={"json": "print as JSON"})
+def status(c: Context, json: bool = False) -> None:
+    """Show the app containers (live or not, version, health) and nginx."""
+
+    def go() -> None:
+        engine = _engine(c)
+        facts = engine.facts()
+        live = {x.id for x in facts.live}
+        rows = [
+            {"name": x.name, "id": x.short_id, "version": x.version, "status": x.status,
+             "health": x.health, "live": x.id in live}
+            for x in facts.containers
+        ]
+        proxy = facts.proxy.name if facts.proxy else None
+        if json:
+            print(_json_dumps({"app": rows, "nginx": proxy, "live_version": facts.live_version}))
+            return
+        print(f"nginx: {proxy or 'not running'}   live version: {facts.live_version or '-'}")
+        for r in rows:
+            print(f"  {'*' if r['live'] else ' '} {r['name']:<24} {r['id']}  {r['version']:<16} "
+                  f"{r['status']:<10} {r['health']}")
+
+    cli.guarded(go)
+
+
+def _json_dumps(data: object) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+@task(help={"follow": "keep following", "tail": "lines per container"})
+def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
+    """Show the logs of the app and nginx containers."""
+    args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else [])
+    engine = _engine(c)
+    cli.guarded(lambda: c.run(
+        cli.shell_join(["docker", "compose", "--project-name", engine.settings.project,
+                        "--file", engine.settings.compose_path, *args]),
+        env=engine.stack.compose_env(), pty=False, in_stream=False))
+
+
+@task(help={"count": "how many records", "json": "print as JSON lines"})
+def releases(c: Context, count: int = 10, json: bool = False) -> None:
+    """List the recorded runs (who, when, version, result, duration)."""
+
+    def go() -> None:
+        s = _settings(c)
+        for item in history(c, s.state_path)[-count:]:
+            if json:
+                print(_json_dumps(item))
+            else:
+                print(f"{item.get('started_at', '')}  {item.get('action', ''):<8} {item.get('version', ''):<20} "
+                      f"{item.get('result', ''):<12} {item.get('seconds', '')} s  by {item.get('by', '')}")
+
+    cli.guarded(go)
+
+
+@task
+def unlock(c: Context) -> None:
+    """Release a stale deploy lock (only when no deploy is running)."""
+
+    def go() -> None:
+        engine = _engine(c)
+        holder = engine.lock.holder()
+        engine.lock.release()
+        print(f"lock released (was held by {holder})" if holder else "no lock was held")
+
+    cli.guarded(go)
+
+
+@task(
+    help={
+        "url": "base URL (default: the local stack)",
+        "duration": "seconds to run",
+        "rate": "HTTP requests per second (open loop)",
+        "ws-clients": "WebSocket clients",
+        "json": "print the report as JSON",
+    }
+)
+def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0, ws_clients: int = 100,
+          json: bool = False) -> None:
+    """Constant-rate HTTP + WebSocket load that reports every failure (non-zero exit on any)."""
+    from invoke.exceptions import Exit
+
+    from handover.probe import Probe, ProbeSettings
+
+    s = _settings(c)
+    base = url or f"http://{s.http_bind}:{s.http_port}"
+    load = Probe(ProbeSettings(base_url=base, rate=rate, ws_clients=ws_clients))
+    load.start()
+    try:
+        time.sleep(min(max(duration, 0.0), 3600.0))
+    finally:
+        report = load.stop()
+    print(_json_dumps(report.to_dict()) if json else report.format_table())
+    if not report.ok:
+        raise Exit(code=1)
+
+
+local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock)
+ns = Collection(local, probe)
+ns.configure(cli.defaults())
