@@ -9,7 +9,6 @@ from .shell import read_file, run, write_file
 from .stack import Stack
 from .upstream import UPSTREAM_FILE
 
-NGINX_CONF = "/etc/nginx/handover/nginx.conf"
 ACTIVE_WORKER_TITLE = "nginx: worker process"
 SHUTTING_DOWN_SUFFIX = "is shutting down"
 RELOAD_POLL_SECONDS = 0.02
@@ -43,7 +42,7 @@ def test_config(stack: Stack) -> None:
     proxy = stack.proxy_container()
     if proxy is None:
         return  # nothing serves yet; `up` validates when it starts nginx
-    result = run(stack.runner, ["docker", "exec", proxy.id, "nginx", "-t", "-q", "-c", NGINX_CONF], check=False)
+    result = run(stack.runner, ["docker", "exec", proxy.id, "nginx", "-t", "-q", "-c", stack.settings.nginx_conf], check=False)
     if result.exited != 0:
         raise NginxConfigInvalid(f"nginx -t failed:\n{(result.stderr + result.stdout).strip()}")
 
@@ -82,7 +81,7 @@ def switch(stack: Stack, text: str) -> None:
 
 def reload(stack: Stack) -> None:
     before = active_workers(stack)
-    stack.exec_proxy("nginx", "-s", "reload", "-c", NGINX_CONF)
+    stack.exec_proxy("nginx", "-s", "reload", "-c", stack.settings.nginx_conf)
     deadline = time.monotonic() + stack.settings.reload_timeout
     while True:
         now = active_workers(stack)

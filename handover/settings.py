@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "config" / "deploy.yaml"
+CONTAINER_ROOT = "/etc/handover"
 
 # Compose project names: lowercase letters, digits, dashes and underscores, starting with a letter/digit.
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -26,6 +27,7 @@ _IMAGE_NAME = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._
 _IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 # Docker tags: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'.
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_SUBDIR = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 
 
@@ -33,6 +35,7 @@ _IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 class Settings:
     project: str
     deploy_dir: str
+    source_subdir: str
     compose_file: str
     state_dir: str
     http_bind: str
@@ -50,8 +53,18 @@ class Settings:
     env_file: str
 
     @property
+    def source_path(self) -> str:
+        """Where compose/, nginx/ and server/ are: the checkout, or a synced release on a host."""
+        return _join(self.deploy_dir, self.source_subdir) if self.source_subdir else self.deploy_dir
+
+    @property
     def compose_path(self) -> str:
-        return _join(self.deploy_dir, self.compose_file)
+        return _join(self.source_path, self.compose_file)
+
+    @property
+    def nginx_conf(self) -> str:
+        """nginx.conf as the nginx container sees it (the deploy root is mounted at /etc/handover)."""
+        return f"{CONTAINER_ROOT}/{self.source_subdir or '.'}/nginx/nginx.conf"
 
     @property
     def state_path(self) -> str:
@@ -95,6 +108,10 @@ def _text(key: str, value: object, pattern: re.Pattern[str] | None, expected: st
     return str(value)
 
 
+def _optional_text(key: str, value: object, pattern: re.Pattern[str] | None, expected: str) -> str:
+    return "" if value in (None, "") else _text(key, value, pattern, expected)
+
+
 def _ipv4(key: str, value: object) -> str:
     match = _IPV4.match(value) if isinstance(value, str) else None
     _expect(key, bool(match) and all(int(p) <= 255 for p in match.groups()) if match else False,
@@ -108,7 +125,8 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
-    missing = sorted(name for name in known if name != "deploy_dir" and config.get(name) is None)
+    optional = {"deploy_dir", "source_subdir", "env_file"}
+    missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
     raw_dir = deploy_dir if deploy_dir is not None else config.get("deploy_dir") or str(PROJECT_ROOT)
@@ -125,6 +143,8 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         project=_text("project", config["project"], _PROJECT_NAME,
                       "a compose project name: lowercase letters, digits, '-' or '_'"),
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
+        source_subdir=_optional_text("source_subdir", config.get("source_subdir"), _SUBDIR,
+                                     "a relative directory name such as 'current'"),
         compose_file=_text("compose_file", config["compose_file"], None, path_expected),
         state_dir=_text("state_dir", config["state_dir"], None, path_expected),
         http_bind=_ipv4("http_bind", config["http_bind"]),
@@ -139,7 +159,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         stop_grace_period=grace,
         reload_timeout=_number("reload_timeout", config["reload_timeout"], 1, 600),
         releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
-        env_file=str(config["env_file"]) if config.get("env_file") else "",
+        env_file=_optional_text("env_file", config.get("env_file"), None, path_expected),
     )
 
 

@@ -75,6 +75,8 @@ class Stack:
     def compose_env(self, version: str | None = None) -> dict[str, str]:
         s = self.settings
         env = {
+            "HANDOVER_ROOT": s.deploy_dir,
+            "HANDOVER_SOURCE_SUBDIR": s.source_subdir or ".",
             "HANDOVER_STATE_DIR": s.state_path,
             "HTTP_BIND": s.http_bind,
             "HTTP_PORT": str(s.http_port),

