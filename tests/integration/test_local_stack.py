@@ -53,7 +53,7 @@ def test_status_lists_the_live_container(stack: StackHandle) -> None:
 
 def test_down_leaves_no_containers() -> None:
     """A separate project: up, then down, then nothing of it is left."""
-    from .conftest import ROOT, INV
+    from .conftest import INV, ROOT
 
     env = stack_env("handover-downtest", 18081, ".state-downtest")
     run = lambda *a: subprocess.run([*INV, *a], cwd=ROOT, env=env, capture_output=True, text=True,  # noqa: E731

@@ -1,0 +1,214 @@
+"""Real-process tests of server/webapp.py: SIGTERM drain, in-flight requests, fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+WEBAPP = Path(__file__).resolve().parent.parent / "server" / "webapp.py"
+LOOPBACK = "127.0.0.1"
+DRAIN_TIMEOUT = 3.0
+EXIT_BOUND = DRAIN_TIMEOUT * 2 + 2
+STARTUP_TIMEOUT = 15.0
+SOCKET_COUNT = 5
+SLOW_SECONDS = 2
+WS_CLOSE_SERVICE_RESTART = 1012
+EXIT_FAULT_CRASH = 3
+RECEIVE_TIMEOUT = 10.0
+POLL_INTERVAL = 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def server_env(port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("APP_FAULT", "HOST", "PORT")}
+    env.update(
+        PORT=str(port),
+        HOST=LOOPBACK,
+        APP_VERSION="proc-test",
+        DRAIN_TIMEOUT=str(DRAIN_TIMEOUT),
+        TICK_INTERVAL="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start_server(port: int, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WEBAPP)],
+        env=server_env(port, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited early with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(POLL_INTERVAL)
+    pytest.fail("server did not become healthy")
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    process = start_server(port)
+    try:
+        wait_healthy(f"http://{LOOPBACK}:{port}", process)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+@dataclass
+class SocketOutcome:
+    messages: list[dict[str, object]] = field(default_factory=list)
+    close_code: int | None = None
+    close_frame_received: bool = False
+
+
+async def open_sockets(url: str) -> list[ClientConnection]:
+    sockets = [await connect(url) for _ in range(SOCKET_COUNT)]
+    for ws in sockets:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT))
+        assert hello["type"] == "hello"
+    return sockets
+
+
+async def read_until_closed(ws: ClientConnection) -> SocketOutcome:
+    outcome = SocketOutcome()
+    try:
+        while True:
+            frame = await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT)
+            outcome.messages.append(json.loads(frame))
+    except ConnectionClosed as closed:
+        outcome.close_frame_received = closed.rcvd is not None
+        outcome.close_code = closed.rcvd.code if closed.rcvd is not None else None
+    return outcome
+
+
+def run_slow_request(base_url: str, results: list[httpx.Response | BaseException]) -> None:
+    try:
+        results.append(httpx.get(f"{base_url}/api/slow", params={"seconds": SLOW_SECONDS}, timeout=30))
+    except httpx.HTTPError as exc:
+        results.append(exc)
+
+
+async def terminate_with_clients(process: subprocess.Popen[str], port: int) -> tuple[list[SocketOutcome], float]:
+    base_url = f"http://{LOOPBACK}:{port}"
+    sockets = await open_sockets(f"ws://{LOOPBACK}:{port}/ws")
+    slow_results: list[httpx.Response | BaseException] = []
+    slow = threading.Thread(target=run_slow_request, args=(base_url, slow_results))
+    slow.start()
+    await asyncio.sleep(0.5)  # let the slow request reach the app
+
+    sent_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    outcomes = await asyncio.gather(*(read_until_closed(ws) for ws in sockets))
+    exit_code = await asyncio.to_thread(process.wait, EXIT_BOUND)
+    elapsed = time.monotonic() - sent_at
+    await asyncio.to_thread(slow.join, RECEIVE_TIMEOUT)
+
+    assert exit_code == 0
+    assert len(slow_results) == 1
+    response = slow_results[0]
+    assert isinstance(response, httpx.Response), f"in-flight request failed: {response!r}"
+    assert response.status_code == 200
+    return outcomes, elapsed
+
+
+def test_sigterm_drains_sockets_and_finishes_inflight_requests(
+    server: tuple[subprocess.Popen[str], int],
+) -> None:
+    process, port = server
+    outcomes, elapsed = asyncio.run(terminate_with_clients(process, port))
+
+    assert elapsed < EXIT_BOUND
+    for outcome in outcomes:
+        kinds = [message["type"] for message in outcome.messages]
+        assert "reconnect" in kinds
+        assert kinds[-1] == "reconnect", f"reconnect must be the last message, got {kinds}"
+        assert outcome.close_frame_received, "socket dropped without a close frame (1006)"
+        assert outcome.close_code == WS_CLOSE_SERVICE_RESTART
+
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{LOOPBACK}:{port}/healthz", timeout=2)
+
+    assert process.stdout is not None
+    output = process.stdout.read()
+    assert f"drain begin: {SOCKET_COUNT} open socket(s)" in output
+    assert "drain done" in output
+    assert "exit:" in output
+
+
+def open_unresponsive_socket(port: int) -> socket.socket:
+    """Complete a WebSocket handshake, then never read again (no reply to the close frame)."""
+    raw = socket.create_connection((LOOPBACK, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert raw.recv(len(b"HTTP/1.1 101")) == b"HTTP/1.1 101"
+    return raw
+
+
+def test_unresponsive_client_cannot_stall_shutdown(server: tuple[subprocess.Popen[str], int]) -> None:
+    process, port = server
+    with open_unresponsive_socket(port):
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(EXIT_BOUND) == 0
+    assert time.monotonic() - started < EXIT_BOUND
+    assert process.stdout is not None
+    assert "drain timed out" in process.stdout.read()
+
+
+def test_fault_crash_exits_with_status_3() -> None:
+    process = start_server(free_port(), APP_FAULT="crash")
+    output, _ = process.communicate(timeout=STARTUP_TIMEOUT)
+    assert process.returncode == EXIT_FAULT_CRASH
+    assert "APP_FAULT=crash" in output
+
+
+def test_invalid_config_refuses_to_start() -> None:
+    process = start_server(free_port(), APP_FAULT="sometimes")
+    output, _ = process.communicate(timeout=STARTUP_TIMEOUT)
+    assert process.returncode != 0
+    assert "APP_FAULT 'sometimes' is not supported" in output

@@ -1,0 +1,264 @@
+"""In-process tests of the demo app (server/webapp.py) through Starlette's TestClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import webapp
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+from webapp import ConfigError, Fault, Settings, WebApp, create_app
+
+# Ticks would interleave with the replies under test; keep them out of the way.
+QUIET_TICK_INTERVAL = 3600.0
+FAST_TICK_INTERVAL = 0.05
+TEST_VERSION = "1.2.3"
+
+
+def make_client(**overrides: Any) -> TestClient:
+    options: dict[str, Any] = {"version": TEST_VERSION, "tick_interval": QUIET_TICK_INTERVAL, **overrides}
+    settings = Settings(**options)
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with make_client() as test_client:
+        yield test_client
+
+
+def app_of(client: TestClient) -> WebApp:
+    assert isinstance(client.app, WebApp)
+    return client.app
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def test_healthz_ok(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_info_fields(client: TestClient) -> None:
+    runtime = app_of(client).runtime
+    body = client.get("/api/info").json()
+    assert body == {
+        "server_id": runtime.server_id,
+        "version": TEST_VERSION,
+        "started_at": runtime.started_at,
+        "draining": False,
+    }
+    assert body["started_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 200),
+        ("GET", "/healthz", 200),
+        ("GET", "/api/info", 200),
+        ("GET", "/api/slow?seconds=0", 200),
+        ("GET", "/api/slow?seconds=nope", 400),
+        ("GET", "/does-not-exist", 404),
+        ("POST", "/healthz", 405),
+    ],
+)
+def test_identity_headers_on_every_response(client: TestClient, method: str, path: str, status: int) -> None:
+    response = client.request(method, path)
+    assert response.status_code == status
+    assert response.headers["x-server-id"] == app_of(client).runtime.server_id
+    assert response.headers["x-app-version"] == TEST_VERSION
+
+
+def test_identity_headers_on_unhandled_error() -> None:
+    def explode(request: Request) -> Response:
+        raise RuntimeError("boom")
+
+    app = create_app(Settings(version=TEST_VERSION))
+    app.add_route("/explode", explode)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/explode")
+    assert response.status_code == 500
+    assert response.headers["x-server-id"] == app.runtime.server_id
+    assert response.headers["x-app-version"] == TEST_VERSION
+
+
+def test_index_page(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.headers["content-type"].startswith("text/html")
+    assert "window.handoverStats" in response.text
+
+
+def test_server_ids_differ_per_process() -> None:
+    assert create_app(Settings()).runtime.server_id != create_app(Settings()).runtime.server_id
+
+
+@pytest.mark.parametrize("seconds", ["0", "0.01", "0.0"])
+def test_slow_valid(client: TestClient, seconds: str) -> None:
+    response = client.get("/api/slow", params={"seconds": seconds})
+    assert response.status_code == 200
+    assert response.json()["server_id"] == app_of(client).runtime.server_id
+
+
+@pytest.mark.parametrize("query", ["", "?seconds=", "?seconds=-1", "?seconds=30.5", "?seconds=abc", "?seconds=nan"])
+def test_slow_invalid(client: TestClient, query: str) -> None:
+    response = client.get(f"/api/slow{query}")
+    assert response.status_code == 400
+    assert "seconds" in response.json()["error"]
+
+
+def test_fault_unhealthy_makes_healthz_fail() -> None:
+    with make_client(fault=Fault.UNHEALTHY) as client:
+        response = client.get("/healthz")
+    assert response.status_code == 503
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+def test_ws_hello(client: TestClient) -> None:
+    runtime = app_of(client).runtime
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_json() == {
+            "type": "hello",
+            "server_id": runtime.server_id,
+            "version": TEST_VERSION,
+            "started_at": runtime.started_at,
+        }
+
+
+def test_ws_ack_and_ping(client: TestClient) -> None:
+    server_id = app_of(client).runtime.server_id
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_json({"type": "msg", "id": "m-1", "body": {"any": ["thing"]}})
+        assert ws.receive_json() == {"type": "ack", "id": "m-1", "server_id": server_id}
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json() == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "fragment"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "object"),
+        ('{"type": "msg", "body": 1}', "id"),
+        ('{"type": "msg", "id": 7}', "id"),
+        ('{"type": "shout"}', "unknown message type"),
+    ],
+)
+def test_ws_errors_keep_socket_open(client: TestClient, frame: str, fragment: str) -> None:
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_text(frame)
+        reply = ws.receive_json()
+        assert reply["type"] == "error"
+        assert fragment in reply["error"]
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json() == {"type": "pong"}
+
+
+def test_ws_binary_frame_is_an_error(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_bytes(b'{"type": "ping"}')
+        assert ws.receive_json()["type"] == "error"
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json() == {"type": "pong"}
+
+
+def test_ws_ticks() -> None:
+    with make_client(tick_interval=FAST_TICK_INTERVAL) as client, client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["type"] == "hello"
+        tick = ws.receive_json()
+        assert tick["type"] == "tick"
+        assert tick["server_id"] == app_of(client).runtime.server_id
+        assert isinstance(tick["t"], float)
+
+
+# --------------------------------------------------------------------------- drain
+
+
+def test_drain_closes_sockets_and_fails_healthz(client: TestClient) -> None:
+    runtime = app_of(client).runtime
+    assert client.portal is not None
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        drained = client.portal.start_task_soon(runtime.hub.drain)
+        assert ws.receive_json() == {"type": "reconnect", "reason": "draining", "server_id": runtime.server_id}
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == webapp.WS_CLOSE_SERVICE_RESTART
+    drained.result(timeout=5)
+    assert not runtime.hub.connections
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "draining"}
+    assert client.get("/api/info").json()["draining"] is True
+
+
+def test_connect_while_draining_is_told_to_reconnect(client: TestClient) -> None:
+    runtime = app_of(client).runtime
+    assert client.portal is not None
+    client.portal.call(runtime.hub.drain)
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["type"] == "reconnect"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == webapp.WS_CLOSE_SERVICE_RESTART
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults() -> None:
+    assert Settings.from_env({}) == Settings(
+        version="dev",
+        host="0.0.0.0",  # noqa: S104
+        port=8000,
+        drain_timeout=10.0,
+        tick_interval=1.0,
+        fault=Fault.NONE,
+        ws_max_message=65536,
+    )
+
+
+def test_settings_from_env() -> None:
+    env = {
+        "APP_VERSION": "v9",
+        "HOST": "127.0.0.1",
+        "PORT": "9000",
+        "DRAIN_TIMEOUT": "2.5",
+        "TICK_INTERVAL": "0.5",
+        "APP_FAULT": "crash",
+        "WS_MAX_MESSAGE": "1024",
+    }
+    assert Settings.from_env(env) == Settings("v9", "127.0.0.1", 9000, 2.5, 0.5, Fault.CRASH, 1024)
+
+
+def test_empty_values_count_as_unset() -> None:
+    assert Settings.from_env({"APP_FAULT": "", "PORT": "", "APP_VERSION": ""}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "http"}, "PORT must be an integer, got 'http'"),
+        ({"PORT": "70000"}, "PORT must be between 1 and 65535, got 70000"),
+        ({"DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT must be a number of seconds, got 'soon'"),
+        ({"DRAIN_TIMEOUT": "-1"}, "DRAIN_TIMEOUT must be a positive finite number"),
+        ({"TICK_INTERVAL": "0"}, "TICK_INTERVAL must be a positive finite number"),
+        ({"TICK_INTERVAL": "inf"}, "TICK_INTERVAL must be a positive finite number"),
+        ({"WS_MAX_MESSAGE": "0"}, "WS_MAX_MESSAGE must be between 1"),
+        ({"APP_FAULT": "explode"}, "APP_FAULT 'explode' is not supported"),
+    ],
+)
+def test_invalid_env_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
