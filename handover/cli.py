@@ -23,7 +23,7 @@ SERVER_DIR = PROJECT_ROOT / "server"
 
 def defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
     """The defaults file, to be given to ``Collection.configure`` (the lowest config layer)."""
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text())  # type: ignore[no-untyped-call]
     if not isinstance(data, dict):
         raise HandoverError(f"{path}: expected a mapping at the top")
     return data

@@ -18,7 +18,7 @@ from .progress import Progress
 from .record import RunRecord
 from .settings import Settings, check_version
 from .shell import Runner, run
-from .stack import APP_PORT, APP_SERVICE, PROXY_SERVICE, UNHEALTHY, Container, Stack
+from .stack import APP_SERVICE, PROXY_SERVICE, UNHEALTHY, Container, Stack
 
 LOG_LINES_ON_FAILURE = 40
 PROXY_START_TIMEOUT = 30.0
@@ -43,24 +43,24 @@ class Facts:
     """What is true on the host before a step changes anything."""
 
     containers: list[Container]
-    upstream_text: str | None
+    links: dict[int, str]  # live slot -> short container ID
     proxy: Container | None
+
+    def _linked(self, c: Container) -> bool:
+        return c.id[: upstream.SHORT_ID_LENGTH] in self.links.values()
 
     @property
     def live(self) -> list[Container]:
-        ids = set(upstream.live_ids(self.upstream_text))
-        return [c for c in self.containers if c.id in ids]
+        return [c for c in self.containers if self._linked(c)]
 
     @property
     def leftovers(self) -> list[Container]:
-        """App containers nginx does not route to: left by an interrupted or failed run."""
-        ids = set(upstream.live_ids(self.upstream_text))
-        return [c for c in self.containers if c.id not in ids]
+        """App containers no live slot points to: left by an interrupted or failed run."""
+        return [c for c in self.containers if not self._linked(c)]
 
     @property
     def live_version(self) -> str:
-        versions = sorted({c.version for c in self.live})
-        return ",".join(versions)
+        return ",".join(sorted({c.version for c in self.live}))
 
 
 class Engine:
@@ -77,7 +77,7 @@ class Engine:
 
     # -- facts -------------------------------------------------------------------------------------
     def facts(self) -> Facts:
-        return Facts(self.stack.app_containers(), proxy.read_upstream(self.stack), self.stack.proxy_container())
+        return Facts(self.stack.app_containers(), proxy.live_links(self.stack), self.stack.proxy_container())
 
     # -- steps -------------------------------------------------------------------------------------
     def preflight(self, *, need_proxy: bool = True) -> Facts:
@@ -153,17 +153,18 @@ class Engine:
             time.sleep(self.settings.health_poll_interval)
 
     def switch_to(self, containers: Sequence[Container]) -> None:
-        text = upstream.render([(c.name, c.id, c.version) for c in containers], APP_PORT)
-        proxy.switch(self.stack, text)
+        proxy.point(self.stack, containers)
 
     def drain(self, old: Sequence[Container]) -> None:
         ids = [c.id for c in old]
         self.stack.stop(ids, self.settings.stop_grace_period)
         self.stack.remove(ids)
+        proxy.forget_sockets(self.stack, old)
 
     def discard(self, containers: Sequence[Container]) -> None:
         """Remove containers that never received traffic (a failed or rolled-back start)."""
         self.stack.remove([c.id for c in containers])
+        proxy.forget_sockets(self.stack, containers)
 
     def failure_logs(self, containers: Sequence[Container]) -> str:
         parts = []
@@ -173,13 +174,12 @@ class Engine:
         return "\n".join(parts)
 
     def converge(self, facts: Facts, rec: RunRecord) -> Facts:
-        """Finish what an interrupted run left: make nginx's loaded config match the upstream file,
-        then drain every app container it does not route to."""
+        """Finish what an interrupted run left: drain every app container no live slot points to.
+        (The links are the truth: nginx follows them on every new upstream connection.)"""
         leftovers = facts.leftovers
         if not leftovers:
             return facts
         with self.progress.step(rec, "converge", f"{len(leftovers)} container(s) left by an earlier run") as step:
-            proxy.reload(self.stack)
             self.drain(leftovers)
             step.detail = "removed " + ", ".join(c.name for c in leftovers)
         return self.facts()
@@ -223,6 +223,9 @@ class Engine:
             rec.finish("unchanged")
             self.progress.say(f"==> version {version} is already live; nothing to do (use --force to redeploy)")
             return rec
+        with self.progress.step(rec, "proxy config", "nginx -t and reload only if nginx's config changed") as step:
+            reloaded = proxy.apply_config(self.stack, upstream.render(self.settings.replicas))
+            step.detail = "reloaded" if reloaded else "unchanged"
         if options.build:
             with self.progress.step(rec, "build", f"image {rec.image}"):
                 self.build(version)
@@ -240,7 +243,7 @@ class Engine:
                 except HealthCheckFailed as exc:
                     step.detail = str(exc)
                     raise HealthCheckFailed(f"{exc}\n{self.failure_logs(new)}") from None
-            with self.progress.step(rec, "switch", "point nginx at the new containers, nginx -t, reload"):
+            with self.progress.step(rec, "switch", "swap nginx's live socket links to the new containers"):
                 self.switch_to(new)
         except (HandoverError, KeyboardInterrupt) as exc:
             if new:
@@ -273,7 +276,7 @@ class Engine:
             say(f"    start {s_rep(self.settings.replicas)} of {options.version} beside "
                 + (", ".join(f"{c.name} ({c.version})" for c in old) or "nothing"))
             say(f"    wait until healthy (up to {self.settings.health_timeout:g} s), else remove them and stop")
-            say("    switch nginx to them (nginx -t, reload)")
+            say("    switch nginx to them (atomic swap of the live socket links; no reload)")
             say(f"    drain and remove {', '.join(c.name for c in old) or 'nothing'} by ID")
         rec.finish("planned")
 
@@ -308,8 +311,8 @@ class Engine:
             self.stack.compose("build", version=version, timeout=1800)
         if not live:
             with self.progress.step(rec, "start", f"{s_rep(s.replicas)} of {version}"):
-                for c in facts.leftovers:
-                    self.stack.remove([c.id])
+                proxy.ensure_dirs(self.stack)
+                self.discard(facts.leftovers)
                 new = self.start_new([], version, {})
             with self.progress.step(rec, "health", "wait for the app"):
                 try:
@@ -318,8 +321,9 @@ class Engine:
                     logs = self.failure_logs(new)
                     self.discard(new)
                     raise HealthCheckFailed(f"{exc}\n{logs}") from None
-            proxy.write_upstream(self.stack, upstream.render([(c.name, c.id, c.version) for c in live], APP_PORT))
+            proxy.point(self.stack, live)
         with self.progress.step(rec, "proxy", f"start nginx on http://{s.http_bind}:{s.http_port}"):
+            proxy.write_upstream(self.stack, upstream.render(s.replicas))
             self.stack.compose("up", "--detach", "--no-build", "--no-deps", PROXY_SERVICE, timeout=300)
             deadline = time.monotonic() + PROXY_START_TIMEOUT
             while self.stack.proxy_container() is None:
@@ -327,15 +331,14 @@ class Engine:
                     raise PreflightError("nginx did not start:\n" + self.stack.compose("logs", "--tail", "30",
                                                                                      PROXY_SERVICE))
                 time.sleep(0.2)
-            proxy.test_config(self.stack)
-            proxy.reload(self.stack)
+            proxy.apply_config(self.stack)
         rec.finish("success")
         return rec
 
     def down(self) -> None:
         self.stack.compose("down", "--remove-orphans", "--timeout", str(int(self.settings.stop_grace_period)),
                            timeout=self.settings.stop_grace_period + 120)
-        proxy.remove_upstream(self.stack)
+        proxy.remove_state(self.stack)
         self.lock.release()
 
 

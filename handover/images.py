@@ -46,13 +46,11 @@ def ensure_base_image(runner: Runner, image: str, progress: Progress) -> str:
             "(apt-get install debootstrap)"
         )
     progress.say(f"    {image} cannot be pulled; making {local} with debootstrap (about a minute)")
-    rootfs = f"/tmp/handover-rootfs-{suite}"
     script = (
-        f"set -e; rm -rf {shlex.quote(rootfs)}; "
-        f"debootstrap --variant=minbase {shlex.quote(suite)} {shlex.quote(rootfs)} {DEBIAN_MIRROR} >/dev/null; "
-        f"rm -rf {shlex.quote(rootfs)}/var/cache/apt/archives/*.deb {shlex.quote(rootfs)}/var/lib/apt/lists/*; "
-        f"tar -C {shlex.quote(rootfs)} -c . | docker import - {shlex.quote(local)} >/dev/null; "
-        f"rm -rf {shlex.quote(rootfs)}"
+        'set -e; rootfs=$(mktemp -d); trap \'rm -rf "$rootfs"\' EXIT; '
+        f'debootstrap --variant=minbase {shlex.quote(suite)} "$rootfs" {DEBIAN_MIRROR} >/dev/null; '
+        'rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*; '
+        f'tar -C "$rootfs" -c . | docker import - {shlex.quote(local)} >/dev/null'
     )
     run(runner, ["sh", "-c", script], timeout=DEBOOTSTRAP_TIMEOUT)
     return local

@@ -98,7 +98,8 @@ def _integer(key: str, value: object, low: int, high: int) -> int:
         value = int(value)
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     _expect(key, ok, f"a whole number from {low} to {high}", value)
-    return int(value)  # type: ignore[call-overload]
+    assert isinstance(value, int)
+    return value
 
 
 def _text(key: str, value: object, pattern: re.Pattern[str] | None, expected: str) -> str:

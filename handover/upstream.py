@@ -1,42 +1,50 @@
-"""The nginx upstream file: rendered from the live containers, parsed back to learn which are live."""
+"""The nginx upstream file and the live socket links it points through.
+
+The upstream names fixed slots, ``/run/handover/live-<n>.sock``. Each slot is a symlink (in the
+state directory's ``sockets/``, mounted into nginx and the app containers) to one app container's
+own socket, ``app-<short id>.sock``. Switching versions swaps the links; the file only changes when
+the number of slots does.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 UPSTREAM_NAME = "handover_app"
 UPSTREAM_FILE = "upstream.conf"
-UPSTREAM_KEEPALIVE = 32
-_SERVER_LINE = re.compile(r"^\s*server\s+([A-Za-z0-9_.-]+):(\d+)\b[^;]*;\s*#\s*id=([0-9a-f]+)\s+version=(\S+)\s*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SOCKET_DIR_IN_CONTAINERS = "/run/handover"
+SHORT_ID_LENGTH = 12  # Docker's hostname for a container is its short ID
+_LINK = re.compile(r"^live-(\d+)\.sock$")
+_TARGET = re.compile(r"^app-([0-9a-f]{12})\.sock$")
 
 
-def render(servers: Sequence[tuple[str, str, str]], port: int) -> str:
-    """``servers`` are (container name, container id, version). Names resolve on the compose network."""
-    if not servers:
-        raise ValueError("an upstream needs at least one server")
+def slot_name(slot: int) -> str:
+    return f"live-{slot}.sock"
+
+
+def socket_name(container_id: str) -> str:
+    return f"app-{container_id[:SHORT_ID_LENGTH]}.sock"
+
+
+def render(slots: int) -> str:
+    if slots < 1:
+        raise ValueError("an upstream needs at least one slot")
     lines = [
-        "# Written by handover on every switch; the live app containers. Do not edit by hand.",
+        "# Written by handover; the live app containers are the targets of these symlinks.",
         f"upstream {UPSTREAM_NAME} {{",
     ]
-    for name, container_id, version in servers:
-        if not _NAME.match(name):
-            raise ValueError(f"container name {name!r} cannot appear in an nginx upstream")
-        # max_fails=0: a single live server must never be marked down by a passing error.
-        lines.append(f"    server {name}:{port} max_fails=0;  # id={container_id} version={version}")
-    lines += [f"    keepalive {UPSTREAM_KEEPALIVE};", "}", ""]
+    # max_fails=0: a live server is never marked down by a passing error.
+    lines += [f"    server unix:{SOCKET_DIR_IN_CONTAINERS}/{slot_name(n)} max_fails=0;" for n in range(slots)]
+    lines += ["}", ""]
     return "\n".join(lines)
 
 
-def live_ids(text: str | None) -> list[str]:
-    """Container IDs the upstream file routes to (empty when there is no file)."""
-    if not text:
-        return []
-    return [m.group(3) for m in (_SERVER_LINE.match(line) for line in text.splitlines()) if m]
-
-
-def live_versions(text: str | None) -> list[str]:
-    if not text:
-        return []
-    return [m.group(4) for m in (_SERVER_LINE.match(line) for line in text.splitlines()) if m]
+def parse_links(listing: str) -> dict[int, str]:
+    """``listing`` has lines ``<link name> <target>``; returns slot -> short container ID."""
+    links = {}
+    for line in listing.splitlines():
+        name, _, target = line.strip().partition(" ")
+        slot, short = _LINK.match(name), _TARGET.match(target.strip())
+        if slot and short:
+            links[int(slot.group(1))] = short.group(1)
+    return links

@@ -56,6 +56,8 @@ SLOW_MIN_SECONDS = 0.0
 SLOW_MAX_SECONDS = 30.0
 
 WS_CLOSE_SERVICE_RESTART = 1012
+UNIX_SOCKET_MODE = 0o666
+LISTEN_BACKLOG = 2048
 # uvicorn's websockets protocol: its close() waits for the client's closing handshake, so a
 # finished handler means a cleanly closed socket. (uvicorn flags it as deprecated; the
 # "websockets-sansio" protocol also works but returns from close() before the client replies.)
@@ -142,6 +144,15 @@ class Settings:
     tick_interval: float = DEFAULT_TICK_INTERVAL
     fault: Fault = Fault.NONE
     ws_max_message: int = DEFAULT_WS_MAX_MESSAGE
+    # With a directory set, the app also listens on <dir>/app-<hostname>.sock: the deploy points
+    # nginx at that socket by an atomic symlink swap (see the README on why no reload is needed).
+    unix_socket_dir: str | None = None
+
+    @property
+    def unix_socket_path(self) -> str | None:
+        if self.unix_socket_dir is None:
+            return None
+        return os.path.join(self.unix_socket_dir, f"app-{socket.gethostname()}.sock")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -154,6 +165,7 @@ class Settings:
             tick_interval=_env_positive_float(env, "TICK_INTERVAL", DEFAULT_TICK_INTERVAL),
             fault=_env_fault(env),
             ws_max_message=_env_int(env, "WS_MAX_MESSAGE", DEFAULT_WS_MAX_MESSAGE, 1, sys.maxsize),
+            unix_socket_dir=_env_value(env, "UNIX_SOCKET_DIR"),
         )
 
 
@@ -558,6 +570,27 @@ def build_server(runtime: Runtime, app: ASGIApp) -> DrainingServer:
     return DrainingServer(config, runtime.hub)
 
 
+def bind_sockets(settings: Settings) -> list[socket.socket]:
+    """The TCP socket (health checks, direct use) and, if configured, the unix socket for nginx."""
+    tcp = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((settings.host, settings.port))
+    sockets = [tcp]
+    path = settings.unix_socket_path
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale socket of an earlier process with the same hostname
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(path)
+        os.chmod(path, UNIX_SOCKET_MODE)  # nginx's workers run as another user
+        sockets.append(unix)
+    for sock in sockets:
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+    return sockets
+
+
 def main() -> None:
     configure_logging()
     try:
@@ -571,14 +604,21 @@ def main() -> None:
     runtime = Runtime(settings)
     server = build_server(runtime, WebApp(runtime))
     log.info(
-        "start: server_id=%s version=%s listen=%s:%d pid=%d",
+        "start: server_id=%s version=%s listen=%s:%d%s pid=%d",
         runtime.server_id,
         settings.version,
         settings.host,
         settings.port,
+        f" and {settings.unix_socket_path}" if settings.unix_socket_path else "",
         os.getpid(),
     )
-    server.run()
+    sockets = bind_sockets(settings)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        if settings.unix_socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(settings.unix_socket_path)
     log.info("exit: server_id=%s status=%d", runtime.server_id, EXIT_OK)
 
 

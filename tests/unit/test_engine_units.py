@@ -17,19 +17,20 @@ def base_config() -> dict[str, object]:
     return dict(defaults()["deploy"])
 
 
-def test_upstream_round_trip() -> None:
-    text = upstream.render([("p-app-2", "abc123", "v2"), ("p-app-3", "def456", "v2")], 8000)
-    assert "server p-app-2:8000 max_fails=0;" in text
-    assert upstream.live_ids(text) == ["abc123", "def456"]
-    assert upstream.live_versions(text) == ["v2", "v2"]
-    assert upstream.live_ids(None) == [] and upstream.live_ids("") == []
-
-
-def test_upstream_refuses_odd_names_and_empty() -> None:
-    with pytest.raises(ValueError, match="cannot appear"):
-        upstream.render([("x; include /etc/passwd", "abc", "v")], 8000)
+def test_upstream_names_fixed_socket_slots() -> None:
+    text = upstream.render(2)
+    assert "server unix:/run/handover/live-0.sock max_fails=0;" in text
+    assert "server unix:/run/handover/live-1.sock max_fails=0;" in text
+    assert "keepalive" not in text  # each request follows the live link afresh
     with pytest.raises(ValueError, match="at least one"):
-        upstream.render([], 8000)
+        upstream.render(0)
+
+
+def test_live_links_are_parsed_to_short_ids() -> None:
+    listing = "live-0.sock app-0123456789ab.sock\nlive-1.sock app-ba9876543210.sock\nlive-x.sock app-zz.sock\n"
+    assert upstream.parse_links(listing) == {0: "0123456789ab", 1: "ba9876543210"}
+    assert upstream.parse_links("") == {}
+    assert upstream.socket_name("0123456789abcdef") == "app-0123456789ab.sock"
 
 
 def test_default_settings_are_valid() -> None:
@@ -61,11 +62,11 @@ def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
 def test_unknown_and_missing_keys() -> None:
     config = base_config()
     config["htpp_port"] = 1
-    with pytest.raises(ConfigError, match="unknown config key deploy.htpp_port"):
+    with pytest.raises(ConfigError, match=r"unknown config key deploy\.htpp_port"):
         settings.load(config)
     config = base_config()
     del config["project"]
-    with pytest.raises(ConfigError, match="missing config key deploy.project"):
+    with pytest.raises(ConfigError, match=r"missing config key deploy\.project"):
         settings.load(config)
 
 

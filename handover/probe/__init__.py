@@ -1,0 +1,18 @@
+"""Load probe for deploys: constant-rate HTTP plus WebSocket clients; reports anything lost."""
+
+from .probe import Probe
+from .report import HttpSummary, HttpWindowStats, ProbeReport, WsSummary
+from .settings import ProbeError, ProbeSettings
+from .stats import LatencySummary, percentile
+
+__all__ = [
+    "HttpSummary",
+    "HttpWindowStats",
+    "LatencySummary",
+    "Probe",
+    "ProbeError",
+    "ProbeReport",
+    "ProbeSettings",
+    "WsSummary",
+    "percentile",
+]

@@ -1,0 +1,7 @@
+"""`python -m handover.probe`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

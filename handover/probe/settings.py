@@ -1,0 +1,50 @@
+"""Configuration of a probe run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SUPPORTED_SCHEMES = ("http", "https")
+
+
+class ProbeError(RuntimeError):
+    """The probe could not run as asked (bad settings, server unreachable at start, ...)."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What to load, how hard, and how long to wait for stragglers."""
+
+    base_url: str = "http://127.0.0.1:8080"
+    http_path: str = "/api/info"
+    rate: float = 200.0
+    ws_path: str = "/ws"
+    ws_clients: int = 100
+    ws_message_interval: float = 0.5
+    request_timeout: float = 10.0
+    max_connections: int = 128
+    settle_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in SUPPORTED_SCHEMES or not parts.hostname:
+            raise ProbeError(f"base_url must be http(s)://host[:port], got {self.base_url!r}")
+        if not self.http_path.startswith("/") or not self.ws_path.startswith("/"):
+            raise ProbeError("http_path and ws_path must start with '/'")
+        if self.rate < 0:
+            raise ProbeError(f"rate must be >= 0, got {self.rate}")
+        if self.ws_clients < 0:
+            raise ProbeError(f"ws_clients must be >= 0, got {self.ws_clients}")
+        if self.ws_message_interval <= 0:
+            raise ProbeError(f"ws_message_interval must be > 0, got {self.ws_message_interval}")
+        if self.request_timeout <= 0 or self.settle_timeout < 0:
+            raise ProbeError("request_timeout must be > 0 and settle_timeout >= 0")
+        if self.max_connections < 1:
+            raise ProbeError(f"max_connections must be >= 1, got {self.max_connections}")
+
+    @property
+    def ws_url(self) -> str:
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{self.ws_path}"
