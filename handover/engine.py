@@ -141,13 +141,12 @@ class Engine:
             dead = [c for c in current if c.status in ("exited", "dead") or c.health == UNHEALTHY or c.restarts > 0]
             missing = set(ids) - {c.id for c in current}
             if dead or missing:
-                what = ", ".join(f"{c.name} is {c.health or c.status}" + (f" after {c.restarts} restarts"
-                                                                          if c.restarts else "") for c in dead)
+                what = ", ".join(c.describe() for c in dead)
                 raise HealthCheckFailed(what or f"containers vanished: {sorted(missing)}")
             if time.monotonic() > deadline:
                 raise HealthCheckFailed(
                     f"not healthy within {self.settings.health_timeout:g} s: "
-                    + ", ".join(f"{c.name} is {c.health or c.status}" for c in current if not c.is_healthy)
+                    + ", ".join(c.describe() for c in current if not c.is_healthy)
                 )
             self.progress.waiting(f"{len(healthy)}/{len(ids)} healthy, {time.monotonic() - t0:.1f} s")
             time.sleep(self.settings.health_poll_interval)

@@ -34,6 +34,14 @@ class Container:
     health: str  # healthy, unhealthy, starting, or "" without a health check
     restarts: int
     created: str
+    exit_code: int = 0
+
+    def describe(self) -> str:
+        """How the container is doing, in words (for error messages)."""
+        if self.restarts or self.status in ("exited", "dead"):
+            again = f", restarted {self.restarts} time(s)" if self.restarts else ""
+            return f"{self.name} crashed: exited with status {self.exit_code}{again}"
+        return f"{self.name} is {self.health or self.status}"
 
     @property
     def short_id(self) -> str:
@@ -60,6 +68,7 @@ def _container(raw: Mapping[str, object]) -> Container:
         health=str(health.get("Status", "")) if isinstance(health, dict) else "",
         restarts=int(str(raw.get("RestartCount", 0))),
         created=str(raw.get("Created", "")),
+        exit_code=int(str(state.get("ExitCode", 0))),
     )
 
 

@@ -15,9 +15,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 INV = [sys.executable, "-m", "invoke"]
-TEST_PROJECT = "handover-it"
-TEST_PORT = 18080
-TEST_STATE = ".state-it"
+# Overridable so two test sessions on one machine keep to stacks of their own.
+TEST_PROJECT = os.environ.get("HANDOVER_TEST_PROJECT", "handover-it")
+TEST_PORT = int(os.environ.get("HANDOVER_TEST_PORT", "18080"))
+TEST_STATE = f".state-{TEST_PROJECT}"
 
 
 @dataclass
