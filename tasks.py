@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import time
 
-from invoke import Collection, Context, task
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.tasks import task
 
 from handover import cli, images
 from handover.engine import DeployOptions, Engine
 from handover.progress import Progress
 from handover.record import RunRecord, history
 from handover.settings import Settings
-from handover.stack import APP_SERVICE
 from handover.version import source_version
 
 
@@ -96,9 +97,9 @@ def deploy(
         )
         if not probe:
             return engine.deploy(options)
-        from handover.probe import Probe, ProbeSettings
+        from handover.probe import ProbeProcess, ProbeSettings
 
-        load = Probe(ProbeSettings(base_url=f"http://{s.http_bind}:{s.http_port}"))
+        load = ProbeProcess(ProbeSettings(base_url=f"http://{s.http_bind}:{s.http_port}"))
         load.start()
         try:
             time.sleep(2.0)
@@ -247,6 +248,58 @@ def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0
         raise Exit(code=1)
 
 
+@task(
+    help={
+        "deploys": "consecutive deploys per sequence",
+        "rate": "HTTP requests per second (open loop)",
+        "ws-clients": "WebSocket clients",
+        "only": "run just one sequence: engine or simple",
+        "port": "port of the benchmark's own stack",
+    }
+)
+def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 100, only: str = "",
+          port: int = 18100) -> None:
+    """K deploys under the probe: this engine vs the simple scale/reload/stop sequence, side by side."""
+    from dataclasses import replace
+
+    from invoke.exceptions import Exit
+
+    from handover import bench as bench_mod
+    from handover.probe import ProbeSettings
+
+    def go() -> list[bench_mod.SequenceResult]:
+        s = replace(_settings(c), project="handover-bench", http_port=port, state_dir=".state-bench")
+        progress = Progress()
+        quiet = Progress(quiet=True)
+        bases = _bases(c, s, progress)
+        engine = Engine(c, s, progress, extra_env=bases)
+        engine.down()
+        engine.up(source_version(cli.SERVER_DIR))
+        engine.progress = quiet
+        load = ProbeSettings(base_url=f"http://{s.http_bind}:{s.http_port}", rate=rate, ws_clients=ws_clients)
+        results = []
+        try:
+            if only in ("", "engine"):
+                progress.say(f"==> {deploys} deploys with this engine")
+                results.append(bench_mod.run_sequence("engine", bench_mod.engine_deploy(engine), deploys, load,
+                                                      progress.say))
+            if only in ("", "simple"):
+                progress.say(f"==> {deploys} deploys with the simple sequence (scale 2, reload, stop, scale 1, reload)")
+                bench_mod.use_simple_upstream(engine)
+                results.append(bench_mod.run_sequence("simple", bench_mod.simple_deploy(engine), deploys, load,
+                                                      progress.say))
+        finally:
+            engine.progress = progress
+            engine.down()
+        return results
+
+    results = cli.guarded(go)
+    print(bench_mod.format_comparison(results, rate, ws_clients))
+    for r in results:
+        if r.name == "engine" and (r.errors or not (r.report and r.report.ok)):
+            raise Exit(code=1)
+
+
 local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock)
-ns = Collection(local, probe)
+ns = Collection(local, probe, bench)
 ns.configure(cli.defaults())

@@ -77,26 +77,19 @@ class Engine:
 
     # -- facts -------------------------------------------------------------------------------------
     def facts(self) -> Facts:
-        return Facts(self.stack.app_containers(), proxy.live_links(self.stack), self.stack.proxy_container())
+        containers = self.stack.project_containers()
+        running_proxies = [c for c in containers if c.service == PROXY_SERVICE and c.status == "running"]
+        return Facts([c for c in containers if c.service == APP_SERVICE], proxy.live_links(self.stack),
+                     running_proxies[-1] if running_proxies else None)
 
     # -- steps -------------------------------------------------------------------------------------
     def preflight(self, *, need_proxy: bool = True) -> Facts:
         """Docker engine and compose v2 reachable, compose file valid, nginx config valid."""
-        engine = run(self.runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
-        if engine.exited != 0:
-            raise PreflightError(
-                "the Docker engine is not reachable (`docker version` failed): "
-                f"{(engine.stderr or engine.stdout).strip()}"
-            )
-        compose = run(self.runner, ["docker", "compose", "version", "--short"], check=False)
-        if compose.exited != 0 or not compose.stdout.strip().lstrip("v").startswith(COMPOSE_MAJOR):
-            raise PreflightError(
-                "Docker Compose v2 is missing: `docker compose version` failed. Install the compose "
-                "plugin (docker-compose-plugin, or the docker-compose v2 binary in ~/.docker/cli-plugins/)."
-            )
         try:
+            # One call proves the engine, the compose v2 plugin and the file; diagnose only on failure.
             self.stack.compose("config", "--quiet")
         except CommandError as exc:
+            self._diagnose()
             raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}") from exc
         facts = self.facts()
         if need_proxy:
@@ -110,6 +103,22 @@ class Engine:
                 )
             proxy.test_config(self.stack)
         return facts
+
+    def _diagnose(self) -> None:
+        engine = run(self.runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
+        if engine.exited == 127:
+            raise PreflightError("docker is not installed on this host (install the Docker engine, e.g. docker.io)")
+        if engine.exited != 0:
+            raise PreflightError(
+                "the Docker engine is not reachable (`docker version` failed): "
+                f"{(engine.stderr or engine.stdout).strip()}"
+            )
+        compose = run(self.runner, ["docker", "compose", "version", "--short"], check=False)
+        if compose.exited != 0 or not compose.stdout.strip().lstrip("v").startswith(COMPOSE_MAJOR):
+            raise PreflightError(
+                "Docker Compose v2 is missing: `docker compose version` failed. Install the compose "
+                "plugin (docker-compose-plugin, or the docker-compose v2 binary in ~/.docker/cli-plugins/)."
+            )
 
     def build(self, version: str) -> None:
         self.stack.compose("build", APP_SERVICE, version=version, timeout=1800)
@@ -207,10 +216,7 @@ class Engine:
             raise
         finally:
             self.lock.release()
-            try:
-                record.append(self.runner, s.state_path, rec)
-            except HandoverError as exc:
-                self.progress.warn(f"could not write the release record: {exc}")
+            self.record_run(rec)
             say(f"    lock released; record appended to {s.state_path}/{record.RELEASE_LOG}")
 
     def _locked_deploy(self, facts: Facts, options: DeployOptions, rec: RunRecord) -> RunRecord:
@@ -280,17 +286,24 @@ class Engine:
         rec.finish("planned")
 
     def prune_images(self, keep: set[str]) -> None:
+        """Remove this project's release images beyond the last ``releases_kept`` (and the live ones).
+
+        Only versions this project's release log knows are candidates: images other projects on the
+        same engine built are never touched, and Docker refuses to remove an image still in use.
+        """
         s = self.settings
         kept = set(keep) | {c.version for c in self.stack.app_containers()}
+        known: list[str] = []
         for item in reversed(record.history(self.runner, s.state_path)):
-            if len(kept) >= s.releases_kept:
-                break
-            if item.get("result") == "success":
-                kept.add(str(item.get("version")))
-        tags = run(self.runner, ["docker", "image", "ls", s.app_image, "--format", "{{.Tag}}"]).stdout.split()
-        stale = [f"{s.app_image}:{tag}" for tag in tags if tag not in kept and tag != "<none>"]
-        if stale:
-            run(self.runner, ["docker", "image", "rm", *stale], check=False)
+            version = str(item.get("version", ""))
+            if version and version not in known:
+                known.append(version)
+            if item.get("result") == "success" and len(kept) < s.releases_kept:
+                kept.add(version)
+        stale = [f"{s.app_image}:{v}" for v in known if v not in kept]
+        present = [image for image in stale if self.stack.image_exists(image)] if stale else []
+        if present:
+            run(self.runner, ["docker", "image", "rm", *present], check=False)
 
     # -- the stack as a whole ----------------------------------------------------------------------
     def up(self, version: str) -> RunRecord:
@@ -299,6 +312,17 @@ class Engine:
         s = self.settings
         rec = RunRecord(action="up", version=version, project=s.project, host="local",
                         image=f"{s.app_image}:{version}")
+        try:
+            return self._up(rec)
+        except (HandoverError, KeyboardInterrupt) as exc:
+            rec.finish("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+        finally:
+            if rec.result != "unchanged":
+                self.record_run(rec)
+
+    def _up(self, rec: RunRecord) -> RunRecord:
+        s, version = self.settings, rec.version
         with self.progress.step(rec, "preflight", "docker, compose v2, compose file"):
             facts = self.preflight(need_proxy=False)
         live = [c for c in facts.live if c.is_healthy]
@@ -333,6 +357,12 @@ class Engine:
             proxy.apply_config(self.stack)
         rec.finish("success")
         return rec
+
+    def record_run(self, rec: RunRecord) -> None:
+        try:
+            record.append(self.runner, self.settings.state_path, rec)
+        except HandoverError as exc:
+            self.progress.warn(f"could not write the run record: {exc}")
 
     def down(self) -> None:
         self.stack.compose("down", "--remove-orphans", "--timeout", str(int(self.settings.stop_grace_period)),

@@ -111,7 +111,7 @@ def fingerprint(stack: Stack) -> str:
     """A digest of the files nginx loads (its nginx/ directory and the upstream file)."""
     s = stack.settings
     files = f"{s.source_path}/nginx"
-    script = 'find "$1" "$2" -maxdepth 1 -name "*.conf" -type f | sort | xargs cat'
+    script = 'find "$1" "$2" -maxdepth 1 -name "*.conf" -type f -print0 | sort -z | xargs -0 cat'
     text = run(stack.runner, ["sh", "-c", script, "fingerprint", files, nginx_dir(stack)]).stdout
     return hashlib.sha256(text.encode()).hexdigest()
 

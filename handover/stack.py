@@ -108,13 +108,15 @@ class Stack:
         return run(self.runner, command, env=self.compose_env(version), timeout=timeout).stdout
 
     # -- facts -----------------------------------------------------------------------------------
-    def container_ids(self, service: str) -> list[str]:
-        out = run(self.runner, [
-            "docker", "ps", "--all", "--no-trunc", "--quiet",
-            "--filter", f"label={PROJECT_LABEL}={self.settings.project}",
-            "--filter", f"label={SERVICE_LABEL}={service}",
-        ]).stdout
+    def container_ids(self, service: str | None = None) -> list[str]:
+        filters = ["--filter", f"label={PROJECT_LABEL}={self.settings.project}"]
+        if service is not None:
+            filters += ["--filter", f"label={SERVICE_LABEL}={service}"]
+        out = run(self.runner, ["docker", "ps", "--all", "--no-trunc", "--quiet", *filters]).stdout
         return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def project_containers(self) -> list[Container]:
+        return self.inspect(self.container_ids())
 
     def inspect(self, ids: Iterable[str]) -> list[Container]:
         ids = list(ids)

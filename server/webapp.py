@@ -7,7 +7,7 @@ Replace it with your own application. What the deploy relies on:
   waits for those sockets to finish, then lets in-flight HTTP requests complete and exits 0.
 
 Configuration comes from environment variables, read and validated at startup:
-``APP_VERSION``, ``HOST``, ``PORT``, ``DRAIN_TIMEOUT``, ``TICK_INTERVAL``, ``APP_FAULT``
+``APP_VERSION``, ``HOST``, ``PORT``, ``DRAIN_TIMEOUT``, ``DRAIN_SPREAD``, ``TICK_INTERVAL``, ``APP_FAULT``
 and ``WS_MAX_MESSAGE``. An empty value counts as unset.
 """
 
@@ -47,6 +47,9 @@ DEFAULT_VERSION = "dev"
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the app listens inside its container
 DEFAULT_PORT = 8000
 DEFAULT_DRAIN_TIMEOUT = 10.0
+# Reconnect notices go out spread over this long, so the clients do not all land on the new
+# server in the same instant (a burst of handshakes would delay its HTTP requests).
+DEFAULT_DRAIN_SPREAD = 0.5
 DEFAULT_TICK_INTERVAL = 1.0
 DEFAULT_WS_MAX_MESSAGE = 64 * 1024
 MIN_PORT = 1
@@ -122,6 +125,19 @@ def _env_positive_float(env: Mapping[str, str], name: str, default: float) -> fl
     return value
 
 
+def _env_spread(env: Mapping[str, str]) -> float:
+    raw = _env_value(env, "DRAIN_SPREAD")
+    if raw is None:
+        return DEFAULT_DRAIN_SPREAD
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"DRAIN_SPREAD must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"DRAIN_SPREAD must be zero or a positive number of seconds, got {raw!r}")
+    return value
+
+
 def _env_fault(env: Mapping[str, str]) -> Fault:
     raw = _env_value(env, "APP_FAULT")
     if raw is None:
@@ -141,6 +157,7 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    drain_spread: float = DEFAULT_DRAIN_SPREAD
     tick_interval: float = DEFAULT_TICK_INTERVAL
     fault: Fault = Fault.NONE
     ws_max_message: int = DEFAULT_WS_MAX_MESSAGE
@@ -162,6 +179,7 @@ class Settings:
             host=_env_value(env, "HOST") or DEFAULT_HOST,
             port=_env_int(env, "PORT", DEFAULT_PORT, MIN_PORT, MAX_PORT),
             drain_timeout=_env_positive_float(env, "DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
+            drain_spread=_env_spread(env),
             tick_interval=_env_positive_float(env, "TICK_INTERVAL", DEFAULT_TICK_INTERVAL),
             fault=_env_fault(env),
             ws_max_message=_env_int(env, "WS_MAX_MESSAGE", DEFAULT_WS_MAX_MESSAGE, 1, sys.maxsize),
@@ -246,6 +264,7 @@ class Hub:
 
     server_id: str
     drain_timeout: float
+    drain_spread: float = 0.0
     draining: bool = False
     connections: set[Connection] = field(default_factory=set)
     _closing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
@@ -271,7 +290,11 @@ class Hub:
         connections = list(self.connections)
         log.info("drain begin: %d open socket(s)", len(connections))
         farewell = self.reconnect_message()
-        for connection in connections:
+        # Spread the notices, but never over more than half of the drain's time.
+        step = min(self.drain_spread, self.drain_timeout / 2) / max(len(connections), 1)
+        for index, connection in enumerate(connections):
+            if index and step:
+                await asyncio.sleep(step)
             self._track(asyncio.create_task(connection.close(WS_CLOSE_SERVICE_RESTART, farewell)))
         unfinished = await self._wait_for_handlers(connections)
         if unfinished:
@@ -302,7 +325,11 @@ class Runtime:
     hub: Hub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.hub = Hub(server_id=self.server_id, drain_timeout=self.settings.drain_timeout)
+        self.hub = Hub(
+            server_id=self.server_id,
+            drain_timeout=self.settings.drain_timeout,
+            drain_spread=self.settings.drain_spread,
+        )
 
     @property
     def draining(self) -> bool:

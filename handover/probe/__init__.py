@@ -1,6 +1,7 @@
 """Load probe for deploys: constant-rate HTTP plus WebSocket clients; reports anything lost."""
 
 from .probe import Probe
+from .process import ProbeProcess
 from .report import HttpSummary, HttpWindowStats, ProbeReport, WsSummary
 from .settings import ProbeError, ProbeSettings
 from .stats import LatencySummary, percentile
@@ -11,6 +12,7 @@ __all__ = [
     "LatencySummary",
     "Probe",
     "ProbeError",
+    "ProbeProcess",
     "ProbeReport",
     "ProbeSettings",
     "WsSummary",

@@ -60,6 +60,11 @@ class Browser:
         """Run a function body in the page (``return`` gives the result back)."""
         return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
 
+    def set_viewport(self, width: int, height: int) -> None:
+        """Make the page's viewport exactly width x height CSS pixels (ChromeDriver's CDP bridge)."""
+        params = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self._call("POST", "/goog/cdp/execute", {"cmd": "Emulation.setDeviceMetricsOverride", "params": params})
+
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(self._call("GET", "/screenshot")))
@@ -107,7 +112,9 @@ def browser_session(endpoint: str) -> Iterator[Browser]:
             raise WebDriverError(f"new session: {value.get('error')}: {value.get('message')}")
         session_id = value["sessionId"]
         try:
-            yield Browser(endpoint, session_id)
+            browser = Browser(endpoint, session_id)
+            browser.set_viewport(*WINDOW_SIZE)
+            yield browser
         finally:
             with contextlib.suppress(requests.RequestException):
                 requests.delete(f"{endpoint}/session/{session_id}", timeout=COMMAND_TIMEOUT)

@@ -45,6 +45,16 @@ LogLevel VERBOSE
 """
 
 
+def _link_docker_plugins(home: Path) -> None:
+    """Give the sessions' HOME the caller's Docker CLI plugins (compose may be installed per user)."""
+    plugins = Path.home() / ".docker" / "cli-plugins"
+    if plugins.is_dir():
+        (home / ".docker").mkdir(mode=0o700, exist_ok=True)
+        link = home / ".docker" / "cli-plugins"
+        if not link.exists():
+            link.symlink_to(plugins)
+
+
 def _keygen(path: Path) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
     return Path(f"{path}.pub").read_text().strip()
@@ -108,6 +118,7 @@ class SshLab:
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(mode=0o700, exist_ok=True)
+        _link_docker_plugins(self.home)
         client_pub = _keygen(self.client_key)
         authorized = self.root / "authorized_keys"
         authorized.write_text(client_pub + "\n")

@@ -89,10 +89,12 @@ def test_page_stays_connected_through_a_deploy(stack: StackHandle, browser: Brow
     assert new_id != old_id and new_info["version"] == version
 
     time.sleep(SETTLE_SECONDS)
-    page = wait_for(browser, "the new server and every message acked",
-                    lambda p: p["stats"]["serverId"] == new_id and p["stats"]["state"] == "open"
-                    and p["stats"]["unacked"] == 0)
-    save_screenshot(browser, SCREENSHOT)
+    try:
+        page = wait_for(browser, "the new server and every message acked",
+                        lambda p: p["stats"]["serverId"] == new_id and p["stats"]["state"] == "open"
+                        and p["stats"]["unacked"] == 0)
+    finally:
+        save_screenshot(browser, SCREENSHOT)  # also when it failed: the page tells what went wrong
     stats = page["stats"]
 
     # What the page recorded: the old server, then the new one, via a planned reconnect only.

@@ -238,8 +238,13 @@ def test_settings_from_env() -> None:
         "TICK_INTERVAL": "0.5",
         "APP_FAULT": "crash",
         "WS_MAX_MESSAGE": "1024",
+        "DRAIN_SPREAD": "0.25",
+        "UNIX_SOCKET_DIR": "/run/x",
     }
-    assert Settings.from_env(env) == Settings("v9", "127.0.0.1", 9000, 2.5, 0.5, Fault.CRASH, 1024)
+    assert Settings.from_env(env) == Settings(
+        version="v9", host="127.0.0.1", port=9000, drain_timeout=2.5, drain_spread=0.25, tick_interval=0.5,
+        fault=Fault.CRASH, ws_max_message=1024, unix_socket_dir="/run/x",
+    )
 
 
 def test_empty_values_count_as_unset() -> None:
@@ -252,6 +257,7 @@ def test_empty_values_count_as_unset() -> None:
         ({"PORT": "http"}, "PORT must be an integer, got 'http'"),
         ({"PORT": "70000"}, "PORT must be between 1 and 65535, got 70000"),
         ({"DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT must be a number of seconds, got 'soon'"),
+        ({"DRAIN_SPREAD": "-0.5"}, "DRAIN_SPREAD must be zero or a positive number of seconds"),
         ({"DRAIN_TIMEOUT": "-1"}, "DRAIN_TIMEOUT must be a positive finite number"),
         ({"TICK_INTERVAL": "0"}, "TICK_INTERVAL must be a positive finite number"),
         ({"TICK_INTERVAL": "inf"}, "TICK_INTERVAL must be a positive finite number"),

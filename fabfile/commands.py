@@ -1,0 +1,192 @@
+"""Fabric tasks: deploy to Docker hosts over SSH (`fab -H web1,web2 deploy`, ...).
+
+Hosts come from ``-H`` (``[user@]host[:port]``, a name from ssh_config, or a name under
+``deploy.hosts`` in the config); ``-i``, ``-S`` and ``-t`` work as in any Fabric run. Host keys are
+checked against ~/.ssh/known_hosts (or ``deploy.known_hosts``) and unknown ones are refused.
+The configuration is validated for every host before anything connects (exit 2 on an error).
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from typing import Any
+
+from invoke.tasks import task
+
+from handover import cli, images
+from handover.engine import Engine
+from handover.errors import ConfigError
+from handover.lock import DeployLock
+from handover.progress import Progress
+from handover.record import RunRecord, history, now_iso, operator
+from handover.settings import check_version
+from handover.shell import command_line
+from handover.version import source_version
+
+from . import frontdoor, hostrun, hostsetup
+from .connect import Remote
+
+LOG_TAIL = 100
+RELEASES_SHOWN = 10
+
+
+@task(help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)"})
+def setup(c: Any, accept_new: bool = False) -> None:
+    """Check each host (Docker engine, Compose v2, rsync) and create its deploy directory (0750, SSH user's)."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        checks = hostsetup.check_host(remote, remote.target.settings)
+        for check in checks:
+            progress.say(f"    {'ok' if check.ok else 'MISSING':<7} {check.name:<10} {check.detail}")
+        hostsetup.require(checks, remote.name)
+        progress.say(f"==> {remote.name} is ready for deploys")
+
+    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work, accept_new=accept_new))
+
+
+@task(
+    help={
+        "version": "version to deploy (default: derived from server/ sources)",
+        "parallel": "hosts deployed at the same time (default: deploy.parallel, 1)",
+        "force": "deploy even if this version is already live",
+        "dry-run": "print each host's plan from its real state and change nothing",
+        "json": "print the results as JSON (progress goes quiet)",
+    }
+)
+def deploy(c: Any, version: str = "", parallel: int = 0, force: bool = False, dry_run: bool = False,
+           json: bool = False) -> None:
+    """Sync the sources to each host, build there and deploy with zero downtime; K hosts at a time, stop at a failure.
+
+    A host with no running stack yet (after `setup`) gets the stack started with this version.
+    """
+
+    def go() -> None:
+        rc = frontdoor.remote_config(c, parallel or None)
+        target_version = check_version(version or source_version(cli.SERVER_DIR))
+        if not dry_run:
+            images.build_wheelhouse(cli.SERVER_DIR, Progress(quiet=json))
+
+        def work(remote: Remote, progress: Progress) -> RunRecord:
+            run = hostrun.dry_run if dry_run else hostrun.deploy
+            return run(remote, target_version, force=force, progress=progress)
+
+        frontdoor.rolling(c, rc, "deploy", target_version, work, as_json=json)
+
+    cli.guarded(go)
+
+
+@task(
+    help={
+        "to": "version to go back to (default: each host's release before the live one)",
+        "parallel": "hosts rolled back at the same time (default: deploy.parallel, 1)",
+    }
+)
+def rollback(c: Any, to: str = "", parallel: int = 0) -> None:
+    """Swap each host back to an earlier release's image with the zero-downtime sequence (no sync, no build)."""
+
+    def go() -> None:
+        rc = frontdoor.remote_config(c, parallel or None)
+        target = check_version(to) if to else None
+        frontdoor.rolling(c, rc, "rollback", to or "to the previous release",
+                          lambda remote, progress: hostrun.rollback(remote, target, progress))
+
+    cli.guarded(go)
+
+
+@task(help={"count": "how many records per host", "json": "print as JSON lines"})
+def releases(c: Any, count: int = RELEASES_SHOWN, json: bool = False) -> None:
+    """List each host's recorded runs (who, when, version, result, duration)."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        for item in history(remote.conn, remote.target.settings.state_path)[-count:]:
+            if json:
+                print(jsonlib.dumps({"host": remote.name, **item}, sort_keys=True))
+            else:
+                progress.say(f"{item.get('started_at', '')}  {item.get('action', ''):<8} "
+                             f"{item.get('version', ''):<20} {item.get('result', ''):<12} "
+                             f"{item.get('seconds', '')} s  by {item.get('by', '')}")
+
+    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+
+
+@task(help={"json": "print as JSON"})
+def status(c: Any, json: bool = False) -> None:
+    """Show each host's app containers (live or not, version, health) and nginx."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        facts = Engine(remote.conn, remote.target.settings).facts()
+        live = {x.id for x in facts.live}
+        rows = [{"name": x.name, "id": x.short_id, "version": x.version, "status": x.status,
+                 "health": x.health, "live": x.id in live} for x in facts.containers]
+        proxy = facts.proxy.name if facts.proxy else None
+        if json:
+            print(jsonlib.dumps({"host": remote.name, "app": rows, "nginx": proxy,
+                                 "live_version": facts.live_version}, sort_keys=True))
+            return
+        progress.say(f"{remote.name}: nginx {proxy or 'not running'}   live version: {facts.live_version or '-'}")
+        for r in rows:
+            progress.say(f"  {'*' if r['live'] else ' '} {r['name']:<24} {r['id']}  {r['version']:<16} "
+                         f"{r['status']:<10} {r['health']}")
+
+    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+
+
+@task(help={"follow": "keep following (one host only)", "tail": "lines per container"})
+def logs(c: Any, follow: bool = False, tail: int = LOG_TAIL) -> None:
+    """Show the logs of each host's app and nginx containers."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        engine = Engine(remote.conn, remote.target.settings)
+        s = engine.settings
+        args = ["docker", "compose", "--project-name", s.project, "--file", s.compose_path,
+                "logs", "--tail", str(tail), *(["--follow"] if follow else [])]
+        progress.say(f"==> logs of {s.project} on {remote.name}")
+        remote.conn.run(command_line(args, engine.stack.compose_env()), pty=False, in_stream=False, warn=True)
+
+    def go() -> None:
+        rc = frontdoor.remote_config(c)
+        if follow and len(rc.targets) > 1:
+            raise ConfigError("--follow works with one host; give one -H host")
+        frontdoor.for_each_host(c, rc, work)
+
+    cli.guarded(go)
+
+
+@task(help={"reason": "why deploys are held (shown to whoever is refused)"})
+def lock(c: Any, reason: str = "") -> None:
+    """Take each host's deploy lock and keep it: deploys and rollbacks are refused until `unlock`."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        held = DeployLock(remote.conn, remote.target.settings.state_path)
+        info = {"holder": operator(), "since": now_iso(), "action": "lock", "via": hostrun.FRONT_DOOR}
+        if reason:
+            info["reason"] = reason
+        held.acquire(info)
+        progress.say(f"lock taken on {remote.name} ({held.path}); release it with the unlock task")
+
+    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+
+
+@task
+def unlock(c: Any) -> None:
+    """Release each host's deploy lock (a stale one, or one taken with `lock`); only when no deploy runs."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        held = DeployLock(remote.conn, remote.target.settings.state_path)
+        holder = held.holder()
+        held.release()
+        progress.say(f"{remote.name}: lock released (was held by {holder})" if holder
+                     else f"{remote.name}: no lock was held")
+
+    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+
+
+@task
+def down(c: Any) -> None:
+    """Stop and remove each host's whole stack (app and nginx containers, network); releases stay."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        Engine(remote.conn, remote.target.settings).down()
+        progress.say(f"{remote.name}: stack removed")
+
+    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))

@@ -1,0 +1,280 @@
+"""`fab` end to end: real sshd on 127.0.0.2-4, rsync, and the real Docker engine.
+
+Each "host" is an sshd on its own loopback address with its own host key; each gets its own deploy
+directory, compose project, port and app image name, as separate machines would have. `fab` runs
+as a user runs it, with a config file (-f), a key (-i) and -H.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from .sshd import SshLab, SshServer
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).parent / "fab")
+ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+PORT_BASE = 28100
+FAB_TIMEOUT = 300
+PRIVATE_VALUE = "private-value-never-printed-42"
+PWNED = Path("/tmp/handover-pwned-marker")  # noqa: S108 - what an injected `touch` would create
+TIMINGS: dict[str, float] = {}
+
+
+@dataclass
+class HostSetup:
+    server: SshServer
+    deploy_dir: Path
+    project: str
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def version(self) -> str:
+        return str(requests.get(f"{self.url}/api/info", timeout=5).json()["version"])
+
+
+@dataclass
+class Lab:
+    ssh: SshLab
+    work: Path
+    projects: list[str] = field(default_factory=list)
+    counter: int = 0
+
+    def hosts(self, tag: str, servers: list[SshServer], deploy_dir: str | None = None) -> list[HostSetup]:
+        made = []
+        for server in servers:
+            self.counter += 1
+            project = f"hrt-{tag}-{self.counter}"
+            self.projects.append(project)
+            path = Path(deploy_dir) if deploy_dir else self.work / project / "deploy"
+            made.append(HostSetup(server, path, project, PORT_BASE + self.counter))
+        return made
+
+    def config(self, name: str, hosts: list[HostSetup], known_hosts: Path | None = None,
+               **extra: Any) -> Path:
+        section: dict[str, Any] = {
+            "known_hosts": str(known_hosts or self.ssh.known_hosts),
+            "drain_timeout": 2,
+            "stop_grace_period": 6,
+            "releases_kept": 3,
+            "hosts": {h.server.address: {"deploy_dir": str(h.deploy_dir), "project": h.project,
+                                         "http_port": h.http_port, "app_image": f"{h.project}-app"}
+                      for h in hosts},
+            **extra,
+        }
+        path = self.work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"deploy": section}))
+        return path
+
+    def fab(self, config: Path, hosts: list[HostSetup], *args: str, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_"))}
+        command = [FAB, "-f", str(config), "-i", str(self.ssh.client_key),
+                   "-H", ",".join(h.server.spec for h in hosts), *args]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=FAB_TIMEOUT,
+                                stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def timed(self, label: str, config: Path, hosts: list[HostSetup], *args: str) -> subprocess.CompletedProcess[str]:
+        t0 = time.monotonic()
+        result = self.fab(config, hosts, *args)
+        TIMINGS[label] = round(time.monotonic() - t0, 2)
+        return result
+
+
+def _remove_project(project: str) -> None:
+    subprocess.run(["docker", "compose", "--project-name", project, "down", "--timeout", "1", "--remove-orphans"],
+                   capture_output=True, check=False)
+    images = subprocess.run(["docker", "image", "ls", f"{project}-app", "--format", "{{.Repository}}:{{.Tag}}"],
+                            capture_output=True, text=True, check=False).stdout.split()
+    if images:
+        subprocess.run(["docker", "image", "rm", *images], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.fail("the Docker engine is not running: run scripts/bootstrap.sh")
+    root = tmp_path_factory.mktemp("remote")
+    ssh = SshLab(root / "ssh")
+    the_lab = Lab(ssh, root / "work")
+    the_lab.work.mkdir()
+    PWNED.unlink(missing_ok=True)
+    try:
+        ssh.start(ADDRESSES)
+        yield the_lab
+    finally:
+        ssh.stop()
+        for project in the_lab.projects:
+            _remove_project(project)
+        shutil.rmtree(root, ignore_errors=True)
+        if TIMINGS:
+            print("\nremote timings (s):", TIMINGS)
+
+
+@pytest.fixture(scope="module")
+def web1(lab: Lab) -> tuple[Path, HostSetup]:
+    """One host with a running stack (started by its first deploy), secrets included."""
+    [host] = lab.hosts("one", lab.ssh.servers[:1])
+    secrets = lab.work / "app.env"
+    secrets.write_text(f"APP_SECRET_TOKEN={PRIVATE_VALUE}\n")
+    config = lab.config("web1", [host], env_file=str(secrets))
+    setup = lab.fab(config, [host], "setup")
+    assert "is ready for deploys" in setup.stdout
+    assert stat.S_IMODE(host.deploy_dir.stat().st_mode) == 0o750
+    first = lab.timed("first deploy, starts the stack", config, [host], "deploy", "--version", "r1")
+    assert "starting it from the synced release" in first.stdout
+    assert host.version() == "r1"
+    env_copy = lab.ssh.home / ".config" / "handover" / f"{host.project}.env"
+    assert env_copy.read_text() == secrets.read_text()
+    assert stat.S_IMODE(env_copy.stat().st_mode) == 0o600
+    assert PRIVATE_VALUE not in first.stdout + first.stderr
+    return config, host
+
+
+def test_deploy_under_load_has_zero_failures(lab: Lab, web1: tuple[Path, HostSetup]) -> None:
+    from handover.probe import Probe, ProbeSettings
+
+    config, host = web1
+    probe = Probe(ProbeSettings(base_url=host.url, rate=50, ws_clients=10))
+    probe.start()
+    try:
+        time.sleep(1.5)
+        result = lab.timed("deploy r2, one host", config, [host], "deploy", "--version", "r2")
+        time.sleep(1.0)
+    finally:
+        report = probe.stop()
+    assert report.ok, report.format_table()
+    assert host.version() == "r2"
+    assert "deploy success: r1 -> r2" in result.stdout
+    current = os.readlink(host.deploy_dir / "current")
+    assert current.startswith("releases/") and current.endswith("Z-r2")  # relative, swapped
+    assert len(list((host.deploy_dir / "releases").iterdir())) == 2
+    assert PRIVATE_VALUE not in result.stdout + result.stderr
+
+
+def test_rollback_restores_previous_version(lab: Lab, web1: tuple[Path, HostSetup]) -> None:
+    config, host = web1
+    before = host.version()
+    lab.fab(config, [host], "deploy", "--version", "r3")
+    assert host.version() == "r3"
+    release_dirs = sorted(p.name for p in (host.deploy_dir / "releases").iterdir())
+    result = lab.timed("rollback, one host", config, [host], "rollback")
+    assert host.version() == before
+    assert "rollback success: r3 -> " + before in result.stdout
+    assert "sync" not in result.stdout and "build" not in result.stdout  # no sync, no rebuild
+    assert sorted(p.name for p in (host.deploy_dir / "releases").iterdir()) == release_dirs
+    assert os.readlink(host.deploy_dir / "current").endswith(f"Z-{before}")
+    history = lab.fab(config, [host], "releases").stdout
+    assert "rollback r3" not in history and f"rollback {before}" in history
+
+
+def test_lock_refuses_a_second_deploy_until_unlocked(lab: Lab, web1: tuple[Path, HostSetup]) -> None:
+    config, host = web1
+    before = host.version()
+    releases = sorted((host.deploy_dir / "releases").iterdir())
+    lab.fab(config, [host], "lock", "--reason", "db migration")
+    refused = lab.fab(config, [host], "deploy", "--version", "r9", check=False)
+    assert refused.returncode != 0
+    assert "another deploy holds the lock" in refused.stderr
+    assert "reason=db migration" in refused.stderr and "holder=" in refused.stderr
+    assert host.version() == before
+    assert sorted((host.deploy_dir / "releases").iterdir()) == releases  # nothing synced either
+    freed = lab.fab(config, [host], "unlock")
+    assert "lock released" in freed.stdout
+    assert not (host.deploy_dir / ".state" / "lock").exists()
+
+
+def test_unknown_or_changed_host_key_is_refused(lab: Lab) -> None:
+    [host] = lab.hosts("nokey", lab.ssh.servers[:1])
+    empty = lab.work / "empty_known_hosts"
+    empty.write_text("")
+    config = lab.config("nokey", [host], known_hosts=empty)
+    result = lab.fab(config, [host], "deploy", "--version", "r1", check=False)
+    assert result.returncode != 0
+    assert "is not in" in result.stderr and "refusing to connect" in result.stderr
+    assert f"ssh-keyscan -p {host.server.port} {host.server.address}" in result.stderr
+    assert not host.deploy_dir.exists() and not host.deploy_dir.parent.exists()
+
+    wrong = lab.work / "wrong_known_hosts"  # .2 recorded with .3's key
+    wrong.write_text(f"[{host.server.address}]:{host.server.port} {lab.ssh.servers[1].host_key_line}\n")
+    changed = lab.fab(lab.config("changed", [host], known_hosts=wrong), [host], "setup", check=False)
+    assert changed.returncode != 0 and "has CHANGED" in changed.stderr
+    assert not host.deploy_dir.parent.exists()
+
+    trusted = lab.work / "tofu_known_hosts"
+    config = lab.config("tofu", [host], known_hosts=trusted)
+    lab.fab(config, [host], "setup", "--accept-new")
+    assert host.server.host_key_line in trusted.read_text()
+    lab.fab(config, [host], "status")  # now known
+
+
+def test_invalid_config_exits_2_before_connecting(lab: Lab) -> None:
+    [host] = lab.hosts("badcfg", lab.ssh.servers[:1])
+    config = lab.config("badcfg", [host])
+    data = yaml.safe_load(config.read_text())
+    data["deploy"]["hosts"][host.server.address]["http_port"] = "eighty"
+    config.write_text(yaml.safe_dump(data))
+    result = lab.fab(config, [host], "setup", check=False)
+    assert result.returncode == 2
+    assert f"deploy.hosts.{host.server.address}.http_port" in result.stderr
+    assert not host.deploy_dir.parent.exists()
+
+
+def test_shell_metacharacters_in_config_are_quoted(lab: Lab) -> None:
+    nasty = str(lab.work / f"odd dir $(touch {PWNED}) `touch {PWNED}`; touch {PWNED}")
+    [host] = lab.hosts("quoted", lab.ssh.servers[1:2], deploy_dir=nasty)
+    config = lab.config("quoted", [host])
+    lab.fab(config, [host], "setup")
+    lab.fab(config, [host], "deploy", "--version", "q1")
+    lab.fab(config, [host], "deploy", "--version", "q2")
+    assert host.version() == "q2"
+    assert Path(nasty).is_dir() and (Path(nasty) / "current").is_symlink()
+    assert not PWNED.exists()
+
+
+def test_three_hosts_roll_one_and_three_at_a_time(lab: Lab) -> None:
+    hosts = lab.hosts("roll", lab.ssh.servers)
+    config = lab.config("roll", hosts)
+    lab.fab(config, hosts, "setup")
+    lab.timed("3 hosts, first deploy, K=3", config, hosts, "deploy", "--version", "m1", "--parallel", "3")
+    assert [h.version() for h in hosts] == ["m1"] * 3
+
+    k1 = lab.timed("3 hosts, K=1", config, hosts, "deploy", "--version", "m2")
+    assert [h.version() for h in hosts] == ["m2"] * 3
+    assert "3 of 3 host(s) done" in k1.stdout
+    k3 = lab.timed("3 hosts, K=3", config, hosts, "deploy", "--version", "m3", "--parallel", "3")
+    assert [h.version() for h in hosts] == ["m3"] * 3
+    assert "3 of 3 host(s) done" in k3.stdout
+
+    # The second host is locked: the rollout stops there; the third host is not touched.
+    lab.fab(config, hosts[1:2], "lock")
+    stopped = lab.fab(config, hosts, "deploy", "--version", "m4", check=False)
+    assert stopped.returncode != 0
+    assert [h.version() for h in hosts] == ["m4", "m3", "m3"]
+    assert "1 of 3 host(s) done; stopped at the first failure" in stopped.stdout
+    lines = {line.split()[0]: line for line in stopped.stdout.splitlines() if line.startswith("    127.")}
+    assert "done" in lines[hosts[0].server.label] and "m4" in lines[hosts[0].server.label]
+    assert "FAILED" in lines[hosts[1].server.label] and "m3" in lines[hosts[1].server.label]
+    assert "not started" in lines[hosts[2].server.label] and "m3" in lines[hosts[2].server.label]
+    lab.fab(config, hosts[1:2], "unlock")
