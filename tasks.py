@@ -7,10 +7,12 @@ defaults; invoke.yaml, INVOKE_DEPLOY_* variables and `-f FILE` override them.
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from invoke.collection import Collection
 from invoke.context import Context
+from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from handover import cli, images
@@ -19,6 +21,9 @@ from handover.progress import Progress
 from handover.record import RunRecord, history
 from handover.settings import Settings
 from handover.version import source_version
+
+PROBE_WARMUP_SECONDS = 2.0  # steady traffic before the deploy, for the comparison
+PROBE_SETTLE_SECONDS = 1.0
 
 
 def _settings(c: Context) -> Settings:
@@ -101,22 +106,31 @@ def deploy(
 
         load = ProbeProcess(ProbeSettings(base_url=f"http://{s.http_bind}:{s.http_port}"))
         load.start()
+
+        def add_probe(rec: RunRecord) -> None:
+            load.close_window()
+            time.sleep(PROBE_SETTLE_SECONDS)
+            rec.probe = load.stop().to_dict()
+
+        options.before_record = add_probe
         try:
-            time.sleep(2.0)
-            with load.window("deploy"):
-                rec = engine.deploy(options)
-            time.sleep(1.0)
+            time.sleep(PROBE_WARMUP_SECONDS)
+            load.open_window("deploy")
+            rec = engine.deploy(options)
         finally:
+            load.close_window()
             report = load.stop()
-        rec.probe = report.to_dict()
         if not json:
             print(report.format_table())
         if not report.ok:
-            print("error: the probe saw failures during the deploy", flush=True)
+            print("error: the probe saw failures during the deploy", file=sys.stderr, flush=True)
+            rec.finish("failed", "the probe saw failures during the deploy")
         return rec
 
     rec = cli.guarded(go)
     cli.print_record(rec, json)
+    if rec.result not in ("success", "unchanged", "planned"):
+        raise Exit(code=1)
 
 
 @task(help={"version": "the earlier version to go back to (default: the one before the live one)"})
@@ -231,8 +245,6 @@ def unlock(c: Context) -> None:
 def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0, ws_clients: int = 100,
           json: bool = False) -> None:
     """Constant-rate HTTP + WebSocket load that reports every failure (non-zero exit on any)."""
-    from invoke.exceptions import Exit
-
     from handover.probe import Probe, ProbeSettings
 
     s = _settings(c)
@@ -261,8 +273,6 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
           port: int = 18100) -> None:
     """K deploys under the probe: this engine vs the simple scale/reload/stop sequence, side by side."""
     from dataclasses import replace
-
-    from invoke.exceptions import Exit
 
     from handover import bench as bench_mod
     from handover.probe import ProbeSettings

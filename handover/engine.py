@@ -34,8 +34,8 @@ class DeployOptions:
     action: str = "deploy"
     app_env: dict[str, str] = field(default_factory=dict)
     host: str = "local"
-    # Called with the record once the new containers serve (e.g. to tag the probe's window).
-    on_switched: Callable[[RunRecord], None] | None = None
+    # Called with the finished record just before it is stored (e.g. to add the probe's numbers).
+    before_record: Callable[[RunRecord], None] | None = None
 
 
 @dataclass
@@ -216,6 +216,8 @@ class Engine:
             raise
         finally:
             self.lock.release()
+            if options.before_record is not None:
+                options.before_record(rec)
             self.record_run(rec)
             say(f"    lock released; record appended to {s.state_path}/{record.RELEASE_LOG}")
 
@@ -257,8 +259,6 @@ class Engine:
             rec.finish("rolled_back" if isinstance(exc, HealthCheckFailed | NginxConfigInvalid) else "failed",
                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
-        if options.on_switched:
-            options.on_switched(rec)
         with self.progress.step(rec, "drain", f"stop {', '.join(c.name for c in old) or 'nothing'} "
                                 f"(grace {self.settings.stop_grace_period:g} s), remove by ID"):
             self.drain(old)
@@ -335,7 +335,9 @@ class Engine:
         if not live:
             with self.progress.step(rec, "start", f"{s_rep(s.replicas)} of {version}"):
                 proxy.ensure_dirs(self.stack)
-                self.discard(facts.leftovers)
+                # Nothing healthy serves: clear every app container (stopped or failing ones too),
+                # or compose would restart them instead of starting this version.
+                self.discard(facts.containers)
                 new = self.start_new([], version, {})
             with self.progress.step(rec, "health", "wait for the app"):
                 try:

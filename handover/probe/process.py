@@ -50,6 +50,7 @@ class ProbeProcess:
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
         self.report: ProbeReport | None = None
+        self._open = 0
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(target=_child, args=(settings, child_conn), name="handover-probe",
@@ -67,11 +68,21 @@ class ProbeProcess:
 
     @contextlib.contextmanager
     def window(self, name: str) -> Iterator[None]:
-        self._conn.send((_OPEN, name))
+        self.open_window(name)
         try:
             yield
         finally:
-            self._conn.send((_CLOSE, name))
+            self.close_window()
+
+    def open_window(self, name: str) -> None:
+        self._conn.send((_OPEN, name))
+        self._open += 1
+
+    def close_window(self) -> None:
+        """Close the innermost open window; nothing happens if none is open (or after stop)."""
+        if self._open and self.report is None:
+            self._conn.send((_CLOSE, None))
+            self._open -= 1
 
     def stop(self) -> ProbeReport:
         if self.report is not None:
