@@ -14,20 +14,23 @@ PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 step() { printf '==> %s\n' "$*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-packages=()
-have dockerd || packages+=(docker.io)
-have debootstrap || packages+=(debootstrap)
-have sshd || [ -x /usr/sbin/sshd ] || packages+=(openssh-server)
-have rsync || packages+=(rsync)
-have curl || packages+=(curl)
+system=()   # installed with their recommended packages (dockerd wants e.g. cgroupfs-mount)
+have dockerd || system+=(docker.io)
+have debootstrap || system+=(debootstrap)
+have sshd || [ -x /usr/sbin/sshd ] || system+=(openssh-server)
+have rsync || system+=(rsync)
+have curl || system+=(curl)
+browser=()  # only what headless Chromium needs
 if [ "${HANDOVER_BROWSER:-1}" = 1 ]; then
-  have chromium || packages+=(chromium)
-  have chromedriver || packages+=(chromium-driver)
+  have chromium || browser+=(chromium)
+  have chromedriver || browser+=(chromium-driver)
 fi
-if [ ${#packages[@]} -gt 0 ]; then
-  step "installing ${packages[*]}"
+if [ ${#system[@]} -gt 0 ] || [ ${#browser[@]} -gt 0 ]; then
+  step "installing ${system[*]} ${browser[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  apt=($SUDO env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq)
+  [ ${#system[@]} -eq 0 ] || "${apt[@]}" "${system[@]}" >/dev/null
+  [ ${#browser[@]} -eq 0 ] || "${apt[@]}" --no-install-recommends "${browser[@]}" >/dev/null
 fi
 
 if ! docker compose version >/dev/null 2>&1; then
