@@ -253,6 +253,9 @@ class Engine:
             with self.progress.step(rec, "switch", "swap nginx's live socket links to the new containers"):
                 self.switch_to(new)
         except (HandoverError, KeyboardInterrupt) as exc:
+            if not new:  # interrupted inside `compose up`: find what it started so far
+                known = {c.id for c in facts.containers}
+                new = [c for c in self.stack.app_containers() if c.id not in known]
             if new:
                 with self.progress.step(rec, "rollback", "remove the new containers; the old version keeps serving"):
                     self.discard(new)
