@@ -160,6 +160,23 @@ class Engine:
             self.progress.waiting(f"{len(healthy)}/{len(ids)} healthy, {time.monotonic() - t0:.1f} s")
             time.sleep(self.settings.health_poll_interval)
 
+    def verify_after_switch(self, new: Sequence[Container]) -> None:
+        """The new containers must stay running and healthy for a short while after the switch,
+        while the old ones are still there to switch back to."""
+        deadline = time.monotonic() + self.settings.post_switch_check
+        while True:
+            current = {c.id: c for c in self.stack.inspect([c.id for c in new])}
+            now = [current.get(c.id, c) for c in new]
+            bad = [c for c, before in zip(now, new, strict=True)
+                   if c.id not in current or not c.is_healthy or c.restarts > before.restarts]
+            if bad:
+                raise HealthCheckFailed(
+                    "after the switch: " + ", ".join(c.describe() for c in bad) + f"\n{self.failure_logs(bad)}"
+                )
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(self.settings.health_poll_interval)
+
     def switch_to(self, containers: Sequence[Container]) -> None:
         proxy.point(self.stack, containers)
 
@@ -239,6 +256,7 @@ class Engine:
         elif not self.stack.image_exists(rec.image):
             raise HandoverError(f"image {rec.image} is not on the host; it cannot be deployed without a build")
         new: list[Container] = []
+        switched = False
         try:
             with self.progress.step(rec, "start", f"{s_rep(self.settings.replicas)} beside {len(old)} live"):
                 new = self.start_new(old, version, options.app_env)
@@ -252,10 +270,18 @@ class Engine:
                     raise HealthCheckFailed(f"{exc}\n{self.failure_logs(new)}") from None
             with self.progress.step(rec, "switch", "swap nginx's live socket links to the new containers"):
                 self.switch_to(new)
+                switched = True
+            if self.settings.post_switch_check > 0:
+                with self.progress.step(rec, "verify", f"the new containers keep serving for "
+                                        f"{self.settings.post_switch_check:g} s, the old ones still up"):
+                    self.verify_after_switch(new)
         except (HandoverError, KeyboardInterrupt) as exc:
             if not new:  # interrupted inside `compose up`: find what it started so far
                 known = {c.id for c in facts.containers}
                 new = [c for c in self.stack.app_containers() if c.id not in known]
+            if switched and old:
+                with self.progress.step(rec, "switch back", "point nginx at the old containers again"):
+                    self.switch_to(old)
             if new:
                 with self.progress.step(rec, "rollback", "remove the new containers; the old version keeps serving"):
                     self.discard(new)
@@ -285,6 +311,8 @@ class Engine:
                 + (", ".join(f"{c.name} ({c.version})" for c in old) or "nothing"))
             say(f"    wait until healthy (up to {self.settings.health_timeout:g} s), else remove them and stop")
             say("    switch nginx to them (atomic swap of the live socket links; no reload)")
+            if self.settings.post_switch_check > 0:
+                say(f"    check they keep serving for {self.settings.post_switch_check:g} s, else switch back")
             say(f"    drain and remove {', '.join(c.name for c in old) or 'nothing'} by ID")
         rec.finish("planned")
 

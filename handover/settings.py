@@ -49,6 +49,7 @@ class Settings:
     drain_timeout: float
     stop_grace_period: float
     reload_timeout: float
+    post_switch_check: float
     releases_kept: int
     env_file: str
 
@@ -159,6 +160,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         drain_timeout=drain,
         stop_grace_period=grace,
         reload_timeout=_number("reload_timeout", config["reload_timeout"], 1, 600),
+        post_switch_check=_number("post_switch_check", config["post_switch_check"], 0, 600),
         releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
         env_file=_optional_text("env_file", config.get("env_file"), None, path_expected),
     )
