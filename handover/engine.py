@@ -101,7 +101,8 @@ class Engine:
                 raise PreflightError(
                     f"nginx of {self.settings.project!r} routes to no running app container; start the stack first"
                 )
-            proxy.test_config(self.stack)
+            # nginx -t runs in the "proxy config" step whenever nginx's files differ from what it
+            # loaded (and validated) last; unchanged files need no second check.
         return facts
 
     def _diagnose(self) -> None:
@@ -216,7 +217,7 @@ class Engine:
         rec = RunRecord(action=options.action, version=version, project=s.project, host=options.host,
                         image=f"{s.app_image}:{version}")
         say = self.progress.say
-        with self.progress.step(rec, "preflight", "docker, compose v2, compose file, nginx -t"):
+        with self.progress.step(rec, "preflight", "docker, compose v2, compose file, the stack is up"):
             facts = self.preflight()
         rec.previous_version = facts.live_version
         if options.dry_run:
@@ -331,10 +332,10 @@ class Engine:
                 known.append(version)
             if item.get("result") == "success" and len(kept) < s.releases_kept:
                 kept.add(version)
-        stale = [f"{s.app_image}:{v}" for v in known if v not in kept]
-        present = [image for image in stale if self.stack.image_exists(image)] if stale else []
-        if present:
-            run(self.runner, ["docker", "image", "rm", *present], check=False)
+        present = set(run(self.runner, ["docker", "image", "ls", s.app_image, "--format", "{{.Tag}}"]).stdout.split())
+        stale = [f"{s.app_image}:{v}" for v in known if v not in kept and v in present]
+        if stale:
+            run(self.runner, ["docker", "image", "rm", *stale], check=False)
 
     # -- the stack as a whole ----------------------------------------------------------------------
     def up(self, version: str) -> RunRecord:
