@@ -74,7 +74,8 @@ def up(c: Context, version: str | None = None) -> None:
         "probe": "run the load probe during the deploy and report what it saw",
         "json": "print the release record as JSON (progress goes quiet)",
         "quiet": "print only errors and the final report",
-        "fault": "start the new version with APP_FAULT set (unhealthy|crash), to rehearse a rollback",
+        "fault": "start the new version with APP_FAULT set (unhealthy, crash or exit-after:SECONDS), to rehearse "
+                 "a rollback",
     }
 )
 def deploy(

@@ -22,6 +22,7 @@ from handover.lock import DeployLock
 from handover.progress import Progress
 from handover.record import RunRecord, StepRecord, history, now_iso, operator
 from handover.settings import Settings, check_version
+from handover.shell import interruptible
 
 from . import hostsetup, secrets, sync
 from .connect import Remote
@@ -42,12 +43,13 @@ class HeldLock(DeployLock):
 @contextmanager
 def host_lock(remote: Remote, s: Settings, action: str, version: str) -> Iterator[None]:
     lock = DeployLock(remote.conn, s.state_path)
-    lock.acquire({"holder": operator(), "since": now_iso(), "version": version, "action": action,
-                  "via": FRONT_DOOR, "host": remote.name})
-    try:
-        yield
-    finally:
-        lock.release()
+    with interruptible():  # Ctrl-C stops at the next command; the lock is released below
+        lock.acquire({"holder": operator(), "since": now_iso(), "version": version, "action": action,
+                      "via": FRONT_DOOR, "host": remote.name})
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 def _engine(remote: Remote, s: Settings, progress: Progress, extra_env: dict[str, str] | None = None) -> Engine:
@@ -80,6 +82,8 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress) -> 
     dirs = hostsetup.prepare_dirs(remote, base)
     if not dirs.ok:
         raise PreflightError(f"{remote.name}: {dirs.detail}")
+    # Before anything is synced: say exactly what is missing (the base image step would otherwise fail first).
+    hostsetup.require([hostsetup.check_docker(remote), hostsetup.check_compose(remote)], "the host")
     with host_lock(remote, base, "deploy", version):
         s = secrets.with_secrets(remote, base, upload=True)
         progress.say(f"==> sync: compose/, nginx/, server/ -> {remote.name}:{sync.releases_path(s)}/")

@@ -45,6 +45,8 @@ def check_docker(remote: Remote) -> Check:
 
 def check_compose(remote: Remote) -> Check:
     result = run(remote.conn, ["docker", "compose", "version", "--short"], check=False)
+    if result.exited == COMMAND_NOT_FOUND:
+        return Check("compose", False, "cannot be checked without docker (install Docker Engine first)")
     version = result.stdout.strip().lstrip("v")
     if result.exited != 0 or not version.startswith(COMPOSE_MAJOR):
         return Check("compose", False, "Docker Compose v2 is missing (`docker compose version` failed): install "

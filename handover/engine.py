@@ -12,15 +12,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import proxy, record, upstream
-from .errors import CommandError, HandoverError, HealthCheckFailed, NginxConfigInvalid, PreflightError
+from .errors import (
+    BuildFailed,
+    CommandError,
+    HandoverError,
+    HealthCheckFailed,
+    NginxConfigInvalid,
+    PreflightError,
+)
 from .lock import DeployLock
 from .progress import Progress
 from .record import RunRecord
 from .settings import Settings, check_version
-from .shell import Runner, run
+from .shell import Runner, interruptible, run
 from .stack import APP_SERVICE, PROXY_SERVICE, UNHEALTHY, Container, Stack
 
 LOG_LINES_ON_FAILURE = 40
+BUILD_LOG_LINES = 30
 PROXY_START_TIMEOUT = 30.0
 COMPOSE_MAJOR = "2"
 
@@ -122,7 +130,13 @@ class Engine:
             )
 
     def build(self, version: str) -> None:
-        self.stack.compose("build", APP_SERVICE, version=version, timeout=1800)
+        try:
+            self.stack.compose("build", APP_SERVICE, version=version, timeout=1800)
+        except CommandError as exc:
+            # The builder's own words (e.g. pip's) may be on stdout (classic builder) or stderr (BuildKit).
+            log = "\n".join(f"{exc.stdout}\n{exc.output}".strip().splitlines()[-BUILD_LOG_LINES:])
+            raise BuildFailed(f"the build of {self.settings.app_image}:{version} failed (exit {exc.exited}); "
+                              f"no container was started or stopped. Last lines of the build:\n{log}") from None
 
     def start_new(self, old: Sequence[Container], version: str, app_env: dict[str, str]) -> list[Container]:
         before = {c.id for c in self.stack.app_containers()}
@@ -178,11 +192,13 @@ class Engine:
                 return
             time.sleep(self.settings.health_poll_interval)
 
-    def switch_to(self, containers: Sequence[Container]) -> None:
-        proxy.point(self.stack, containers)
+    def switch_to(self, containers: Sequence[Container], fallback: Sequence[Container] = ()) -> None:
+        """Point nginx at ``containers``; until the drain, nginx may retry on ``fallback`` (see upstream)."""
+        proxy.point(self.stack, containers, fallback)
 
     def drain(self, old: Sequence[Container]) -> None:
         ids = [c.id for c in old]
+        proxy.forget_fallback(self.stack)
         self.stack.stop(ids, self.settings.stop_grace_period)
         self.stack.remove(ids)
         proxy.forget_sockets(self.stack, old)
@@ -212,6 +228,10 @@ class Engine:
 
     # -- the sequence ------------------------------------------------------------------------------
     def deploy(self, options: DeployOptions) -> RunRecord:
+        with interruptible():
+            return self._deploy(options)
+
+    def _deploy(self, options: DeployOptions) -> RunRecord:
         version = check_version(options.version)
         s = self.settings
         rec = RunRecord(action=options.action, version=version, project=s.project, host=options.host,
@@ -270,7 +290,7 @@ class Engine:
                     step.detail = str(exc)
                     raise HealthCheckFailed(f"{exc}\n{self.failure_logs(new)}") from None
             with self.progress.step(rec, "switch", "swap nginx's live socket links to the new containers"):
-                self.switch_to(new)
+                self.switch_to(new, fallback=old)
                 switched = True
             if self.settings.post_switch_check > 0:
                 with self.progress.step(rec, "verify", f"the new containers keep serving for "
@@ -280,6 +300,9 @@ class Engine:
             if not new:  # interrupted inside `compose up`: find what it started so far
                 known = {c.id for c in facts.containers}
                 new = [c for c in self.stack.app_containers() if c.id not in known]
+            if old and new and not switched:  # interrupted around the swap: the links tell whether it happened
+                linked = set(proxy.live_links(self.stack).values())
+                switched = any(c.id[: upstream.SHORT_ID_LENGTH] in linked for c in new)
             if switched and old:
                 with self.progress.step(rec, "switch back", "point nginx at the old containers again"):
                     self.switch_to(old)
@@ -289,9 +312,16 @@ class Engine:
             rec.finish("rolled_back" if isinstance(exc, HealthCheckFailed | NginxConfigInvalid) else "failed",
                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
-        with self.progress.step(rec, "drain", f"stop {', '.join(c.name for c in old) or 'nothing'} "
-                                f"(grace {self.settings.stop_grace_period:g} s), remove by ID"):
+        try:
+            with self.progress.step(rec, "drain", f"stop {', '.join(c.name for c in old) or 'nothing'} "
+                                    f"(grace {self.settings.stop_grace_period:g} s), remove by ID"):
+                self.drain(old)
+        except KeyboardInterrupt:
+            # The new version already serves: finish the drain rather than leave the old ones half-stopped.
+            self.progress.warn("interrupted during the drain; the new version serves, finishing the drain of "
+                               + (", ".join(c.name for c in old) or "nothing"))
             self.drain(old)
+            raise
         with self.progress.step(rec, "prune", f"keep the last {self.settings.releases_kept} release images"):
             self.prune_images(keep={version})
         rec.finish("success")

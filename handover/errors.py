@@ -16,12 +16,17 @@ class ConfigError(HandoverError):
 class CommandError(HandoverError):
     """A command on the Docker host failed."""
 
-    def __init__(self, command: str, exited: int, output: str) -> None:
+    def __init__(self, command: str, exited: int, output: str, stdout: str = "") -> None:
         self.command = command
         self.exited = exited
         self.output = output.strip()
+        self.stdout = stdout  # the command's whole stdout, for callers that want more than the message
         detail = f"\n{self.output}" if self.output else ""
         super().__init__(f"command failed (exit {exited}): {command}{detail}")
+
+
+class BuildFailed(HandoverError):
+    """The app image did not build; no container was started or stopped."""
 
 
 class PreflightError(HandoverError):

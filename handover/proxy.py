@@ -56,8 +56,12 @@ def live_links(stack: Stack) -> dict[int, str]:
     return upstream.parse_links(run(stack.runner, ["sh", "-c", script, "links", sockets_dir(stack)]).stdout)
 
 
-def point(stack: Stack, containers: Sequence[Container]) -> None:
-    """Atomically point slot n at ``containers[n]``'s socket (which must exist)."""
+def point(stack: Stack, containers: Sequence[Container], fallback: Sequence[Container] = ()) -> None:
+    """Atomically point slot n at ``containers[n]``'s socket (which must exist).
+
+    The backup links point at ``fallback`` (the containers serving until now) first, so nginx can
+    retry a request there while they run; without ``fallback`` the backup links are removed.
+    """
     directory = sockets_dir(stack)
     names = [upstream.socket_name(c.id) for c in containers]
     missing = run(stack.runner, ["sh", "-c", 'cd "$1" && shift && for s; do [ -S "$s" ] || echo "$s"; done',
@@ -67,12 +71,24 @@ def point(stack: Stack, containers: Sequence[Container]) -> None:
             f"the new app does not listen on its unix socket ({', '.join(missing)} missing in {directory}); "
             "the app must honour UNIX_SOCKET_DIR"
         )
+    backups = [(upstream.backup_name(n), upstream.socket_name(c.id)) for n, c in enumerate(fallback)]
+    _link(stack, backups + [(upstream.slot_name(n), name) for n, name in enumerate(names)])  # backups first
+    if not fallback:
+        forget_fallback(stack)
+
+
+def _link(stack: Stack, links: Sequence[tuple[str, str]]) -> None:
+    """Make each ``(link, target)`` symlink in the sockets directory with one rename(2) each."""
     swaps = " && ".join(
-        f"ln -sfn {shlex.quote(name)} .{upstream.slot_name(n)}.tmp && "
-        f"mv -fT .{upstream.slot_name(n)}.tmp {upstream.slot_name(n)}"
-        for n, name in enumerate(names)
+        f"ln -sfn {shlex.quote(target)} .{link}.tmp && mv -fT .{link}.tmp {link}" for link, target in links
     )
-    run(stack.runner, ["sh", "-c", f'cd "$1" && {swaps}', "point", directory])
+    run(stack.runner, ["sh", "-c", f'cd "$1" && {swaps}', "point", sockets_dir(stack)])
+
+
+def forget_fallback(stack: Stack) -> None:
+    """Remove the backup links (once the containers they point at are gone or live again)."""
+    run(stack.runner, ["sh", "-c", 'cd "$1" 2>/dev/null || exit 0; rm -f -- prev-*.sock', "unlink",
+                       sockets_dir(stack)], check=False)
 
 
 def forget_sockets(stack: Stack, containers: Sequence[Container]) -> None:

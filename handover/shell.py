@@ -3,13 +3,23 @@
 Every argument is quoted with :func:`shlex.quote`; environment variables are passed inline with
 ``env`` so the same command line works through a local shell and through SSH (where sshd usually
 refuses ``SetEnv``). Nothing here reads the caller's stdin.
+
+Ctrl-C: Invoke's runners catch ``KeyboardInterrupt`` while a command runs and keep waiting for it
+(a local command gets the terminal's SIGINT itself; a remote one runs on). Inside
+:func:`interruptible`, a Ctrl-C during a command is held until the command returns and then raised
+as ``KeyboardInterrupt``, so the caller stops at the next command instead of carrying on (or
+mistaking the interrupted command's exit status for a failure of the host).
 """
 
 from __future__ import annotations
 
 import base64
 import shlex
-from collections.abc import Mapping, Sequence
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any, Protocol
 
 from .errors import CommandError
@@ -25,6 +35,42 @@ class Runner(Protocol):
     """Invoke's ``Context`` and Fabric's ``Connection`` both fit."""
 
     def run(self, command: str, **kwargs: Any) -> Any: ...
+
+
+class _Interrupts:
+    """SIGINT bookkeeping for :func:`interruptible` (the main thread only)."""
+
+    installed = False
+    commands_running = 0
+    pending = False
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    if _Interrupts.commands_running:
+        _Interrupts.pending = True  # raised by run() once the command has returned
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Make Ctrl-C stop the work at the next command boundary (see the module docstring)."""
+    if _Interrupts.installed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    _Interrupts.installed, _Interrupts.pending = True, False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _Interrupts.installed, _Interrupts.pending = False, False
+
+
+def _raise_pending_interrupt() -> None:
+    if _Interrupts.pending and threading.current_thread() is threading.main_thread():
+        _Interrupts.pending = False
+        raise KeyboardInterrupt
 
 
 def command_line(args: Sequence[str], env: Mapping[str, str] | None = None) -> str:
@@ -44,10 +90,18 @@ def run(
 ) -> Result:
     """Run ``args`` through ``runner``; raise :class:`CommandError` on a non-zero exit when ``check``."""
     line = command_line(args, env)
-    result: Result = runner.run(line, hide=not echo, warn=True, in_stream=False, timeout=timeout)
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _Interrupts.commands_running += 1
+    try:
+        result: Result = runner.run(line, hide=not echo, warn=True, in_stream=False, timeout=timeout)
+    finally:
+        if main:
+            _Interrupts.commands_running -= 1
+    _raise_pending_interrupt()
     if check and result.exited != 0:
         # The environment is left out of the message: it may hold values the user keeps private.
-        raise CommandError(shlex.join(args), result.exited, result.stderr or result.stdout)
+        raise CommandError(shlex.join(args), result.exited, result.stderr or result.stdout, stdout=result.stdout)
     return result
 
 

@@ -38,9 +38,12 @@ class Container:
 
     def describe(self) -> str:
         """How the container is doing, in words (for error messages)."""
-        if self.restarts or self.status in ("exited", "dead"):
-            again = f", restarted {self.restarts} time(s)" if self.restarts else ""
+        again = f", restarted {self.restarts} time(s)" if self.restarts else ""
+        if self.status in ("exited", "dead", "restarting"):
             return f"{self.name} crashed: exited with status {self.exit_code}{again}"
+        if self.restarts:  # running again: Docker no longer reports the exit status of the crash
+            return (f"{self.name} crashed: it exited and was restarted {self.restarts} time(s), now "
+                    f"{self.health or self.status} (its logs tell why)")
         return f"{self.name} is {self.health or self.status}"
 
     @property

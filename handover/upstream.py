@@ -4,6 +4,11 @@ The upstream names fixed slots, ``/run/handover/live-<n>.sock``. Each slot is a 
 state directory's ``sockets/``, mounted into nginx and the app containers) to one app container's
 own socket, ``app-<short id>.sock``. Switching versions swaps the links; the file only changes when
 the number of slots does.
+
+Each slot has a backup, ``prev-<n>.sock``: while a deploy checks the new version after the switch,
+it points at the old container of that slot, so a request that cannot reach a new container that
+just died (refused connect, or closed before the response began) is retried there by nginx
+(``proxy_next_upstream``) instead of failing. Outside that window the backup links do not exist.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ def slot_name(slot: int) -> str:
     return f"live-{slot}.sock"
 
 
+def backup_name(slot: int) -> str:
+    return f"prev-{slot}.sock"
+
+
 def socket_name(container_id: str) -> str:
     return f"app-{container_id[:SHORT_ID_LENGTH]}.sock"
 
@@ -35,6 +44,7 @@ def render(slots: int) -> str:
     ]
     # max_fails=0: a live server is never marked down by a passing error.
     lines += [f"    server unix:{SOCKET_DIR_IN_CONTAINERS}/{slot_name(n)} max_fails=0;" for n in range(slots)]
+    lines += [f"    server unix:{SOCKET_DIR_IN_CONTAINERS}/{backup_name(n)} max_fails=0 backup;" for n in range(slots)]
     lines += ["}", ""]
     return "\n".join(lines)
 

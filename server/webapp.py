@@ -24,6 +24,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ WS_IMPLEMENTATION = "websockets"
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
 EXIT_FAULT_CRASH = 3
+EXIT_FAULT_EXIT_AFTER = 4
+# APP_FAULT=exit-after:<seconds>: serve (and pass health checks) for that long, then die.
+FAULT_EXIT_AFTER_MAX_SECONDS = 3600.0
 
 HEADER_SERVER_ID = "X-Server-Id"
 HEADER_APP_VERSION = "X-App-Version"
@@ -89,6 +93,9 @@ class Fault(enum.StrEnum):
     NONE = ""
     UNHEALTHY = "unhealthy"
     CRASH = "crash"
+    # Written "exit-after:<seconds>": healthy at first, then the process exits with status 4
+    # that many seconds after it started (a version that dies right after the switch).
+    EXIT_AFTER = "exit-after"
 
 
 # --------------------------------------------------------------------------- settings
@@ -138,15 +145,31 @@ def _env_spread(env: Mapping[str, str]) -> float:
     return value
 
 
-def _env_fault(env: Mapping[str, str]) -> Fault:
+def _env_fault(env: Mapping[str, str]) -> tuple[Fault, float]:
+    """APP_FAULT: the fault and, for ``exit-after:<seconds>``, the seconds (else 0)."""
     raw = _env_value(env, "APP_FAULT")
     if raw is None:
-        return Fault.NONE
-    try:
-        return Fault(raw)
-    except ValueError:
-        allowed = ", ".join(repr(fault.value) for fault in Fault if fault is not Fault.NONE)
-        raise ConfigError(f"APP_FAULT {raw!r} is not supported (use {allowed} or leave it empty)") from None
+        return Fault.NONE, 0.0
+    name, colon, argument = raw.partition(":")
+    if name == Fault.EXIT_AFTER.value:
+        try:
+            seconds = float(argument) if colon else math.nan
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or not 0 < seconds <= FAULT_EXIT_AFTER_MAX_SECONDS:
+            raise ConfigError(
+                f"APP_FAULT {raw!r}: expected exit-after:<seconds> with seconds above 0 and at most "
+                f"{FAULT_EXIT_AFTER_MAX_SECONDS:g}"
+            )
+        return Fault.EXIT_AFTER, seconds
+    plain = {f.value: f for f in Fault if f not in (Fault.NONE, Fault.EXIT_AFTER)}
+    fault = plain.get(raw)
+    if fault is None:
+        allowed = ", ".join(repr(name) for name in plain)
+        raise ConfigError(
+            f"APP_FAULT {raw!r} is not supported (use {allowed}, 'exit-after:<seconds>' or leave it empty)"
+        )
+    return fault, 0.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +183,7 @@ class Settings:
     drain_spread: float = DEFAULT_DRAIN_SPREAD
     tick_interval: float = DEFAULT_TICK_INTERVAL
     fault: Fault = Fault.NONE
+    fault_after: float = 0.0  # seconds, for Fault.EXIT_AFTER
     ws_max_message: int = DEFAULT_WS_MAX_MESSAGE
     # With a directory set, the app also listens on <dir>/app-<hostname>.sock: the deploy points
     # nginx at that socket by an atomic symlink swap (see the README on why no reload is needed).
@@ -174,6 +198,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from environment variables; raise ConfigError on a bad value."""
+        fault, fault_after = _env_fault(env)
         return cls(
             version=_env_value(env, "APP_VERSION") or DEFAULT_VERSION,
             host=_env_value(env, "HOST") or DEFAULT_HOST,
@@ -181,7 +206,8 @@ class Settings:
             drain_timeout=_env_positive_float(env, "DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
             drain_spread=_env_spread(env),
             tick_interval=_env_positive_float(env, "TICK_INTERVAL", DEFAULT_TICK_INTERVAL),
-            fault=_env_fault(env),
+            fault=fault,
+            fault_after=fault_after,
             ws_max_message=_env_int(env, "WS_MAX_MESSAGE", DEFAULT_WS_MAX_MESSAGE, 1, sys.maxsize),
             unix_socket_dir=_env_value(env, "UNIX_SOCKET_DIR"),
         )
@@ -204,6 +230,8 @@ def reply_to_text(text: str, server_id: str) -> JsonObject:
     """The server's answer to one inbound text frame."""
     try:
         message = json.loads(text)
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit
+        return _error("invalid JSON: nested too deeply")
     except ValueError:
         return _error("invalid JSON")
     if not isinstance(message, dict):
@@ -618,6 +646,18 @@ def bind_sockets(settings: Settings) -> list[socket.socket]:
     return sockets
 
 
+def _exit_later(seconds: float) -> None:
+    """APP_FAULT=exit-after: end the process abruptly (no drain) ``seconds`` from now."""
+
+    def die() -> None:
+        log.error("APP_FAULT=exit-after:%g: exiting with status %d", seconds, EXIT_FAULT_EXIT_AFTER)
+        os._exit(EXIT_FAULT_EXIT_AFTER)
+
+    timer = threading.Timer(seconds, die)
+    timer.daemon = True
+    timer.start()
+
+
 def main() -> None:
     configure_logging()
     try:
@@ -628,6 +668,8 @@ def main() -> None:
     if settings.fault is Fault.CRASH:
         log.error("APP_FAULT=crash: exiting with status %d before serving", EXIT_FAULT_CRASH)
         sys.exit(EXIT_FAULT_CRASH)
+    if settings.fault is Fault.EXIT_AFTER:
+        _exit_later(settings.fault_after)
     runtime = Runtime(settings)
     server = build_server(runtime, WebApp(runtime))
     log.info(

@@ -30,6 +30,8 @@ SOCKET_COUNT = 5
 SLOW_SECONDS = 2
 WS_CLOSE_SERVICE_RESTART = 1012
 EXIT_FAULT_CRASH = 3
+EXIT_FAULT_EXIT_AFTER = 4
+EXIT_AFTER_SECONDS = 2.0
 RECEIVE_TIMEOUT = 10.0
 POLL_INTERVAL = 0.05
 
@@ -205,6 +207,18 @@ def test_fault_crash_exits_with_status_3() -> None:
     output, _ = process.communicate(timeout=STARTUP_TIMEOUT)
     assert process.returncode == EXIT_FAULT_CRASH
     assert "APP_FAULT=crash" in output
+
+
+def test_fault_exit_after_serves_then_exits_with_status_4() -> None:
+    port = free_port()
+    started = time.monotonic()
+    process = start_server(port, APP_FAULT=f"exit-after:{EXIT_AFTER_SECONDS:g}")
+    wait_healthy(f"http://{LOOPBACK}:{port}", process)
+    assert time.monotonic() - started < EXIT_AFTER_SECONDS, "healthy before the fault"
+    output, _ = process.communicate(timeout=STARTUP_TIMEOUT)
+    assert process.returncode == EXIT_FAULT_EXIT_AFTER
+    assert time.monotonic() - started >= EXIT_AFTER_SECONDS
+    assert "APP_FAULT=exit-after:2: exiting with status 4" in output
 
 
 def test_invalid_config_refuses_to_start() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ StrictModes no
 MaxStartups 50:30:100
 MaxSessions 50
 Subsystem sftp internal-sftp
-SetEnv HOME={home}
+SetEnv {session_env}
 LogLevel VERBOSE
 """
 
@@ -114,7 +115,10 @@ class SshLab:
     def known_hosts(self) -> Path:
         return self.root / "known_hosts"
 
-    def start(self, addresses: list[str], port: int = SSH_PORT) -> None:
+    def start(self, addresses: list[str], port: int = SSH_PORT,
+              session_env: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Start one sshd per address; ``session_env[address]`` adds to (or replaces) its sessions'
+        environment, e.g. another PATH or HOME to stand for a host set up differently."""
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(mode=0o700, exist_ok=True)
@@ -129,9 +133,10 @@ class SshLab:
             host_key = home / "ssh_host_ed25519_key"
             host_pub = _keygen(host_key)
             config = home / "sshd_config"
+            env = {"HOME": str(self.home), **(session_env or {}).get(address, {})}
             config.write_text(SSHD_CONFIG.format(address=address, port=port, host_key=host_key,
                                                  pid_file=home / "sshd.pid", authorized_keys=authorized,
-                                                 home=self.home))
+                                                 session_env=" ".join(f"{k}={v}" for k, v in env.items())))
             log = home / "sshd.log"
             with log.open("wb") as out:
                 process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out,

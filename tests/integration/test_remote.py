@@ -57,15 +57,17 @@ class Lab:
     work: Path
     projects: list[str] = field(default_factory=list)
     counter: int = 0
+    prefix: str = "hrt"  # compose projects and ports of their own, for a second lab beside this one
+    port_base: int = PORT_BASE
 
     def hosts(self, tag: str, servers: list[SshServer], deploy_dir: str | None = None) -> list[HostSetup]:
         made = []
         for server in servers:
             self.counter += 1
-            project = f"hrt-{tag}-{self.counter}"
+            project = f"{self.prefix}-{tag}-{self.counter}"
             self.projects.append(project)
             path = Path(deploy_dir) if deploy_dir else self.work / project / "deploy"
-            made.append(HostSetup(server, path, project, PORT_BASE + self.counter))
+            made.append(HostSetup(server, path, project, self.port_base + self.counter))
         return made
 
     def config(self, name: str, hosts: list[HostSetup], known_hosts: Path | None = None,
@@ -84,13 +86,16 @@ class Lab:
         path.write_text(yaml.safe_dump({"deploy": section}))
         return path
 
-    def fab(self, config: Path, hosts: list[HostSetup], *args: str, check: bool = True
+    def fab_command(self, config: Path, hosts: list[HostSetup], *args: str) -> list[str]:
+        return [FAB, "-f", str(config), "-i", str(self.ssh.client_key),
+                "-H", ",".join(h.server.spec for h in hosts), *args]
+
+    def fab(self, config: Path, hosts: list[HostSetup], *args: str, check: bool = True, root: Path = ROOT
             ) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_"))}
-        command = [FAB, "-f", str(config), "-i", str(self.ssh.client_key),
-                   "-H", ",".join(h.server.spec for h in hosts), *args]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=FAB_TIMEOUT,
-                                stdin=subprocess.DEVNULL)
+        """Run fab as a user does; ``root``: another copy of the project to run it from."""
+        command = self.fab_command(config, hosts, *args)
+        result = subprocess.run(command, cwd=root, env=fab_env(root), capture_output=True, text=True,
+                                timeout=FAB_TIMEOUT, stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
@@ -102,7 +107,14 @@ class Lab:
         return result
 
 
-def _remove_project(project: str) -> None:
+def fab_env(root: Path = ROOT) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_"))}
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)  # that copy's handover package, so it syncs that copy's files
+    return env
+
+
+def remove_project(project: str) -> None:
     subprocess.run(["docker", "compose", "--project-name", project, "down", "--timeout", "1", "--remove-orphans"],
                    capture_output=True, check=False)
     images = subprocess.run(["docker", "image", "ls", f"{project}-app", "--format", "{{.Repository}}:{{.Tag}}"],
@@ -126,7 +138,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         ssh.stop()
         for project in the_lab.projects:
-            _remove_project(project)
+            remove_project(project)
         shutil.rmtree(root, ignore_errors=True)
         if TIMINGS:
             print("\nremote timings (s):", TIMINGS)

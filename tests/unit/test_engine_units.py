@@ -21,6 +21,9 @@ def test_upstream_names_fixed_socket_slots() -> None:
     text = upstream.render(2)
     assert "server unix:/run/handover/live-0.sock max_fails=0;" in text
     assert "server unix:/run/handover/live-1.sock max_fails=0;" in text
+    # Backups: the old containers while a deploy checks the new ones after the switch.
+    assert "server unix:/run/handover/prev-0.sock max_fails=0 backup;" in text
+    assert "server unix:/run/handover/prev-1.sock max_fails=0 backup;" in text
     assert "keepalive" not in text  # each request follows the live link afresh
     with pytest.raises(ValueError, match="at least one"):
         upstream.render(0)
@@ -30,6 +33,7 @@ def test_live_links_are_parsed_to_short_ids() -> None:
     listing = "live-0.sock app-0123456789ab.sock\nlive-1.sock app-ba9876543210.sock\nlive-x.sock app-zz.sock\n"
     assert upstream.parse_links(listing) == {0: "0123456789ab", 1: "ba9876543210"}
     assert upstream.parse_links("") == {}
+    assert upstream.parse_links("prev-0.sock app-0123456789ab.sock\n") == {}  # backups are not live
     assert upstream.socket_name("0123456789abcdef") == "app-0123456789ab.sock"
 
 
@@ -87,3 +91,16 @@ def test_command_line_quotes_everything() -> None:
     assert shlex.split(line) == ["env", f"X={nasty}", "echo", nasty]
     out = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True).stdout
     assert out == nasty + "\n"
+
+
+def test_a_restarted_container_is_described_without_a_stale_exit_status() -> None:
+    from handover.stack import Container
+
+    base = {"id": "0" * 64, "name": "app-2", "service": "app", "version": "v", "image": "i", "created": ""}
+    running = Container(**base, status="running", health="starting", restarts=1, exit_code=0)
+    assert running.describe() == ("app-2 crashed: it exited and was restarted 1 time(s), now starting "
+                                  "(its logs tell why)")
+    exited = Container(**base, status="exited", health="unhealthy", restarts=0, exit_code=4)
+    assert exited.describe() == "app-2 crashed: exited with status 4"
+    assert Container(**base, status="running", health="healthy", restarts=0).describe() == "app-2 is healthy"
+

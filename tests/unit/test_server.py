@@ -151,6 +151,7 @@ def test_ws_ack_and_ping(client: TestClient) -> None:
         ('{"type": "msg", "body": 1}', "id"),
         ('{"type": "msg", "id": 7}', "id"),
         ('{"type": "shout"}', "unknown message type"),
+        ("[" * 100_000, "nested too deeply"),
     ],
 )
 def test_ws_errors_keep_socket_open(client: TestClient, frame: str, fragment: str) -> None:
@@ -247,6 +248,20 @@ def test_settings_from_env() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("exit-after:2", 2.0), ("exit-after:0.5", 0.5), (" exit-after:10 ", 10.0)]
+)
+def test_fault_exit_after_takes_seconds(raw: str, seconds: float) -> None:
+    settings = Settings.from_env({"APP_FAULT": raw})
+    assert settings.fault is Fault.EXIT_AFTER
+    assert settings.fault_after == seconds
+
+
+def test_fault_exit_after_is_healthy_until_it_exits() -> None:
+    with make_client(fault=Fault.EXIT_AFTER, fault_after=60.0) as client:
+        assert client.get("/healthz").status_code == 200
+
+
 def test_empty_values_count_as_unset() -> None:
     assert Settings.from_env({"APP_FAULT": "", "PORT": "", "APP_VERSION": ""}) == Settings()
 
@@ -263,6 +278,15 @@ def test_empty_values_count_as_unset() -> None:
         ({"TICK_INTERVAL": "inf"}, "TICK_INTERVAL must be a positive finite number"),
         ({"WS_MAX_MESSAGE": "0"}, "WS_MAX_MESSAGE must be between 1"),
         ({"APP_FAULT": "explode"}, "APP_FAULT 'explode' is not supported"),
+        ({"APP_FAULT": "crash:2"}, "APP_FAULT 'crash:2' is not supported"),
+        ({"APP_FAULT": "exit-after"}, "expected exit-after:<seconds>"),
+        ({"APP_FAULT": "exit-after:"}, "expected exit-after:<seconds>"),
+        ({"APP_FAULT": "exit-after:soon"}, "expected exit-after:<seconds>"),
+        ({"APP_FAULT": "exit-after:0"}, "expected exit-after:<seconds>"),
+        ({"APP_FAULT": "exit-after:-1"}, "expected exit-after:<seconds>"),
+        ({"APP_FAULT": "exit-after:nan"}, "expected exit-after:<seconds>"),
+        ({"APP_FAULT": "exit-after:inf"}, "expected exit-after:<seconds>"),
+        ({"APP_FAULT": "exit-after:3601"}, "expected exit-after:<seconds>"),
     ],
 )
 def test_invalid_env_values(env: dict[str, str], message: str) -> None:

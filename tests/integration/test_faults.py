@@ -1,0 +1,272 @@
+"""Faults during a local deploy, each with the probe running: the old version keeps serving (or the new
+one serves fully), nothing is lost, the lock is released and the user reads what went wrong.
+
+Covered elsewhere: a version that never becomes healthy or crash-loops
+(test_deploy.py::test_failed_health_check_rolls_back), a broken nginx config
+(test_deploy.py::test_broken_nginx_config_aborts_before_any_change) and a killed deploy
+(test_deploy.py::test_rerun_after_a_killed_deploy_converges).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from handover.probe import Probe, ProbeSettings
+
+from .conftest import INV, ROOT, TEST_PORT, TEST_PROJECT, StackHandle, stack_env
+from .faultlog import first_error, note, probe_line
+from .test_deploy import app_containers, assert_one_live_container, assert_unlocked, unique
+
+pytestmark = pytest.mark.integration
+
+PROBE_RATE = 50.0
+PROBE_WS_CLIENTS = 10
+SLOW_SECONDS = 5
+# exit-after: the new app passes its health check (about 1-2 s), is switched to, then dies
+# inside the post-switch check window.
+EXIT_AFTER_SECONDS = 4
+POST_SWITCH_CHECK = 10
+MISSING_PACKAGE = "no-such-package-handover"
+SCRATCH_PROJECT = f"{TEST_PROJECT}-scratch"
+SCRATCH_PORT = TEST_PORT + 1
+
+
+def probe_for(url: str) -> Probe:
+    return Probe(ProbeSettings(base_url=url, rate=PROBE_RATE, ws_clients=PROBE_WS_CLIENTS))
+
+
+def with_env(stack: StackHandle, **env: str) -> StackHandle:
+    return dataclasses.replace(stack, env={**stack.env, **env})
+
+
+def start_deploy(stack: StackHandle, *args: str, new_session: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen([*INV, "local.deploy", *args], cwd=ROOT, env=stack.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=new_session)
+
+
+def read_until(process: subprocess.Popen[str], prefix: str) -> list[str]:
+    """Lines of the process's output up to and including the first that starts with ``prefix``."""
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"the deploy never reached {prefix!r}:\n{''.join(seen)}")
+
+
+def finish(process: subprocess.Popen[str], seen: list[str], timeout: float = 120) -> str:
+    assert process.stdout is not None
+    rest, _ = process.communicate(timeout=timeout)
+    return "".join(seen) + rest
+
+
+def last_record(stack: StackHandle) -> dict[str, object]:
+    record: dict[str, object] = json.loads(stack.inv("local.releases", "--count", "1", "--json").stdout)
+    return record
+
+
+def test_death_right_after_the_switch_switches_back(stack: StackHandle) -> None:
+    """#3: healthy, switched to, then the process exits: the post-switch check goes back to the old."""
+    before = stack.info()
+    version = unique("exitafter")
+    probe = probe_for(stack.url)
+    probe.start()
+    try:
+        result = with_env(stack, INVOKE_DEPLOY_POST_SWITCH_CHECK=str(POST_SWITCH_CHECK)).inv(
+            "local.deploy", "--version", version, "--fault", f"exit-after:{EXIT_AFTER_SECONDS}", check=False)
+    finally:
+        report = probe.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: after the switch:" in result.stderr and "crashed" in result.stderr, result.stderr
+    assert f"APP_FAULT=exit-after:{EXIT_AFTER_SECONDS}: exiting with status 4" in result.stderr  # its logs
+    assert "==> switch back" in result.stdout and "==> rollback" in result.stdout
+    assert report.ok, report.format_table()
+    assert stack.info()["server_id"] == before["server_id"]
+    assert_one_live_container(stack, str(before["version"]))
+    assert_unlocked(stack.state_dir)
+    assert last_record(stack)["result"] == "rolled_back"
+    note("#3", f"exit {result.returncode}; {first_error(result.stderr)}; serves {stack.info()['server_id']} "
+               f"(before: {before['server_id']}); {probe_line(report)}")
+
+
+def test_second_deploy_while_one_runs_is_refused(stack: StackHandle) -> None:
+    """#7: a second deploy started while the first waits for health is refused naming the first."""
+    first_version, second_version = unique("first"), unique("second")
+    probe = probe_for(stack.url)
+    probe.start()
+    try:
+        # A longer post-switch check keeps the first deploy's lock held well past the second's start.
+        first = start_deploy(with_env(stack, INVOKE_DEPLOY_POST_SWITCH_CHECK="3"), "--version", first_version)
+        seen = read_until(first, "==> health")
+        second = stack.inv("local.deploy", "--version", second_version, check=False)
+        output = finish(first, seen)
+    finally:
+        report = probe.stop()
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "another deploy holds the lock" in second.stderr, second.stderr
+    assert f"version={first_version}" in second.stderr and "action=deploy" in second.stderr
+    assert "holder=" in second.stderr and "since=" in second.stderr
+    assert first.returncode == 0, output
+    assert "deploy success: " in output and f"-> {first_version}" in output
+    assert report.ok, report.format_table()
+    assert stack.info()["version"] == first_version
+    assert_one_live_container(stack, first_version)
+    assert_unlocked(stack.state_dir)
+    note("#7", f"second: exit {second.returncode}; {first_error(second.stderr)}; first: exit {first.returncode}, "
+               f"serves {first_version}; {probe_line(report)}")
+
+
+@pytest.mark.parametrize("at", ["==> health", "==> drain"])
+def test_ctrl_c_leaves_one_whole_version(stack: StackHandle, at: str) -> None:
+    """#8: SIGINT to the deploy's process group (what a terminal's Ctrl-C does) at a step."""
+    before = stack.info()
+    version = unique("ctrlc")
+    probe = probe_for(stack.url)
+    probe.start()
+    try:
+        process = start_deploy(stack, "--version", version, new_session=True)
+        seen = read_until(process, at)
+        os.killpg(process.pid, signal.SIGINT)
+        output = finish(process, seen)
+        time.sleep(0.5)
+    finally:
+        report = probe.stop()
+    assert report.ok, report.format_table()
+    assert_unlocked(stack.state_dir)
+    if at == "==> health":  # before the switch: the old version serves, the new one is gone
+        assert process.returncode == 130, output
+        assert "interrupted" in output and "==> rollback" in output
+        assert stack.info()["server_id"] == before["server_id"]
+        assert_one_live_container(stack, str(before["version"]))
+        assert last_record(stack)["result"] == "interrupted"
+    else:  # after the switch: the new version serves and the old one is drained all the same
+        assert process.returncode in (0, 130), output
+        assert stack.info()["version"] == version
+        assert_one_live_container(stack, version)
+        assert last_record(stack)["result"] in ("interrupted", "success")
+    note(f"#8 {at}", f"exit {process.returncode}; serves {stack.info()['version']} (before: {before['version']}); "
+                     f"record {last_record(stack)['result']}; {probe_line(report)}")
+
+
+def test_slow_request_in_flight_completes_on_the_old_server(stack: StackHandle) -> None:
+    """#11: a 5 s request under way when the deploy starts finishes with 200 from the old server."""
+    before = stack.info()
+    outcome: list[requests.Response | BaseException] = []
+
+    def slow() -> None:
+        try:
+            outcome.append(requests.get(f"{stack.url}/api/slow", params={"seconds": SLOW_SECONDS}, timeout=60))
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    probe = probe_for(stack.url)
+    probe.start()
+    try:
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.3)  # it has reached the old server
+        version = unique("slow")
+        stack.inv("local.deploy", "--version", version)
+        thread.join(timeout=60)
+    finally:
+        report = probe.stop()
+    [response] = outcome
+    assert isinstance(response, requests.Response), f"the in-flight request failed: {response!r}"
+    assert response.status_code == 200
+    assert response.json()["server_id"] == before["server_id"]
+    assert report.ok, report.format_table()
+    data = report.to_dict()["ws"]
+    assert data["messages_sent"] == data["messages_acked"], report.format_table()  # type: ignore[index]
+    assert stack.info()["version"] == version
+    assert_one_live_container(stack, version)
+    note("#11", f"slow request: {response.status_code} from {response.json()['server_id']} (old: "
+                f"{before['server_id']}); {probe_line(report)}")
+
+
+@pytest.mark.parametrize("value", ["v1;touch /tmp/handover-pwned-marker", "$(touch /tmp/handover-pwned-marker)"])
+def test_version_with_shell_metacharacters_is_refused(stack: StackHandle, value: str) -> None:
+    """#12: a version is an image tag; anything else stops the run before it changes anything."""
+    before = app_containers(stack)
+    result = stack.inv("local.deploy", "--version", value, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"error: version {value!r}: expected" in result.stderr
+    assert app_containers(stack) == before
+    assert not Path("/tmp/handover-pwned-marker").exists()  # noqa: S108
+    assert_unlocked(stack.state_dir)
+    note("#12 version", f"exit {result.returncode}; {first_error(result.stderr)}")
+
+
+def test_project_name_with_shell_metacharacters_is_a_config_error(stack: StackHandle) -> None:
+    """#12: the compose project name is validated, the key named, before anything runs."""
+    result = with_env(stack, INVOKE_DEPLOY_PROJECT="shop; touch /tmp/handover-pwned-marker").inv(
+        "local.deploy", "--version", unique("badproject"), check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "config key deploy.project: expected a compose project name" in result.stderr
+    assert not Path("/tmp/handover-pwned-marker").exists()  # noqa: S108
+    note("#12 project", f"exit {result.returncode}; {first_error(result.stderr)}")
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[StackHandle]:
+    """A stack of its own from a copy of the sources (compose/, nginx/, server/), to break them."""
+    for part in ("compose", "nginx", "server"):
+        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    env = stack_env(SCRATCH_PROJECT, SCRATCH_PORT, ".state")
+    env["INVOKE_DEPLOY_DEPLOY_DIR"] = str(tmp_path)
+    env["INVOKE_DEPLOY_APP_IMAGE"] = f"{SCRATCH_PROJECT}-app"
+    handle = StackHandle(SCRATCH_PROJECT, SCRATCH_PORT, tmp_path / ".state", env)
+    handle.inv("local.down", check=False)
+    handle.inv("local.up")
+    yield handle
+    handle.inv("local.down", check=False)
+    assert handle.containers() == [] and handle.containers("nginx") == []
+    images = subprocess.run(["docker", "image", "ls", f"{SCRATCH_PROJECT}-app", "--format",
+                             "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False).stdout.split()
+    if images:
+        subprocess.run(["docker", "image", "rm", *images], capture_output=True, check=False)
+
+
+def test_build_failure_stops_before_touching_containers(scratch: StackHandle) -> None:
+    """#13a: the image build fails (a requirement the wheelhouse lacks): no container is touched."""
+    before = scratch.info()
+    containers = app_containers(scratch)
+    server = scratch.state_dir.parent / "server"
+    for requirements in (server / "requirements.txt", server / "wheelhouse" / "requirements.txt"):
+        requirements.write_text(requirements.read_text() + f"{MISSING_PACKAGE}==1.0\n")
+    version = unique("nobuild")
+    probe = probe_for(scratch.url)
+    probe.start()
+    try:
+        result = scratch.inv("local.deploy", "--version", version, check=False)
+    finally:
+        report = probe.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: the build of {SCRATCH_PROJECT}-app:{version} failed" in result.stderr, result.stderr
+    assert "no container was started or stopped" in result.stderr
+    assert MISSING_PACKAGE in result.stderr, result.stderr  # pip's own words about it
+    assert "==> start" not in result.stdout
+    assert report.ok, report.format_table()
+    assert scratch.info()["server_id"] == before["server_id"]
+    assert app_containers(scratch) == containers
+    assert_one_live_container(scratch, str(before["version"]))
+    assert_unlocked(scratch.state_dir)
+    missing = subprocess.run(["docker", "image", "inspect", f"{SCRATCH_PROJECT}-app:{version}"],
+                             capture_output=True, check=False)
+    assert missing.returncode != 0  # no image of the failed version
+    pip = next((line.strip() for line in result.stderr.splitlines() if MISSING_PACKAGE in line), "")
+    note("#13a", f"exit {result.returncode}; {first_error(result.stderr)} ... {pip}; serves "
+                 f"{scratch.info()['server_id']} (before: {before['server_id']}); {probe_line(report)}")

@@ -1,0 +1,334 @@
+"""Faults during `fab` runs against real sshd hosts (127.0.0.5-7), with the probe running where a
+stack serves: the old version keeps serving, nothing is lost, no lock is left, the error names the cause.
+
+127.0.0.5 is an ordinary host. 127.0.0.6 gives its sessions a PATH without docker, and 127.0.0.7 a
+HOME without the Compose plugin (this machine has it only in ~/.docker/cli-plugins), standing for
+hosts where those are not installed.
+
+Covered in test_remote.py: unknown and changed host keys, a bad value in the config, a lock taken
+with `fab lock`, and shell metacharacters in deploy_dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from handover.probe import Probe, ProbeSettings
+
+from .faultlog import first_error, note, probe_line
+from .sshd import SshLab, SshServer
+from .test_remote import PWNED, ROOT, HostSetup, Lab, fab_env, remove_project
+
+pytestmark = pytest.mark.integration
+
+ADDRESSES = ["127.0.0.5", "127.0.0.6", "127.0.0.7"]
+PORT_BASE = 28300
+PROBE_RATE = 50
+PROBE_WS_CLIENTS = 10
+KILL_POINTS = ["==> sync", "==> health", "==> switch", "==> drain"]
+TMPFS_SIZE = "5m"
+FILLER_BYTES = 6 * 1024 * 1024  # more than the whole tmpfs
+PROJECT_PARTS = ("handover", "fabfile", "config", "compose", "nginx", "server")
+
+
+def probe_for(host: HostSetup) -> Probe:
+    return Probe(ProbeSettings(base_url=host.url, rate=PROBE_RATE, ws_clients=PROBE_WS_CLIENTS))
+
+
+def connections(server: SshServer) -> int:
+    """How many SSH connections the server has accepted so far (sshd logs each)."""
+    return server.log.read_text(errors="replace").count("Connection from")
+
+
+def app_containers(host: HostSetup) -> list[str]:
+    return subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={host.project}",
+         "--filter", "label=com.docker.compose.service=app"], capture_output=True, text=True, check=True,
+    ).stdout.split()
+
+
+def assert_one_healthy_container(host: HostSetup) -> None:
+    [cid] = app_containers(host)
+    health = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}", cid],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert health == "healthy"
+
+
+def lock_dir(host: HostSetup) -> Path:
+    return host.deploy_dir / ".state" / "lock"
+
+
+def current(host: HostSetup) -> str:
+    return os.readlink(host.deploy_dir / "current")
+
+
+def staging_dirs(host: HostSetup) -> list[str]:
+    return [p.name for p in (host.deploy_dir / "releases").iterdir() if p.name.startswith(".staging-")]
+
+
+def nginx_processes(host: HostSetup) -> str:
+    [cid] = subprocess.run(["docker", "ps", "--quiet", "--filter", f"label=com.docker.compose.project={host.project}",
+                            "--filter", "label=com.docker.compose.service=nginx"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(["docker", "top", cid, "-o", "pid,args"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def project_copy(where: Path) -> Path:
+    """A copy of the project to run `fab` from, so a test can break the files it syncs."""
+    for part in PROJECT_PARTS:
+        shutil.copytree(ROOT / part, where / part,
+                        ignore=shutil.ignore_patterns("__pycache__", ".mypy_cache", ".pytest_cache"))
+    shutil.copy2(ROOT / "fabric.yaml", where / "fabric.yaml")
+    return where
+
+
+def path_without_docker(root: Path) -> Path:
+    """A bin directory with everything of /usr/bin but docker (and its helpers)."""
+    bin_dir = root / "bin-without-docker"
+    bin_dir.mkdir()
+    for entry in Path("/usr/bin").iterdir():
+        if not entry.name.startswith("docker"):
+            (bin_dir / entry.name).symlink_to(entry)
+    return bin_dir
+
+
+@pytest.fixture(scope="module")
+def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.fail("the Docker engine is not running: run scripts/bootstrap.sh")
+    root = tmp_path_factory.mktemp("remote-faults")
+    ssh = SshLab(root / "ssh")
+    the_lab = Lab(ssh, root / "work", prefix="hrf", port_base=PORT_BASE)
+    the_lab.work.mkdir()
+    no_plugins = root / "home-without-compose"
+    (no_plugins / ".docker" / "cli-plugins").mkdir(parents=True)
+    PWNED.unlink(missing_ok=True)
+    try:
+        ssh.start(ADDRESSES, session_env={
+            ADDRESSES[1]: {"PATH": str(path_without_docker(root))},
+            ADDRESSES[2]: {"HOME": str(no_plugins)},
+        })
+        yield the_lab
+    finally:
+        ssh.stop()
+        for project in the_lab.projects:
+            remove_project(project)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def web(flab: Lab) -> tuple[Path, HostSetup]:
+    """An ordinary host serving r1."""
+    [host] = flab.hosts("web", flab.ssh.servers[:1])
+    config = flab.config("web", [host])
+    flab.fab(config, [host], "setup")
+    flab.fab(config, [host], "deploy", "--version", "r1")
+    assert host.version() == "r1"
+    return config, host
+
+
+def test_broken_nginx_config_in_the_sync_changes_nothing(flab: Lab, web: tuple[Path, HostSetup],
+                                                         tmp_path: Path) -> None:
+    """#4: the synced nginx.conf fails `nginx -t`: nothing reloaded or started, `current` as before."""
+    config, host = web
+    before, link, containers, workers = host.version(), current(host), app_containers(host), nginx_processes(host)
+    root = project_copy(tmp_path)
+    conf = root / "nginx" / "nginx.conf"
+    conf.write_text(conf.read_text().replace("server_tokens off;", "server_tokens off;\n    this_is_not_nginx;"))
+    probe = probe_for(host)
+    probe.start()
+    try:
+        result = flab.fab(config, [host], "deploy", "--version", "broken1", check=False, root=root)
+    finally:
+        report = probe.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "nginx -t failed" in result.stderr and "this_is_not_nginx" in result.stderr, result.stderr
+    assert f"current -> {link} again" in result.stdout
+    assert report.ok, report.format_table()
+    assert current(host) == link
+    assert host.version() == before
+    assert app_containers(host) == containers  # no container started
+    assert nginx_processes(host) == workers  # no reload: the same nginx processes
+    assert not lock_dir(host).exists()
+    nginx_says = next((line.strip() for line in result.stderr.splitlines() if "this_is_not_nginx" in line), "")
+    note("#4", f"exit {result.returncode}; {first_error(result.stderr)} {nginx_says}; current -> {current(host)}; "
+               f"serves {host.version()}; {probe_line(report)}")
+
+
+def test_killed_deploy_is_reported_and_a_rerun_converges(flab: Lab, web: tuple[Path, HostSetup]) -> None:
+    """#6: the client dies (SIGKILL to fab and its ssh/rsync) at each step in turn."""
+    config, host = web
+    probe = probe_for(host)
+    probe.start()
+    try:
+        for n, kill_at in enumerate(KILL_POINTS):
+            version = f"k{n}"
+            process = subprocess.Popen(flab.fab_command(config, [host], "deploy", "--version", version), cwd=ROOT,
+                                       env=fab_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            assert process.stdout is not None
+            seen = []
+            for line in process.stdout:
+                seen.append(line)
+                if line.startswith(kill_at):
+                    os.killpg(process.pid, signal.SIGKILL)
+                    break
+            process.wait(timeout=60)
+            process.stdout.close()
+            assert process.returncode == -signal.SIGKILL, "".join(seen)
+            assert requests.get(f"{host.url}/api/info", timeout=5).status_code == 200
+
+            refused = flab.fab(config, [host], "deploy", "--version", version, check=False)
+            assert refused.returncode == 1, f"{kill_at}: {refused.stdout}{refused.stderr}"
+            assert "another deploy holds the lock" in refused.stderr
+            assert f"version={version}" in refused.stderr and "via=fab" in refused.stderr, refused.stderr
+            freed = flab.fab(config, [host], "unlock")
+            assert "lock released (was held by" in freed.stdout and version in freed.stdout
+            rerun = flab.fab(config, [host], "deploy", "--version", version)
+            assert f"-> {version}" in rerun.stdout, rerun.stdout
+            assert host.version() == version, kill_at
+            assert_one_healthy_container(host)
+            assert not lock_dir(host).exists() and staging_dirs(host) == []
+            assert current(host).endswith(f"Z-{version}")
+            note(f"#6 {kill_at}", f"killed; rerun refused: {first_error(refused.stderr)}; after unlock + rerun: "
+                                  f"serves {host.version()}, 1 container")
+    finally:
+        report = probe.stop()
+    assert report.ok, report.format_table()
+    note("#6", probe_line(report))
+
+
+def test_invalid_config_names_the_key_before_connecting(flab: Lab) -> None:
+    """#5: an unknown key (top level or per host) and a missing -H: exit 2, no connection made."""
+    [host] = flab.hosts("badkeys", flab.ssh.servers[:1])
+    server = host.server
+    config = flab.config("badkeys", [host], colour="blue")
+    seen = connections(server)
+    result = flab.fab(config, [host], "setup", check=False)
+    assert result.returncode == 2 and "unknown config key deploy.colour" in result.stderr, result.stderr
+
+    data = yaml.safe_load(flab.config("badkeys-host", [host]).read_text())
+    data["deploy"]["hosts"][server.address]["replica"] = 2
+    per_host = flab.work / "badkeys-host.yaml"
+    per_host.write_text(yaml.safe_dump(data))
+    result = flab.fab(per_host, [host], "deploy", "--version", "x1", check=False)
+    assert result.returncode == 2
+    assert f"unknown config key deploy.hosts.{server.address}.replica" in result.stderr, result.stderr
+
+    no_host = flab.fab(config, [], "deploy", "--version", "x1", check=False)
+    assert no_host.returncode == 2 and "no host given" in no_host.stderr, no_host.stderr
+    assert connections(server) == seen
+    assert not host.deploy_dir.parent.exists()
+    note("#5", f"exit {no_host.returncode}; {first_error(no_host.stderr)}; {first_error(result.stderr)}")
+
+
+@pytest.mark.parametrize("value", ["v1;touch /tmp/handover-pwned-marker", "$(touch /tmp/handover-pwned-marker)"])
+def test_version_with_shell_metacharacters_is_refused(flab: Lab, web: tuple[Path, HostSetup], value: str) -> None:
+    """#12: refused before connecting; nothing synced, nothing run."""
+    config, host = web
+    before, releases, seen = host.version(), sorted((host.deploy_dir / "releases").iterdir()), connections(host.server)
+    result = flab.fab(config, [host], "deploy", "--version", value, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"error: version {value!r}: expected" in result.stderr
+    assert connections(host.server) == seen
+    assert sorted((host.deploy_dir / "releases").iterdir()) == releases
+    assert host.version() == before
+    assert not PWNED.exists()
+    note("#12 version (fab)", f"exit {result.returncode}; {first_error(result.stderr)}")
+
+
+def test_project_name_with_shell_metacharacters_is_a_config_error(flab: Lab) -> None:
+    """#12: the compose project name is validated and named (here the host's own entry)."""
+    [host] = flab.hosts("badproject", flab.ssh.servers[:1])
+    data = yaml.safe_load(flab.config("badproject", [host]).read_text())
+    data["deploy"]["hosts"][host.server.address]["project"] = f"shop; touch {PWNED}"
+    config = flab.work / "badproject.yaml"
+    config.write_text(yaml.safe_dump(data))
+    seen = connections(host.server)
+    result = flab.fab(config, [host], "setup", check=False)
+    assert result.returncode == 2
+    assert f"config key deploy.hosts.{host.server.address}.project: expected a compose project name" in result.stderr
+    assert connections(host.server) == seen
+    assert not PWNED.exists()
+    note("#12 project (fab)", f"exit {result.returncode}; {first_error(result.stderr)}")
+
+
+def test_setup_names_a_missing_docker_or_compose_plugin(flab: Lab) -> None:
+    """#10: `fab setup` on a host without docker, and on one without the Compose v2 plugin."""
+    no_docker, no_compose = flab.hosts("nodocker", flab.ssh.servers[1:2]) + flab.hosts("nocompose",
+                                                                                      flab.ssh.servers[2:3])
+    result = flab.fab(flab.config("nodocker", [no_docker]), [no_docker], "setup", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{no_docker.server.label} is not ready" in result.stderr
+    assert "- docker: docker is not installed" in result.stderr, result.stderr
+    assert "- compose: cannot be checked without docker" in result.stderr
+    assert "MISSING docker" in result.stdout and "ok      rsync" in result.stdout
+    said_no_docker = " | ".join(line.strip() for line in result.stderr.splitlines())
+    deploy = flab.fab(flab.config("nodocker", [no_docker]), [no_docker], "deploy", "--version", "n1", check=False)
+    assert deploy.returncode == 1 and "- docker: docker is not installed" in deploy.stderr, deploy.stderr
+    assert not (no_docker.deploy_dir / "releases").exists() or not any((no_docker.deploy_dir / "releases").iterdir())
+
+    result = flab.fab(flab.config("nocompose", [no_compose]), [no_compose], "setup", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "- compose: Docker Compose v2 is missing" in result.stderr, result.stderr
+    assert "- docker:" not in result.stderr
+    assert "ok      docker" in result.stdout and "MISSING compose" in result.stdout
+
+    deploy = flab.fab(flab.config("nocompose", [no_compose]), [no_compose], "deploy", "--version", "n1",
+                      check=False)
+    assert deploy.returncode == 1 and "- compose: Docker Compose v2 is missing" in deploy.stderr, deploy.stderr
+    assert not lock_dir(no_compose).exists() and not any((no_compose.deploy_dir / "releases").iterdir())
+    said_no_compose = " | ".join(line.strip() for line in result.stderr.splitlines())
+    note("#10", f"setup, no docker: exit 1; {said_no_docker}\n      setup, no compose: exit 1; {said_no_compose}\n"
+                f"      deploy, no compose: exit {deploy.returncode}; {first_error(deploy.stderr)}")
+
+
+@pytest.fixture
+def small_disk(flab: Lab) -> Iterator[HostSetup]:
+    """A host whose deploy directory is a small tmpfs."""
+    [host] = flab.hosts("full", flab.ssh.servers[:1])
+    host.deploy_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(host.deploy_dir)], check=True)
+    try:
+        yield host
+    finally:
+        remove_project(host.project)
+        subprocess.run(["umount", str(host.deploy_dir)], check=False)
+
+
+def test_disk_full_during_the_sync_changes_nothing(flab: Lab, small_disk: HostSetup, tmp_path: Path) -> None:
+    """#13b: rsync runs out of space: the error says so, `current` and the containers are as before."""
+    host = small_disk
+    config = flab.config("full", [host])
+    flab.fab(config, [host], "setup")
+    flab.fab(config, [host], "deploy", "--version", "d1")
+    before, link, containers = host.version(), current(host), app_containers(host)
+    root = project_copy(tmp_path)
+    (root / "server" / "static" / "filler.bin").write_bytes(os.urandom(FILLER_BYTES))
+    probe = probe_for(host)
+    probe.start()
+    try:
+        result = flab.fab(config, [host], "deploy", "--version", "d2", check=False, root=root)
+    finally:
+        report = probe.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "rsync to" in result.stderr and "No space left on device" in result.stderr, result.stderr
+    assert "the files in use are unchanged" in result.stderr
+    assert report.ok, report.format_table()
+    assert current(host) == link
+    assert host.version() == before
+    assert app_containers(host) == containers
+    assert not lock_dir(host).exists() and staging_dirs(host) == []
+    space = next((line.strip() for line in result.stderr.splitlines() if "No space left" in line), "")
+    note("#13b", f"exit {result.returncode}; {first_error(result.stderr)} ... {space}; current -> {current(host)}; "
+                 f"serves {host.version()}; {probe_line(report)}")
