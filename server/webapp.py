@@ -119,7 +119,7 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int, maxi
     return value
 
 
-def _env_positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_seconds(env: Mapping[str, str], name: str, default: float, *, allow_zero: bool = False) -> float:
     raw = _env_value(env, name)
     if raw is None:
         return default
@@ -127,21 +127,9 @@ def _env_positive_float(env: Mapping[str, str], name: str, default: float) -> fl
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive finite number of seconds, got {raw!r}")
-    return value
-
-
-def _env_spread(env: Mapping[str, str]) -> float:
-    raw = _env_value(env, "DRAIN_SPREAD")
-    if raw is None:
-        return DEFAULT_DRAIN_SPREAD
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"DRAIN_SPREAD must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"DRAIN_SPREAD must be zero or a positive number of seconds, got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "zero or a positive" if allow_zero else "a positive finite"
+        raise ConfigError(f"{name} must be {kind} number of seconds, got {raw!r}")
     return value
 
 
@@ -203,9 +191,9 @@ class Settings:
             version=_env_value(env, "APP_VERSION") or DEFAULT_VERSION,
             host=_env_value(env, "HOST") or DEFAULT_HOST,
             port=_env_int(env, "PORT", DEFAULT_PORT, MIN_PORT, MAX_PORT),
-            drain_timeout=_env_positive_float(env, "DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
-            drain_spread=_env_spread(env),
-            tick_interval=_env_positive_float(env, "TICK_INTERVAL", DEFAULT_TICK_INTERVAL),
+            drain_timeout=_env_seconds(env, "DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
+            drain_spread=_env_seconds(env, "DRAIN_SPREAD", DEFAULT_DRAIN_SPREAD, allow_zero=True),
+            tick_interval=_env_seconds(env, "TICK_INTERVAL", DEFAULT_TICK_INTERVAL),
             fault=fault,
             fault_after=fault_after,
             ws_max_message=_env_int(env, "WS_MAX_MESSAGE", DEFAULT_WS_MAX_MESSAGE, 1, sys.maxsize),

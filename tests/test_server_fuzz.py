@@ -24,7 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .test_server_process import LOOPBACK, free_port, start_server, wait_healthy
+from .test_server_process import LOOPBACK, running_server
 
 SEED = 20261126
 WS_MAX_MESSAGE = 4096
@@ -41,17 +41,8 @@ OPCODE_CLOSE = 0x8
 
 @pytest.fixture
 def fuzz_server() -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = free_port()
-    process = start_server(port, WS_MAX_MESSAGE=str(WS_MAX_MESSAGE))
-    try:
-        wait_healthy(f"http://{LOOPBACK}:{port}", process)
-        yield process, port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
+    with running_server(WS_MAX_MESSAGE=str(WS_MAX_MESSAGE)) as running:
+        yield running
 
 
 def rss_kb(pid: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -81,10 +82,11 @@ def wait_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
     pytest.fail("server did not become healthy")
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
+@contextlib.contextmanager
+def running_server(**env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A healthy server process on a free loopback port; killed afterwards if still running."""
     port = free_port()
-    process = start_server(port)
+    process = start_server(port, **env)
     try:
         wait_healthy(f"http://{LOOPBACK}:{port}", process)
         yield process, port
@@ -94,6 +96,12 @@ def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
         process.wait()
         assert process.stdout is not None
         process.stdout.close()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    with running_server() as running:
+        yield running
 
 
 @dataclass
