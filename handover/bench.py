@@ -149,6 +149,7 @@ def format_comparison(results: list[SequenceResult], rate: float, ws_clients: in
     add("deploy p99 / steady p99", ratio)
     add("max latency ms", lambda r: _ms(http(r)["max_latency_ms"]))
     add("WS abnormal closes", lambda r: ws(r)["abnormal_total"])
+    add("  by kind", lambda r: ", ".join(f"{k} {v}" for k, v in ws(r)["abnormal_closes"].items() if v) or "-")  # type: ignore[attr-defined]
     add("WS close codes", lambda r: ", ".join(f"{k}: {v}" for k, v in ws(r)["close_codes"].items()) or "-")  # type: ignore[attr-defined]
     add("WS messages lost", lambda r: ws(r)["lost"])
     add("WS reconnect gap p50 / p99 ms", lambda r: f"{_ms(ws(r)['reconnect_gap']['p50_ms'])} / "  # type: ignore[index]
