@@ -2,8 +2,8 @@
 stack serves: the old version keeps serving, nothing is lost, no lock is left, the error names the cause.
 
 127.0.0.5 is an ordinary host. 127.0.0.6 gives its sessions a PATH without docker, and 127.0.0.7 a
-HOME without the Compose plugin (this machine has it only in ~/.docker/cli-plugins), standing for
-hosts where those are not installed.
+`docker` that answers `compose` as a docker without the Compose v2 plugin does (the plugin may sit in
+a system directory that no session setting can hide), standing for hosts where those are missing.
 
 Covered in test_remote.py: unknown and changed host keys, a bad value in the config, a lock taken
 with `fab lock`, and shell metacharacters in deploy_dir.
@@ -12,6 +12,7 @@ with `fab lock`, and shell metacharacters in deploy_dir.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -92,6 +93,22 @@ def project_copy(where: Path) -> Path:
     return where
 
 
+def path_without_compose(root: Path) -> str:
+    """A PATH whose `docker` is the real one, except that `docker compose` is unknown to it."""
+    real = shutil.which("docker")
+    assert real is not None
+    bin_dir = root / "bin-without-compose"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "docker"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = compose ]; then echo "docker: \'compose\' is not a docker command." >&2; exit 1; fi\n'
+        f'exec {shlex.quote(real)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"
+
+
 def path_without_docker(root: Path) -> Path:
     """A bin directory with everything of /usr/bin but docker (and its helpers)."""
     bin_dir = root / "bin-without-docker"
@@ -116,7 +133,7 @@ def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     try:
         ssh.start(ADDRESSES, session_env={
             ADDRESSES[1]: {"PATH": str(path_without_docker(root))},
-            ADDRESSES[2]: {"HOME": str(no_plugins)},
+            ADDRESSES[2]: {"HOME": str(no_plugins), "PATH": path_without_compose(root)},
         })
         yield the_lab
     finally:
