@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import contextlib
 import threading
 from types import TracebackType
+from typing import Self
 
 from .engine import START_TIMEOUT_SECONDS, ProbeEngine
 from .report import ProbeReport
@@ -17,8 +19,30 @@ START_MARGIN_SECONDS = 10.0
 STOP_MARGIN_SECONDS = 30.0
 
 
-class Probe:
+class ProbeRun(abc.ABC):
     """Start, mark windows while deploying, stop, read the report. Also a context manager."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def window(self, name: str) -> contextlib.AbstractContextManager[None]: ...
+
+    @abc.abstractmethod
+    def stop(self) -> ProbeReport: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class Probe(ProbeRun):
+    """The load in a background thread of this process, with its own event loop."""
 
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
@@ -62,14 +86,6 @@ class Probe:
         self._thread.join(timeout=STOP_MARGIN_SECONDS)
         return self.report
 
-    def __enter__(self) -> Probe:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _request_stop(self) -> None:
         loop, event = self._loop, self._stop_event

@@ -11,9 +11,8 @@ import contextlib
 import multiprocessing
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from types import TracebackType
 
-from .probe import Probe
+from .probe import Probe, ProbeRun
 from .report import ProbeReport
 from .settings import ProbeError, ProbeSettings
 
@@ -44,7 +43,7 @@ def _child(settings: ProbeSettings, conn: Connection) -> None:
             return
 
 
-class ProbeProcess:
+class ProbeProcess(ProbeRun):
     """Same use as :class:`Probe` (start, window, stop), with the load generated in a child process."""
 
     def __init__(self, settings: ProbeSettings) -> None:
@@ -98,12 +97,3 @@ class ProbeProcess:
             raise ProbeError(f"probe process answered {kind!r} instead of a report")
         self.report = report
         return report
-
-    def __enter__(self) -> ProbeProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -22,6 +22,7 @@ import pytest
 import requests
 import yaml
 
+from .conftest import docker_ready
 from .sshd import SshLab, SshServer
 
 pytestmark = pytest.mark.integration
@@ -125,8 +126,7 @@ def remove_project(project: str) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.fail("the Docker engine is not running: run scripts/bootstrap.sh")
+    docker_ready()
     root = tmp_path_factory.mktemp("remote")
     ssh = SshLab(root / "ssh")
     the_lab = Lab(ssh, root / "work")

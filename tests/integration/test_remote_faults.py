@@ -25,6 +25,7 @@ import yaml
 
 from handover.probe import Probe, ProbeSettings
 
+from .conftest import docker_ready
 from .faultlog import first_error, note, probe_line
 from .sshd import SshLab, SshServer
 from .test_remote import PWNED, ROOT, HostSetup, Lab, fab_env, remove_project
@@ -121,8 +122,7 @@ def path_without_docker(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.fail("the Docker engine is not running: run scripts/bootstrap.sh")
+    docker_ready()
     root = tmp_path_factory.mktemp("remote-faults")
     ssh = SshLab(root / "ssh")
     the_lab = Lab(ssh, root / "work", prefix="hrf", port_base=PORT_BASE)
