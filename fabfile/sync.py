@@ -32,6 +32,7 @@ STAGING_PREFIX = ".staging-"
 SOURCE_DIRS = ("compose", "nginx", "server")
 RSYNC_EXCLUDES = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/")
 RSYNC_TIMEOUT = 600.0
+FULL_DISK_KIB = 1024  # below this much free space a failed sync is put down to a full disk
 _RELEASE_NAME = re.compile(r"^\d{8}T\d{9}Z-[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -73,6 +74,18 @@ def list_releases(remote: Remote, s: Settings) -> list[str]:
     return sorted(name for name in result.stdout.split() if _RELEASE_NAME.match(name))
 
 
+def _space_note(remote: Remote, directory: str) -> str:
+    """A line saying the host's disk is full at ``directory``, or "" if it is not (or cannot be read)."""
+    out = run(remote.conn, ["df", "-Pk", directory], check=False).stdout.splitlines()
+    fields = out[-1].split() if len(out) > 1 else []
+    if len(fields) < 4 or not fields[3].isdigit():
+        return ""
+    free_kib = int(fields[3])
+    if free_kib >= FULL_DISK_KIB:
+        return ""
+    return f"\nNo space left on device at {directory} on the host ({free_kib} KiB free)."
+
+
 def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str:
     """rsync compose/, nginx/ and server/ into a new release directory; return its name."""
     base = releases_path(s)
@@ -96,9 +109,13 @@ def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str
     except subprocess.TimeoutExpired:
         done = subprocess.CompletedProcess(args, 124, "", f"rsync took longer than {RSYNC_TIMEOUT:g} s")
     if done.returncode != 0:
+        # Read the free space before the staging copy goes: rsync's own message about a full disk
+        # comes from the far side and can be lost when the connection closes.
+        space = _space_note(remote, s.deploy_dir)
         run(remote.conn, ["rm", "-rf", staging], check=False)
+        said = (done.stderr or done.stdout).strip() or "(rsync printed nothing)"
         raise SyncFailed(f"rsync to {remote.name} failed (exit {done.returncode}); the files in use are "
-                         f"unchanged:\n{(done.stderr or done.stdout).strip()}")
+                         f"unchanged:\n{said}{space}")
     run(remote.conn, ["mv", "-T", staging, f"{base}/{name}"])
     progress.say(f"    {_transfer_summary(done.stdout)}")
     return name
