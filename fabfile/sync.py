@@ -32,7 +32,7 @@ STAGING_PREFIX = ".staging-"
 SOURCE_DIRS = ("compose", "nginx", "server")
 RSYNC_EXCLUDES = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/")
 RSYNC_TIMEOUT = 600.0
-FULL_DISK_KIB = 1024  # below this much free space a failed sync is put down to a full disk
+SPACE_MARGIN_KIB = 1024  # room left over after a sync, for the engine's state files
 _RELEASE_NAME = re.compile(r"^\d{8}T\d{9}Z-[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -74,16 +74,23 @@ def list_releases(remote: Remote, s: Settings) -> list[str]:
     return sorted(name for name in result.stdout.split() if _RELEASE_NAME.match(name))
 
 
-def _space_note(remote: Remote, directory: str) -> str:
-    """A line saying the host's disk is full at ``directory``, or "" if it is not (or cannot be read)."""
+def _source_kib() -> int:
+    """What the sync sends at most (every file, as if none could be linked from the last release)."""
+    total = 0
+    for part in SOURCE_DIRS:
+        for path in (PROJECT_ROOT / part).rglob("*"):
+            if path.is_file() and not path.is_symlink() and not {"__pycache__", ".pytest_cache", ".mypy_cache"} & set(
+                path.parts
+            ):
+                total += path.stat().st_size
+    return total // 1024 + 1
+
+
+def _free_kib(remote: Remote, directory: str) -> int | None:
+    """Free space where ``directory`` is on the host (``df -Pk``), or None if it cannot be read."""
     out = run(remote.conn, ["df", "-Pk", directory], check=False).stdout.splitlines()
     fields = out[-1].split() if len(out) > 1 else []
-    if len(fields) < 4 or not fields[3].isdigit():
-        return ""
-    free_kib = int(fields[3])
-    if free_kib >= FULL_DISK_KIB:
-        return ""
-    return f"\nNo space left on device at {directory} on the host ({free_kib} KiB free)."
+    return int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
 
 
 def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str:
@@ -95,6 +102,12 @@ def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str
     # Staging left by an interrupted sync (the lock is held: no other sync runs).
     run(remote.conn, ["find", base, "-mindepth", "1", "-maxdepth", "1", "-name", f"{STAGING_PREFIX}*",
                       "-exec", "rm", "-rf", "{}", "+"])
+    # A full disk is found before sending anything: rsync's own message about it comes from the far
+    # side and is sometimes lost when the connection closes.
+    need, free = _source_kib(), _free_kib(remote, base)
+    if free is not None and free < need + SPACE_MARGIN_KIB:
+        raise SyncFailed(f"rsync to {remote.name} not started: No space left on device at {base} "
+                         f"({free} KiB free, the sync may need {need} KiB); the files in use are unchanged")
     previous = current_release(remote, s)
     args = ["rsync", "--archive", "--delete", "--compress", "--protect-args", "--stats",
             *(f"--exclude={pattern}" for pattern in RSYNC_EXCLUDES),
@@ -109,13 +122,10 @@ def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str
     except subprocess.TimeoutExpired:
         done = subprocess.CompletedProcess(args, 124, "", f"rsync took longer than {RSYNC_TIMEOUT:g} s")
     if done.returncode != 0:
-        # Read the free space before the staging copy goes: rsync's own message about a full disk
-        # comes from the far side and can be lost when the connection closes.
-        space = _space_note(remote, s.deploy_dir)
         run(remote.conn, ["rm", "-rf", staging], check=False)
         said = (done.stderr or done.stdout).strip() or "(rsync printed nothing)"
         raise SyncFailed(f"rsync to {remote.name} failed (exit {done.returncode}); the files in use are "
-                         f"unchanged:\n{said}{space}")
+                         f"unchanged:\n{said}")
     run(remote.conn, ["mv", "-T", staging, f"{base}/{name}"])
     progress.say(f"    {_transfer_summary(done.stdout)}")
     return name
