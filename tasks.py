@@ -7,6 +7,7 @@ defaults; invoke.yaml, INVOKE_DEPLOY_* variables and `-f FILE` override them.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 
@@ -30,10 +31,8 @@ def _settings(c: Context) -> Settings:
     return cli.settings_from(c.config)
 
 
-def _engine(c: Context, quiet: bool = False, base_image: str | None = None) -> Engine:
-    s = _settings(c)
-    env = {"BASE_IMAGE": base_image} if base_image else None
-    return Engine(c, s, Progress(quiet=quiet), extra_env=env)
+def _engine(c: Context) -> Engine:
+    return Engine(c, _settings(c), Progress())
 
 
 def _prepare(c: Context, s: Settings, progress: Progress) -> str:
@@ -200,7 +199,7 @@ def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else [])
     engine = _engine(c)
     cli.guarded(lambda: c.run(
-        cli.shell_join(["docker", "compose", "--project-name", engine.settings.project,
+        shlex.join(["docker", "compose", "--project-name", engine.settings.project,
                         "--file", engine.settings.compose_path, *args]),
         env=engine.stack.compose_env(), pty=False, in_stream=False))
 

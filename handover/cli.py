@@ -74,9 +74,3 @@ def format_record(rec: RunRecord) -> str:
     if rec.error:
         lines.append(f"  error: {rec.error}")
     return "\n".join(lines)
-
-
-def shell_join(args: list[str]) -> str:
-    import shlex
-
-    return shlex.join(args)

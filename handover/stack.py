@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .errors import PreflightError
 from .settings import Settings
 from .shell import Runner, run
 
@@ -166,8 +167,6 @@ class Stack:
     def exec_proxy(self, *args: str, check: bool = True) -> str:
         proxy = self.proxy_container()
         if proxy is None:
-            from .errors import PreflightError
-
             raise PreflightError(f"the nginx container of project {self.settings.project!r} is not running")
         result = run(self.runner, ["docker", "exec", proxy.id, *args], check=check)
         return result.stdout + result.stderr

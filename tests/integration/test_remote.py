@@ -61,6 +61,13 @@ class Lab:
     prefix: str = "hrt"  # compose projects and ports of their own, for a second lab beside this one
     port_base: int = PORT_BASE
 
+    def close(self, root: Path) -> None:
+        """Stop the sshd servers, remove every compose project the lab made, and its files."""
+        self.ssh.stop()
+        for project in self.projects:
+            remove_project(project)
+        shutil.rmtree(root, ignore_errors=True)
+
     def hosts(self, tag: str, servers: list[SshServer], deploy_dir: str | None = None) -> list[HostSetup]:
         made = []
         for server in servers:
@@ -136,10 +143,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ssh.start(ADDRESSES)
         yield the_lab
     finally:
-        ssh.stop()
-        for project in the_lab.projects:
-            remove_project(project)
-        shutil.rmtree(root, ignore_errors=True)
+        the_lab.close(root)
         if TIMINGS:
             print("\nremote timings (s):", TIMINGS)
 

@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from handover.probe import Probe, ProbeSettings
+from handover.probe import Probe, ProbeReport, ProbeSettings
 
 from .conftest import docker_ready
 from .faultlog import first_error, note, probe_line
@@ -44,6 +44,18 @@ PROJECT_PARTS = ("handover", "fabfile", "config", "compose", "nginx", "server")
 
 def probe_for(host: HostSetup) -> Probe:
     return Probe(ProbeSettings(base_url=host.url, rate=PROBE_RATE, ws_clients=PROBE_WS_CLIENTS))
+
+
+def deploy_under_probe(flab: Lab, config: Path, host: HostSetup, version: str,
+                       root: Path) -> tuple[subprocess.CompletedProcess[str], ProbeReport]:
+    """`fab deploy` of a copy of the project at ``root``, expected to fail, with the probe running."""
+    probe = probe_for(host)
+    probe.start()
+    try:
+        result = flab.fab(config, [host], "deploy", "--version", version, check=False, root=root)
+    finally:
+        report = probe.stop()
+    return result, report
 
 
 def connections(server: SshServer) -> int:
@@ -137,10 +149,7 @@ def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         })
         yield the_lab
     finally:
-        ssh.stop()
-        for project in the_lab.projects:
-            remove_project(project)
-        shutil.rmtree(root, ignore_errors=True)
+        the_lab.close(root)
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +171,7 @@ def test_broken_nginx_config_in_the_sync_changes_nothing(flab: Lab, web: tuple[P
     root = project_copy(tmp_path)
     conf = root / "nginx" / "nginx.conf"
     conf.write_text(conf.read_text().replace("server_tokens off;", "server_tokens off;\n    this_is_not_nginx;"))
-    probe = probe_for(host)
-    probe.start()
-    try:
-        result = flab.fab(config, [host], "deploy", "--version", "broken1", check=False, root=root)
-    finally:
-        report = probe.stop()
+    result, report = deploy_under_probe(flab, config, host, "broken1", root)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "nginx -t failed" in result.stderr and "this_is_not_nginx" in result.stderr, result.stderr
     assert f"current -> {link} again" in result.stdout
@@ -332,12 +336,7 @@ def test_disk_full_during_the_sync_changes_nothing(flab: Lab, small_disk: HostSe
     before, link, containers = host.version(), current(host), app_containers(host)
     root = project_copy(tmp_path)
     (root / "server" / "static" / "filler.bin").write_bytes(os.urandom(FILLER_BYTES))
-    probe = probe_for(host)
-    probe.start()
-    try:
-        result = flab.fab(config, [host], "deploy", "--version", "d2", check=False, root=root)
-    finally:
-        report = probe.stop()
+    result, report = deploy_under_probe(flab, config, host, "d2", root)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "rsync to" in result.stderr and "No space left on device" in result.stderr, result.stderr
     assert "the files in use are unchanged" in result.stderr
