@@ -7,7 +7,6 @@ defaults; invoke.yaml, INVOKE_DEPLOY_* variables and `-f FILE` override them.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 
@@ -21,6 +20,7 @@ from handover.engine import DeployOptions, Engine
 from handover.progress import Progress
 from handover.record import RunRecord, history
 from handover.settings import Settings
+from handover.shell import command_line
 from handover.version import source_version
 
 PROBE_WARMUP_SECONDS = 2.0  # steady traffic before the deploy, for the comparison
@@ -35,18 +35,6 @@ def _engine(c: Context) -> Engine:
     return Engine(c, _settings(c), Progress())
 
 
-def _prepare(c: Context, s: Settings, progress: Progress) -> str:
-    """Wheelhouse and base image for building the app; returns the base image to build from."""
-    images.build_wheelhouse(cli.SERVER_DIR, progress)
-    return images.ensure_base_image(c, s.base_image, progress)
-
-
-def _bases(c: Context, s: Settings, progress: Progress) -> dict[str, str]:
-    app_base = _prepare(c, s, progress)
-    nginx_base = images.ensure_base_image(c, s.nginx_base_image, progress)
-    return {"BASE_IMAGE": app_base, "NGINX_BASE_IMAGE": nginx_base}
-
-
 @task(help={"version": "version tag for the app image (default: derived from server/ sources)"})
 def up(c: Context, version: str | None = None) -> None:
     """Build and start the stack (nginx + app) and wait until it is healthy; rerunning converges."""
@@ -55,11 +43,8 @@ def up(c: Context, version: str | None = None) -> None:
         s = _settings(c)
         progress = Progress()
         t0 = time.monotonic()
-        progress.say("==> prepare: wheelhouse and base images")
-        bases = _bases(c, s, progress)
-        progress.say(f"    done in {time.monotonic() - t0:.2f} s")
-        engine = Engine(c, s, progress, extra_env=bases)
-        engine.up(version or source_version(cli.SERVER_DIR))
+        images.build_wheelhouse(cli.SERVER_DIR, progress)
+        Engine(c, s, progress).up(version or source_version(cli.SERVER_DIR))
         progress.say(f"==> serving on http://{s.http_bind}:{s.http_port}/  (total {time.monotonic() - t0:.1f} s)")
 
     cli.guarded(go)
@@ -92,8 +77,9 @@ def deploy(
     def go() -> RunRecord:
         s = _settings(c)
         progress = Progress(quiet=quiet or json)
-        bases = _bases(c, s, progress) if not dry_run else {}
-        engine = Engine(c, s, progress, extra_env=bases)
+        if not dry_run:
+            images.build_wheelhouse(cli.SERVER_DIR, progress)
+        engine = Engine(c, s, progress)
         options = DeployOptions(
             version=version or source_version(cli.SERVER_DIR),
             dry_run=dry_run,
@@ -175,7 +161,7 @@ def status(c: Context, json: bool = False) -> None:
         rows = [
             {"name": x.name, "id": x.short_id, "version": x.version, "status": x.status,
              "health": x.health, "live": x.id in live}
-            for x in facts.containers
+            for x in facts.instances
         ]
         proxy = facts.proxy.name if facts.proxy else None
         if json:
@@ -196,12 +182,11 @@ def _json_dumps(data: object) -> str:
 @task(help={"follow": "keep following", "tail": "lines per container"})
 def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
     """Show the logs of the app and nginx containers."""
-    args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else [])
-    engine = _engine(c)
-    cli.guarded(lambda: c.run(
-        shlex.join(["docker", "compose", "--project-name", engine.settings.project,
-                        "--file", engine.settings.compose_path, *args]),
-        env=engine.stack.compose_env(), pty=False, in_stream=False))
+    def go() -> None:
+        argv, env = _engine(c).backend.logs_command(tail, follow)
+        c.run(command_line(argv, env), pty=False, in_stream=False)
+
+    cli.guarded(go)
 
 
 @task(help={"count": "how many records", "json": "print as JSON lines"})
@@ -281,8 +266,8 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
         s = replace(_settings(c), project="handover-bench", http_port=port, state_dir=".state-bench")
         progress = Progress()
         quiet = Progress(quiet=True)
-        bases = _bases(c, s, progress)
-        engine = Engine(c, s, progress, extra_env=bases)
+        images.build_wheelhouse(cli.SERVER_DIR, progress)
+        engine = Engine(c, s, progress)
         engine.down()
         engine.up(source_version(cli.SERVER_DIR))
         engine.progress = quiet

@@ -117,7 +117,7 @@ def status(c: Any, json: bool = False) -> None:
         facts = Engine(remote.conn, remote.target.settings).facts()
         live = {x.id for x in facts.live}
         rows = [{"name": x.name, "id": x.short_id, "version": x.version, "status": x.status,
-                 "health": x.health, "live": x.id in live} for x in facts.containers]
+                 "health": x.health, "live": x.id in live} for x in facts.instances]
         proxy = facts.proxy.name if facts.proxy else None
         if json:
             print(jsonlib.dumps({"host": remote.name, "app": rows, "nginx": proxy,
@@ -137,11 +137,9 @@ def logs(c: Any, follow: bool = False, tail: int = LOG_TAIL) -> None:
 
     def work(remote: Remote, progress: Progress) -> None:
         engine = Engine(remote.conn, remote.target.settings)
-        s = engine.settings
-        args = ["docker", "compose", "--project-name", s.project, "--file", s.compose_path,
-                "logs", "--tail", str(tail), *(["--follow"] if follow else [])]
-        progress.say(f"==> logs of {s.project} on {remote.name}")
-        remote.conn.run(command_line(args, engine.stack.compose_env()), pty=False, in_stream=False, warn=True)
+        argv, env = engine.backend.logs_command(tail, follow)
+        progress.say(f"==> logs of {engine.settings.project} on {remote.name}")
+        remote.conn.run(command_line(argv, env), pty=False, in_stream=False, warn=True)
 
     def go() -> None:
         rc = frontdoor.remote_config(c)
@@ -158,7 +156,7 @@ def lock(c: Any, reason: str = "") -> None:
 
     def work(remote: Remote, progress: Progress) -> None:
         held = DeployLock(remote.conn, remote.target.settings.state_path)
-        info = {"holder": operator(), "since": now_iso(), "action": "lock", "via": hostrun.FRONT_DOOR}
+        info = {"holder": operator(), "since": now_iso(), "action": "lock", "via": "fab"}
         if reason:
             info["reason"] = reason
         held.acquire(info)

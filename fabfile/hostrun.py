@@ -1,104 +1,104 @@
-"""One host's deploy and rollback: take the lock, sync and swap ``current``, then the engine's sequence.
+"""One host's deploy and rollback: the engine's steps, with the release files as steps of their own.
 
-The host's deploy lock (the engine's ``DeployLock``) is taken before the sync, so a second deploy
-cannot swap files under a running one, and it is released on success, failure and Ctrl-C. The
-engine is handed a :class:`HeldLock` so that it does not try to take the same lock again.
-When the engine fails, ``current`` is pointed back at the release it had before.
-
-A host without a running stack (the first deploy after ``setup``) is started with the engine's
-``up`` from the synced release, and that run is recorded like any deploy.
+A deploy adds a ``sync`` step right after the engine's lock: the app's secrets file and the
+sources go to the host into a new release directory, and ``current`` is swapped to it (undone if a
+later step fails). A rollback adds a ``files`` step instead, pointing ``current`` at the newest
+kept release of the version it goes back to. Everything else — the plan, the recovery, the one
+record per run — is the engine's. A host with nothing serving yet gets the engine's first start.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from handover import images, record
 from handover.engine import DeployOptions, Engine
 from handover.errors import HandoverError, PreflightError
-from handover.lock import DeployLock
 from handover.progress import Progress
-from handover.record import RunRecord, StepRecord, history, now_iso, operator
+from handover.record import RunRecord, history
 from handover.settings import Settings, check_version
-from handover.shell import interruptible
+from handover.steps import Run, Step
 
 from . import hostsetup, secrets, sync
 from .connect import Remote
 
-FRONT_DOOR = "fab"
+
+class Sync(Step):
+    """The secrets file and the sources into a new release directory; ``current`` swapped to it."""
+
+    name = "sync"
+
+    def __init__(self, remote: Remote, settings: Settings) -> None:
+        self.remote, self.settings = remote, settings
+        self.swap: sync.Swap | None = None
+
+    def describe(self, run: Run) -> str:
+        dirs = ", ".join(f"{d}/" for d in sync.source_dirs(run.engine.proxy.source_dirs))
+        return f"{dirs} -> {self.remote.name}:{sync.releases_path(self.settings)}/, then swap current to it"
+
+    def run(self, run: Run) -> str:
+        if self.remote.target.env_file is not None:
+            secrets.push(self.remote, self.settings, self.remote.target.env_file)
+        name = sync.upload(self.remote, self.settings, run.version, run.engine.progress,
+                           sync.source_dirs(run.engine.proxy.source_dirs))
+        self.swap = sync.activate(self.remote, self.settings, name)
+        return f"current -> {sync.RELEASES_DIR}/{name}"
+
+    def undo(self, run: Run) -> None:
+        if self.swap is not None:
+            sync.undo(self.remote, self.settings, self.swap)
+            run.engine.progress.say(f"    current -> {self.swap.previous or '(none)'} again")
 
 
-class HeldLock(DeployLock):
-    """The host's lock, already held by this run: the engine's acquire and release do nothing."""
+class Files(Step):
+    """A rollback uses the files that went with the version it goes back to, when they are kept."""
 
-    def acquire(self, info: dict[str, str]) -> None:
-        return None
+    name = "files"
 
-    def release(self) -> None:
-        return None
+    def __init__(self, remote: Remote, settings: Settings) -> None:
+        self.remote, self.settings = remote, settings
+        self.swap: sync.Swap | None = None
 
+    def _release(self, version: str) -> str | None:
+        release = sync.newest_release_of(self.remote, self.settings, version)
+        if release is None or sync.current_release(self.remote, self.settings) == f"{sync.RELEASES_DIR}/{release}":
+            return None
+        return release
 
-@contextmanager
-def host_lock(remote: Remote, s: Settings, action: str, version: str) -> Iterator[None]:
-    lock = DeployLock(remote.conn, s.state_path)
-    with interruptible():  # Ctrl-C stops at the next command; the lock is released below
-        lock.acquire({"holder": operator(), "since": now_iso(), "version": version, "action": action,
-                      "via": FRONT_DOOR, "host": remote.name})
-        try:
-            yield
-        finally:
-            lock.release()
+    def describe(self, run: Run) -> str | None:
+        release = self._release(run.version)
+        return f"current -> {sync.RELEASES_DIR}/{release}" if release else None
 
+    def run(self, run: Run) -> None:
+        release = self._release(run.version)
+        if release:
+            self.swap = sync.activate(self.remote, self.settings, release)
 
-def _engine(remote: Remote, s: Settings, progress: Progress, extra_env: dict[str, str] | None = None) -> Engine:
-    engine = Engine(remote.conn, s, progress, extra_env=extra_env)
-    engine.lock = HeldLock(remote.conn, s.state_path)
-    return engine
-
-
-def _base_images(remote: Remote, s: Settings, progress: Progress) -> dict[str, str]:
-    return {"BASE_IMAGE": images.ensure_base_image(remote.conn, s.base_image, progress),
-            "NGINX_BASE_IMAGE": images.ensure_base_image(remote.conn, s.nginx_base_image, progress)}
+    def undo(self, run: Run) -> None:
+        if self.swap is not None:
+            sync.undo(self.remote, self.settings, self.swap)
 
 
-def _start_or_deploy(remote: Remote, s: Settings, version: str, force: bool, progress: Progress) -> RunRecord:
-    engine = _engine(remote, s, progress, _base_images(remote, s, progress))
-    facts = engine.facts()
-    if facts.proxy is not None and facts.live:
-        return engine.deploy(DeployOptions(version=version, force=force, host=remote.name))
-    progress.say("==> no stack is serving on this host yet: starting it from the synced release")
-    rec = engine.up(version)
-    rec.host, rec.action = remote.name, "deploy"
-    record.append(remote.conn, s.state_path, rec)
-    return rec
+def _engine(remote: Remote, progress: Progress) -> tuple[Engine, Settings]:
+    # The secrets file's path on the host (it is written by the sync step, under the lock).
+    s = secrets.with_secrets(remote, remote.target.settings, upload=False)
+    return Engine(remote.conn, s, progress), s
 
 
-def deploy(remote: Remote, version: str, *, force: bool, progress: Progress) -> RunRecord:
-    """Sync the sources into a new release, swap ``current`` to it, and deploy ``version`` from it."""
-    version = check_version(version)
-    base = remote.target.settings
-    dirs = hostsetup.prepare_dirs(remote, base)
+def _ready(remote: Remote) -> None:
+    """The deploy directory exists and docker + Compose v2 answer, before anything else runs."""
+    dirs = hostsetup.prepare_dirs(remote, remote.target.settings)
     if not dirs.ok:
         raise PreflightError(f"{remote.name}: {dirs.detail}")
-    # Before anything is synced: say exactly what is missing (the base image step would otherwise fail first).
     hostsetup.require([hostsetup.check_docker(remote), hostsetup.check_compose(remote)], "the host")
-    with host_lock(remote, base, "deploy", version):
-        s = secrets.with_secrets(remote, base, upload=True)
-        progress.say(f"==> sync: compose/, nginx/, server/ -> {remote.name}:{sync.releases_path(s)}/")
-        t0 = time.monotonic()
-        name = sync.upload(remote, s, version, progress)
-        swap = sync.activate(remote, s, name)
-        sync_step = StepRecord("sync", round(time.monotonic() - t0, 3), "ok", name)
-        progress.say(f"    ok in {sync_step.seconds:.2f} s (current -> {sync.RELEASES_DIR}/{name})")
-        try:
-            rec = _start_or_deploy(remote, s, version, force, progress)
-        except BaseException:
-            sync.undo(remote, s, swap)
-            progress.say(f"    current -> {swap.previous or '(none)'} again")
-            raise
-        rec.steps.insert(0, sync_step)
+
+
+def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry_run: bool = False) -> RunRecord:
+    """Sync the sources into a new release, swap ``current`` to it, and deploy ``version`` from it."""
+    version = check_version(version)
+    if not dry_run:
+        _ready(remote)
+    engine, s = _engine(remote, progress)
+    rec = engine.deploy(DeployOptions(version=version, force=force, dry_run=dry_run, host=remote.name,
+                                      after_lock=[Sync(remote, s)]))
+    if rec.result == "success":
         removed = sync.prune(remote, s)
         if removed:
             progress.say(f"    removed {len(removed)} old release dir(s); kept {s.releases_kept}")
@@ -107,18 +107,7 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress) -> 
 
 def dry_run(remote: Remote, version: str, *, force: bool, progress: Progress) -> RunRecord:
     """The plan from the host's real state; nothing is synced, locked or changed."""
-    version = check_version(version)
-    s = remote.target.settings
-    engine = _engine(remote, s, progress)
-    facts = engine.facts()
-    if facts.proxy is None:
-        progress.say(f"==> plan (dry run): sync a new release to {sync.releases_path(s)}/, swap current, "
-                     f"then start the stack with {version} (nothing is serving yet)")
-        rec = RunRecord(action="deploy", version=version, project=s.project, host=remote.name)
-        rec.finish("planned")
-        return rec
-    progress.say(f"==> plan (dry run): sync a new release to {sync.releases_path(s)}/ and swap current")
-    return engine.deploy(DeployOptions(version=version, dry_run=True, force=force, host=remote.name))
+    return deploy(remote, version, force=force, progress=progress, dry_run=True)
 
 
 def previous_version(remote: Remote, s: Settings) -> str:
@@ -132,27 +121,11 @@ def previous_version(remote: Remote, s: Settings) -> str:
 
 
 def rollback(remote: Remote, to: str | None, progress: Progress) -> RunRecord:
-    """Swap back to an earlier image with the zero-downtime sequence: no sync, no build.
-
-    ``current`` is pointed at the newest kept release directory of that version, if there is one,
-    so compose and nginx use the files that went with it.
-    """
-    s = secrets.with_secrets(remote, remote.target.settings, upload=False)
+    """Swap back to an earlier image with the zero-downtime sequence: no sync, no build."""
+    engine, s = _engine(remote, progress)
     version = check_version(to) if to else previous_version(remote, s)
-    with host_lock(remote, s, "rollback", version):
-        release = sync.newest_release_of(remote, s, version)
-        current = sync.current_release(remote, s)
-        swap = None
-        if release and current != f"{sync.RELEASES_DIR}/{release}":
-            swap = sync.activate(remote, s, release)
-            progress.say(f"==> files: current -> {sync.RELEASES_DIR}/{release}")
-        try:
-            return _engine(remote, s, progress).deploy(
-                DeployOptions(version=version, build=False, action="rollback", host=remote.name))
-        except BaseException:
-            if swap:
-                sync.undo(remote, s, swap)
-            raise
+    return engine.deploy(DeployOptions(version=version, build=False, action="rollback", host=remote.name,
+                                       after_lock=[Files(remote, s)]))
 
 
 def live_version(remote: Remote) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,7 +30,7 @@ from .hostconfig import RELEASE_LINK
 
 RELEASES_DIR = "releases"
 STAGING_PREFIX = ".staging-"
-SOURCE_DIRS = ("compose", "nginx", "server")
+APP_DIRS = ("compose", "server")  # plus the proxy's own directory (Proxy.source_dirs)
 RSYNC_EXCLUDES = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/")
 RSYNC_TIMEOUT = 600.0
 SPACE_MARGIN_KIB = 1024  # room left over after a sync, for the engine's state files
@@ -74,10 +75,15 @@ def list_releases(remote: Remote, s: Settings) -> list[str]:
     return sorted(name for name in result.stdout.split() if _RELEASE_NAME.match(name))
 
 
-def _source_kib() -> int:
+def source_dirs(proxy_dirs: Sequence[str]) -> tuple[str, ...]:
+    """The directories of the checkout a release holds."""
+    return (*APP_DIRS[:1], *proxy_dirs, *APP_DIRS[1:])
+
+
+def _source_kib(dirs: Sequence[str]) -> int:
     """What the sync sends at most (every file, as if none could be linked from the last release)."""
     total = 0
-    for part in SOURCE_DIRS:
+    for part in dirs:
         for path in (PROJECT_ROOT / part).rglob("*"):
             if path.is_file() and not path.is_symlink() and not {"__pycache__", ".pytest_cache", ".mypy_cache"} & set(
                 path.parts
@@ -93,8 +99,9 @@ def _free_kib(remote: Remote, directory: str) -> int | None:
     return int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
 
 
-def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str:
-    """rsync compose/, nginx/ and server/ into a new release directory; return its name."""
+def upload(remote: Remote, s: Settings, version: str, progress: Progress, dirs: Sequence[str]) -> str:
+    """rsync ``dirs`` of the checkout (compose/, the proxy's, server/) into a new release directory;
+    return its name."""
     base = releases_path(s)
     name = release_name(version)
     staging = f"{base}/{STAGING_PREFIX}{name}"
@@ -104,7 +111,7 @@ def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str
                       "-exec", "rm", "-rf", "{}", "+"])
     # A full disk is found before sending anything: rsync's own message about it comes from the far
     # side and is sometimes lost when the connection closes.
-    need, free = _source_kib(), _free_kib(remote, base)
+    need, free = _source_kib(dirs), _free_kib(remote, base)
     if free is not None and free < need + SPACE_MARGIN_KIB:
         raise SyncFailed(f"rsync to {remote.name} not started: No space left on device at {base} "
                          f"({free} KiB free, the sync may need {need} KiB); the files in use are unchanged")
@@ -114,7 +121,7 @@ def upload(remote: Remote, s: Settings, version: str, progress: Progress) -> str
             "-e", rsync_shell(remote)]
     if previous:
         args.append(f"--link-dest={s.deploy_dir.rstrip('/')}/{previous}")
-    args += [str(PROJECT_ROOT / d) for d in SOURCE_DIRS]
+    args += [str(PROJECT_ROOT / d) for d in dirs]
     args.append(rsync_destination(remote, f"{staging}/"))
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=RSYNC_TIMEOUT,

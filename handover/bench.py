@@ -12,15 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import proxy, upstream
+from .backends.compose import APP_PORT, APP_SERVICE
 from .engine import DeployOptions, Engine
 from .errors import HandoverError, HealthCheckFailed
 from .probe import ProbeProcess, ProbeReport, ProbeSettings
-from .stack import APP_PORT, APP_SERVICE
 
 SETTLE_SECONDS = 1.0  # steady traffic between deploys (outside any window)
 WARMUP_SECONDS = 2.0
-SIMPLE_UPSTREAM = f"upstream {upstream.UPSTREAM_NAME} {{\n    server {APP_SERVICE}:{APP_PORT};\n}}\n"
 
 
 @dataclass
@@ -80,28 +78,26 @@ def engine_deploy(engine: Engine) -> Callable[[str], DeployTiming]:
 
 def simple_deploy(engine: Engine) -> Callable[[str], DeployTiming]:
     """scale to 2, reload, stop old, scale to 1, reload."""
-    stack = engine.stack
+    backend, proxy = engine.backend, engine.proxy
 
     def deploy(version: str) -> DeployTiming:
         t0 = time.monotonic()
-        old = [c for c in stack.app_containers() if c.status == "running"]
-        stack.compose("build", APP_SERVICE, version=version)
+        old = [c for c in backend.instances() if c.status == "running"]
+        backend.build(version)
         started = time.monotonic()
-        stack.compose("up", "--detach", "--no-build", "--no-deps", "--no-recreate",
-                      "--scale", f"{APP_SERVICE}={len(old) + 1}", APP_SERVICE, version=version)
-        new = [c for c in stack.app_containers() if c.id not in {o.id for o in old}]
+        new = backend.start(version, 1, {})
         try:
             engine.wait_healthy(new)
         except HealthCheckFailed:
-            stack.remove([c.id for c in new])
+            backend.remove(new)
             raise
         healthy = time.monotonic() - started
-        proxy.reload(stack)
-        stack.stop([c.id for c in old], engine.settings.stop_grace_period)
-        stack.remove([c.id for c in old])
-        stack.compose("up", "--detach", "--no-build", "--no-deps", "--no-recreate",
-                      "--scale", f"{APP_SERVICE}=1", APP_SERVICE, version=version)
-        proxy.reload(stack)
+        proxy.reload()
+        backend.stop(old, engine.settings.stop_grace_period)
+        backend.remove(old)
+        # The well-known sequence's last move: `--scale app=1` (here a no-op: the old ones are gone).
+        backend.start(version, 0, {})
+        proxy.reload()
         return DeployTiming(time.monotonic() - t0, healthy)
 
     return deploy
@@ -109,9 +105,7 @@ def simple_deploy(engine: Engine) -> Callable[[str], DeployTiming]:
 
 def use_simple_upstream(engine: Engine) -> None:
     """Turn the stack into the simple setup: upstream by service name, no socket links."""
-    proxy.write_upstream(engine.stack, SIMPLE_UPSTREAM)
-    proxy.test_config(engine.stack)
-    proxy.reload(engine.stack)
+    engine.proxy.route_to_service(APP_SERVICE, APP_PORT)
 
 
 def _ms(value: object) -> str:

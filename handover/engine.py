@@ -1,189 +1,275 @@
-"""The deploy sequence: health-gated start beside the old version, switch nginx, drain, record.
+"""The deploy engine: reads the real state, picks the steps, runs them, recovers, records.
 
-Every step reads the real state first (containers by ID and label, health, the live upstream
-file), so a rerun after an interruption converges instead of stacking containers, and a dry run
-is the same reading with the changes left out.
+Every run (a deploy, a rollback, the first start) goes the same way:
+
+1. **facts** — the app's instances by ID with version and health, and which of them the proxy
+   routes to. A rerun after an interruption therefore converges instead of stacking containers.
+2. **plan** — the steps of the run (:mod:`handover.plans`), each with its plan line from those
+   facts; ``--dry-run`` prints exactly this and stops.
+3. **checks** — what each step can verify before anything changes (e.g. a rollback's image).
+4. **steps** — run in order, each timed into the record. A failure or Ctrl-C undoes the steps
+   done so far, newest first (the old version keeps serving), unless the drain had begun: then the
+   new version serves and the run is finished instead.
+5. **record** — one line per run in the release log: ``success``, ``failed`` (nothing had
+   started) or ``rolled-back`` (the new version was started and removed again), with the step
+   that failed and its error.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from . import proxy, record, upstream
-from .errors import (
-    BuildFailed,
-    CommandError,
-    HandoverError,
-    HealthCheckFailed,
-    NginxConfigInvalid,
-    PreflightError,
-)
+from . import images, plans, record
+from .backends import Backend, Instance, make_backend
+from .errors import CommandError, HandoverError, HealthCheckFailed, LockHeld
 from .lock import DeployLock
 from .progress import Progress
+from .proxies import Proxy, make_proxy
 from .record import RunRecord
 from .settings import Settings, check_version
-from .shell import Runner, interruptible, run
-from .stack import APP_SERVICE, PROXY_SERVICE, UNHEALTHY, Container, Stack
+from .shell import Runner, interruptible
+from .steps import Run, Step
 
 LOG_LINES_ON_FAILURE = 40
-BUILD_LOG_LINES = 30
-PROXY_START_TIMEOUT = 30.0
-COMPOSE_MAJOR = "2"
+INTERRUPTED = "interrupted by the user"
 
 
 @dataclass
 class DeployOptions:
     version: str
+    action: str = "deploy"  # deploy, rollback, up
     dry_run: bool = False
     force: bool = False
     build: bool = True
-    action: str = "deploy"
     app_env: dict[str, str] = field(default_factory=dict)
     host: str = "local"
+    # Steps of the front door, run right after the lock (e.g. the sync of a new release).
+    after_lock: Sequence[Step] = ()
     # Called with the finished record just before it is stored (e.g. to add the probe's numbers).
     before_record: Callable[[RunRecord], None] | None = None
 
 
 @dataclass
 class Facts:
-    """What is true on the host before a step changes anything."""
+    """What is true on the host before a run changes anything."""
 
-    containers: list[Container]
-    links: dict[int, str]  # live slot -> short container ID
-    proxy: Container | None
-
-    def _linked(self, c: Container) -> bool:
-        return c.id[: upstream.SHORT_ID_LENGTH] in self.links.values()
+    instances: list[Instance]
+    live_ids: set[str]  # short IDs of the instances the proxy routes to
+    proxy: Instance | None
 
     @property
-    def live(self) -> list[Container]:
-        return [c for c in self.containers if self._linked(c)]
+    def live(self) -> list[Instance]:
+        return [c for c in self.instances if c.short_id in self.live_ids]
 
     @property
-    def leftovers(self) -> list[Container]:
-        """App containers no live slot points to: left by an interrupted or failed run."""
-        return [c for c in self.containers if not self._linked(c)]
+    def healthy_live(self) -> list[Instance]:
+        return [c for c in self.live if c.is_healthy]
+
+    @property
+    def leftovers(self) -> list[Instance]:
+        """App instances the proxy does not route to: left by an interrupted or failed run."""
+        return [c for c in self.instances if c.short_id not in self.live_ids]
 
     @property
     def live_version(self) -> str:
         return ",".join(sorted({c.version for c in self.live}))
 
+    @property
+    def serving(self) -> bool:
+        return self.proxy is not None and any(c.status == "running" for c in self.live)
+
 
 class Engine:
-    def __init__(self, runner: Runner, settings: Settings, progress: Progress | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, runner: Runner, settings: Settings, progress: Progress | None = None, *,
+                 extra_env: Mapping[str, str] | None = None, backend: Backend | None = None,
+                 proxy: Proxy | None = None) -> None:
+        self.runner = runner
         self.settings = settings
-        self.stack = Stack(runner, settings, dict(extra_env or {}))
         self.progress = progress or Progress()
+        self.backend = backend or make_backend(runner, settings)
+        self.proxy = proxy or make_proxy(runner, settings, self.backend)
+        self.backend.set_env({**self.proxy.build_env(), **(extra_env or {})})
         self.lock = DeployLock(runner, settings.state_path)
-
-    @property
-    def runner(self) -> Runner:
-        return self.stack.runner
 
     # -- facts -------------------------------------------------------------------------------------
     def facts(self) -> Facts:
-        containers = self.stack.project_containers()
-        running_proxies = [c for c in containers if c.service == PROXY_SERVICE and c.status == "running"]
-        return Facts([c for c in containers if c.service == APP_SERVICE], proxy.live_links(self.stack),
-                     running_proxies[-1] if running_proxies else None)
-
-    # -- steps -------------------------------------------------------------------------------------
-    def preflight(self, *, need_proxy: bool = True) -> Facts:
-        """Docker engine and compose v2 reachable, compose file valid, nginx config valid."""
         try:
-            # One call proves the engine, the compose v2 plugin and the file; diagnose only on failure.
-            self.stack.compose("config", "--quiet")
-        except CommandError as exc:
-            self._diagnose()
-            raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}") from exc
-        facts = self.facts()
-        if need_proxy:
-            if facts.proxy is None:
-                raise PreflightError(
-                    f"the stack {self.settings.project!r} is not up (no running nginx container); start it first"
-                )
-            if not [c for c in facts.live if c.status == "running"]:
-                raise PreflightError(
-                    f"nginx of {self.settings.project!r} routes to no running app container; start the stack first"
-                )
-            # nginx -t runs in the "proxy config" step whenever nginx's files differ from what it
-            # loaded (and validated) last; unchanged files need no second check.
-        return facts
+            instances = self.backend.instances()
+            proxy = self.proxy.running()
+        except CommandError:
+            self.backend.diagnose()  # names a missing engine or Compose v2; else the error stands
+            raise
+        return Facts(instances, self.proxy.live_ids(), proxy)
 
-    def _diagnose(self) -> None:
-        engine = run(self.runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
-        if engine.exited == 127:
-            raise PreflightError("docker is not installed on this host (install the Docker engine, e.g. docker.io)")
-        if engine.exited != 0:
-            raise PreflightError(
-                "the Docker engine is not reachable (`docker version` failed): "
-                f"{(engine.stderr or engine.stdout).strip()}"
-            )
-        compose = run(self.runner, ["docker", "compose", "version", "--short"], check=False)
-        if compose.exited != 0 or not compose.stdout.strip().lstrip("v").startswith(COMPOSE_MAJOR):
-            raise PreflightError(
-                "Docker Compose v2 is missing: `docker compose version` failed. Install the compose "
-                "plugin (docker-compose-plugin, or the docker-compose v2 binary in ~/.docker/cli-plugins/)."
-            )
+    # -- runs --------------------------------------------------------------------------------------
+    def up(self, version: str) -> RunRecord:
+        """Build and start the stack, or converge a partly running one; idempotent."""
+        return self.deploy(DeployOptions(version=version, action="up"))
 
-    def build(self, version: str) -> None:
+    def deploy(self, options: DeployOptions) -> RunRecord:
+        with interruptible():
+            return self._deploy(options)
+
+    def plan(self, options: DeployOptions, facts: Facts) -> list[Step]:
+        """The steps of this run; empty when there is nothing to do."""
+        if options.action == "up":
+            if facts.proxy is not None and facts.healthy_live:
+                return []
+            return plans.first_start(after_lock=options.after_lock)
+        if not facts.serving:
+            if options.action == "rollback":
+                raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
+            return plans.first_start(after_lock=options.after_lock)
+        if not options.force and all(c.version == options.version for c in facts.live):
+            return []
+        return plans.deploy(build=options.build, after_lock=options.after_lock)
+
+    def planned(self, run: Run, steps: Iterable[Step]) -> list[tuple[Step, str]]:
+        """Each step this run takes, with its plan line."""
+        lines = ((step, step.describe(run)) for step in steps)
+        return [(step, line) for step, line in lines if line is not None]
+
+    def _deploy(self, options: DeployOptions) -> RunRecord:
+        version = check_version(options.version)
+        s = self.settings
+        rec = RunRecord(action=options.action, version=version, project=s.project, host=options.host,
+                        image=f"{s.app_image}:{version}")
         try:
-            self.stack.compose("build", APP_SERVICE, version=version, timeout=1800)
-        except CommandError as exc:
-            # The builder's own words (e.g. pip's) may be on stdout (classic builder) or stderr (BuildKit).
-            log = "\n".join(f"{exc.stdout}\n{exc.output}".strip().splitlines()[-BUILD_LOG_LINES:])
-            raise BuildFailed(f"the build of {self.settings.app_image}:{version} failed (exit {exc.exited}); "
-                              f"no container was started or stopped. Last lines of the build:\n{log}") from None
+            facts = self.facts()
+            rec.previous_version = facts.live_version
+            run = Run(self, options, facts, rec, old=facts.live if facts.serving else [])
+            rec.old_containers = [c.name for c in run.old]
+            steps = self.planned(run, self.plan(options, facts))
+        except HandoverError as exc:
+            rec.fail("preflight", _first_line(exc))
+            if not options.dry_run:
+                self._store(options, rec)
+            raise
+        if options.dry_run:
+            self.progress.say("==> plan (dry run: nothing changes)")
+            for step, line in steps:
+                self.progress.say(f"    {step.name}: {line}")
+            if not steps:
+                self.progress.say(f"    {self._nothing_to_do(options, facts)}")
+            rec.finish("planned")
+            return rec
+        if not steps:
+            self.progress.say(f"==> {self._nothing_to_do(options, facts)}")
+            rec.finish("unchanged")
+            if options.action != "up":
+                self._store(options, rec)
+            return rec
+        return self._execute(run, steps)
 
-    def start_new(self, old: Sequence[Container], version: str, app_env: dict[str, str]) -> list[Container]:
-        before = {c.id for c in self.stack.app_containers()}
-        target = len(old) + self.settings.replicas
-        self.stack.extra_env.update(app_env)
+    def _nothing_to_do(self, options: DeployOptions, facts: Facts) -> str:
+        if options.action == "up":
+            return f"already up: {', '.join(c.name for c in facts.healthy_live)} ({facts.live_version})"
+        return f"version {options.version} is already live; nothing to do (use --force to redeploy)"
+
+    def _execute(self, run: Run, steps: list[tuple[Step, str]]) -> RunRecord:
+        rec = run.record
+        for step, _ in steps:
+            try:
+                step.check(run)
+            except (HandoverError, KeyboardInterrupt) as exc:
+                rec.fail(step.name, INTERRUPTED if isinstance(exc, KeyboardInterrupt) else _first_line(exc))
+                self._store(run.options, rec)
+                raise
+        started: list[Step] = []
         try:
-            self.stack.compose("up", "--detach", "--no-build", "--no-recreate", "--no-deps",
-                               "--scale", f"{APP_SERVICE}={target}", APP_SERVICE, version=version, timeout=300)
+            for step, line in steps:
+                started.append(step)
+                with self.progress.step(rec, step.name, line) as progress_line:
+                    detail = step.run(run)
+                    if detail:
+                        progress_line.detail = detail
+            rec.finish("success")
+            return rec
+        except BaseException as exc:
+            self._recover(run, started, exc)
+            if isinstance(exc, HandoverError | KeyboardInterrupt):
+                raise
+            raise HandoverError(f"{started[-1].name} failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            for key in app_env:
-                self.stack.extra_env.pop(key, None)
-        new = [c for c in self.stack.app_containers() if c.id not in before]
-        if not new:
-            raise HandoverError("compose started no new app container")
-        return new
+            for step in reversed(started):
+                self._guarded(f"release of {step.name}", lambda step=step: step.release(run))  # type: ignore[misc]
+            self._store(run.options, rec)
+            self.progress.say(f"    record appended to {self.settings.state_path}/{record.RELEASE_LOG}")
 
-    def wait_healthy(self, new: Sequence[Container]) -> list[Container]:
-        ids = [c.id for c in new]
-        deadline = time.monotonic() + self.settings.health_timeout
+    def _recover(self, run: Run, started: list[Step], exc: BaseException) -> None:
+        rec, failed = run.record, started[-1]
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        error = INTERRUPTED if interrupted else _first_line(exc)
+        if interrupted:
+            self.progress.warn(f"interrupted at {failed.name}")
+        if any(step.forward for step in started):
+            # The drain had begun: the new version serves. Finish an interrupted step, undo nothing.
+            if interrupted:
+                self._guarded(f"finishing {failed.name}", lambda: failed.complete(run))
+                rec.finish("success", f"{INTERRUPTED} during {failed.name}, which was finished")
+            else:
+                rec.fail(failed.name, error)
+            return
+        for step in reversed(started):
+            self._guarded(f"undo of {step.name}", lambda step=step: step.undo(run))  # type: ignore[misc]
+        if run.proxy_changed:
+            self._guarded("reloading the proxy's previous configuration", lambda: self.proxy.configure())
+        rec.fail(failed.name, error, rolled_back=bool(run.new))
+
+    def _guarded(self, what: str, action: Callable[[], object]) -> None:
+        """Recovery goes on whatever one part of it meets; each problem is said, none is hidden."""
+        try:
+            action()
+        except BaseException as exc:  # a second Ctrl-C or a lost connection must not stop the recovery
+            self.progress.warn(f"{what} failed: {_first_line(exc) or type(exc).__name__}")
+
+    def _store(self, options: DeployOptions, rec: RunRecord) -> None:
+        if options.before_record is not None:
+            options.before_record(rec)
+        try:
+            record.append(self.runner, self.settings.state_path, rec)
+        except HandoverError as exc:
+            self.progress.warn(f"could not write the run record: {exc}")
+
+    # -- what the steps share ----------------------------------------------------------------------
+    def use_base_images(self, *, with_proxy: bool = False) -> None:
+        """Build from base images that exist here: pulled, or made locally when they cannot be pulled."""
+        env = {"BASE_IMAGE": images.ensure_base_image(self.runner, self.settings.base_image, self.progress)}
+        if with_proxy:
+            env.update(self.proxy.build_env(images.ensure_base_image(self.runner, self.proxy.base_image,
+                                                                     self.progress)))
+        self.backend.set_env(env)
+
+    def wait_healthy(self, new: Sequence[Instance]) -> list[Instance]:
+        timeout = self.settings.health_timeout
         t0 = time.monotonic()
         while True:
-            current = self.stack.inspect(ids)
+            current = self.backend.refresh(new)
             healthy = [c for c in current if c.is_healthy]
-            if len(healthy) == len(ids):
+            if len(healthy) == len(new):
                 return current
-            dead = [c for c in current if c.status in ("exited", "dead") or c.health == UNHEALTHY or c.restarts > 0]
-            missing = set(ids) - {c.id for c in current}
+            dead = [c for c in current if c.has_failed]
+            missing = {c.id for c in new} - {c.id for c in current}
             if dead or missing:
                 what = ", ".join(c.describe() for c in dead)
                 raise HealthCheckFailed(what or f"containers vanished: {sorted(missing)}")
-            if time.monotonic() > deadline:
+            if time.monotonic() - t0 > timeout:
                 raise HealthCheckFailed(
-                    f"not healthy within {self.settings.health_timeout:g} s: "
-                    + ", ".join(c.describe() for c in current if not c.is_healthy)
+                    f"not healthy within {timeout:g} s: " + ", ".join(c.describe() for c in current if not c.is_healthy)
                 )
-            self.progress.waiting(f"{len(healthy)}/{len(ids)} healthy, {time.monotonic() - t0:.1f} s")
+            self.progress.waiting(f"{len(healthy)}/{len(new)} healthy, {time.monotonic() - t0:.1f} s")
             time.sleep(self.settings.health_poll_interval)
 
-    def verify_after_switch(self, new: Sequence[Container]) -> None:
-        """The new containers must stay running and healthy for a short while after the switch,
+    def verify_after_switch(self, new: Sequence[Instance]) -> None:
+        """The new instances must stay running and healthy for a short while after the switch,
         while the old ones are still there to switch back to."""
         deadline = time.monotonic() + self.settings.post_switch_check
         while True:
-            current = {c.id: c for c in self.stack.inspect([c.id for c in new])}
-            now = [current.get(c.id, c) for c in new]
-            bad = [c for c, before in zip(now, new, strict=True)
-                   if c.id not in current or not c.is_healthy or c.restarts > before.restarts]
+            current = {c.id: c for c in self.backend.refresh(new)}
+            bad = [current.get(c.id, c) for c in new
+                   if c.id not in current or not current[c.id].is_healthy or current[c.id].restarts > c.restarts]
             if bad:
                 raise HealthCheckFailed(
                     "after the switch: " + ", ".join(c.describe() for c in bad) + f"\n{self.failure_logs(bad)}"
@@ -192,169 +278,33 @@ class Engine:
                 return
             time.sleep(self.settings.health_poll_interval)
 
-    def switch_to(self, containers: Sequence[Container], fallback: Sequence[Container] = ()) -> None:
-        """Point nginx at ``containers``; until the drain, nginx may retry on ``fallback`` (see upstream)."""
-        proxy.point(self.stack, containers, fallback)
+    def drain(self, old: Sequence[Instance]) -> None:
+        """Stop ``old`` with their grace period (the app moves its clients), then remove them by ID."""
+        self.proxy.drop_fallback()
+        self.backend.stop(old, self.settings.stop_grace_period)
+        self.backend.remove(old)
+        self.proxy.forget(old)
 
-    def drain(self, old: Sequence[Container]) -> None:
-        ids = [c.id for c in old]
-        proxy.forget_fallback(self.stack)
-        self.stack.stop(ids, self.settings.stop_grace_period)
-        self.stack.remove(ids)
-        proxy.forget_sockets(self.stack, old)
+    def discard(self, instances: Sequence[Instance]) -> None:
+        """Remove instances that never received traffic (a failed or rolled-back start)."""
+        self.backend.remove(instances)
+        self.proxy.forget(instances)
 
-    def discard(self, containers: Sequence[Container]) -> None:
-        """Remove containers that never received traffic (a failed or rolled-back start)."""
-        self.stack.remove([c.id for c in containers])
-        proxy.forget_sockets(self.stack, containers)
-
-    def failure_logs(self, containers: Sequence[Container]) -> str:
+    def failure_logs(self, instances: Sequence[Instance]) -> str:
         parts = []
-        for c in containers:
+        for c in instances:
             parts.append(f"--- last {LOG_LINES_ON_FAILURE} log lines of {c.name} ({c.short_id}) ---")
-            parts.append(self.stack.logs(c.id, LOG_LINES_ON_FAILURE) or "(no output)")
+            parts.append(self.backend.logs(c, LOG_LINES_ON_FAILURE) or "(no output)")
         return "\n".join(parts)
 
-    def converge(self, facts: Facts, rec: RunRecord) -> Facts:
-        """Finish what an interrupted run left: drain every app container no live slot points to.
-        (The links are the truth: nginx follows them on every new upstream connection.)"""
-        leftovers = facts.leftovers
-        if not leftovers:
-            return facts
-        with self.progress.step(rec, "converge", f"{len(leftovers)} container(s) left by an earlier run") as step:
-            self.drain(leftovers)
-            step.detail = "removed " + ", ".join(c.name for c in leftovers)
-        return self.facts()
-
-    # -- the sequence ------------------------------------------------------------------------------
-    def deploy(self, options: DeployOptions) -> RunRecord:
-        with interruptible():
-            return self._deploy(options)
-
-    def _deploy(self, options: DeployOptions) -> RunRecord:
-        version = check_version(options.version)
-        s = self.settings
-        rec = RunRecord(action=options.action, version=version, project=s.project, host=options.host,
-                        image=f"{s.app_image}:{version}")
-        say = self.progress.say
-        with self.progress.step(rec, "preflight", "docker, compose v2, compose file, the stack is up"):
-            facts = self.preflight()
-        rec.previous_version = facts.live_version
-        if options.dry_run:
-            self._plan(facts, options, rec)
-            return rec
-        lock_info = {"holder": rec.by, "since": rec.started_at, "version": version, "action": options.action}
-        with self.progress.step(rec, "lock", f"take the deploy lock at {self.lock.path}"):
-            self.lock.acquire(lock_info)
-        try:
-            return self._locked_deploy(facts, options, rec)
-        except KeyboardInterrupt:
-            rec.finish("interrupted", "interrupted by the user")
-            self.progress.warn("interrupted: " + rec.error)
-            raise
-        finally:
-            self.lock.release()
-            if options.before_record is not None:
-                options.before_record(rec)
-            self.record_run(rec)
-            say(f"    lock released; record appended to {s.state_path}/{record.RELEASE_LOG}")
-
-    def _locked_deploy(self, facts: Facts, options: DeployOptions, rec: RunRecord) -> RunRecord:
-        version = rec.version
-        facts = self.converge(facts, rec)
-        old = facts.live
-        rec.old_containers = [c.name for c in old]
-        if not options.force and old and all(c.version == version for c in old):
-            rec.finish("unchanged")
-            self.progress.say(f"==> version {version} is already live; nothing to do (use --force to redeploy)")
-            return rec
-        with self.progress.step(rec, "proxy config", "nginx -t and reload only if nginx's config changed") as step:
-            reloaded = proxy.apply_config(self.stack, upstream.render(self.settings.replicas))
-            step.detail = "reloaded" if reloaded else "unchanged"
-        if options.build:
-            with self.progress.step(rec, "build", f"image {rec.image}"):
-                self.build(version)
-        elif not self.stack.image_exists(rec.image):
-            raise HandoverError(f"image {rec.image} is not on the host; it cannot be deployed without a build")
-        new: list[Container] = []
-        switched = False
-        try:
-            with self.progress.step(rec, "start", f"{s_rep(self.settings.replicas)} beside {len(old)} live"):
-                new = self.start_new(old, version, options.app_env)
-                rec.new_containers = [c.name for c in new]
-            with self.progress.step(rec, "health", f"wait for {', '.join(c.name for c in new)} "
-                                    f"(up to {self.settings.health_timeout:g} s)") as step:
-                try:
-                    new = self.wait_healthy(new)
-                except HealthCheckFailed as exc:
-                    step.detail = str(exc)
-                    raise HealthCheckFailed(f"{exc}\n{self.failure_logs(new)}") from None
-            with self.progress.step(rec, "switch", "swap nginx's live socket links to the new containers"):
-                self.switch_to(new, fallback=old)
-                switched = True
-            if self.settings.post_switch_check > 0:
-                with self.progress.step(rec, "verify", f"the new containers keep serving for "
-                                        f"{self.settings.post_switch_check:g} s, the old ones still up"):
-                    self.verify_after_switch(new)
-        except (HandoverError, KeyboardInterrupt) as exc:
-            if not new:  # interrupted inside `compose up`: find what it started so far
-                known = {c.id for c in facts.containers}
-                new = [c for c in self.stack.app_containers() if c.id not in known]
-            if old and new and not switched:  # interrupted around the swap: the links tell whether it happened
-                linked = set(proxy.live_links(self.stack).values())
-                switched = any(c.id[: upstream.SHORT_ID_LENGTH] in linked for c in new)
-            if switched and old:
-                with self.progress.step(rec, "switch back", "point nginx at the old containers again"):
-                    self.switch_to(old)
-            if new:
-                with self.progress.step(rec, "rollback", "remove the new containers; the old version keeps serving"):
-                    self.discard(new)
-            rec.finish("rolled_back" if isinstance(exc, HealthCheckFailed | NginxConfigInvalid) else "failed",
-                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise
-        try:
-            with self.progress.step(rec, "drain", f"stop {', '.join(c.name for c in old) or 'nothing'} "
-                                    f"(grace {self.settings.stop_grace_period:g} s), remove by ID"):
-                self.drain(old)
-        except KeyboardInterrupt:
-            # The new version already serves: finish the drain rather than leave the old ones half-stopped.
-            self.progress.warn("interrupted during the drain; the new version serves, finishing the drain of "
-                               + (", ".join(c.name for c in old) or "nothing"))
-            self.drain(old)
-            raise
-        with self.progress.step(rec, "prune", f"keep the last {self.settings.releases_kept} release images"):
-            self.prune_images(keep={version})
-        rec.finish("success")
-        return rec
-
-    def _plan(self, facts: Facts, options: DeployOptions, rec: RunRecord) -> None:
-        say = self.progress.say
-        say("==> plan (dry run: nothing changes)")
-        for c in facts.leftovers:
-            say(f"    converge: drain {c.name} ({c.short_id}, {c.version}), left by an earlier run")
-        old = facts.live
-        if not options.force and old and all(c.version == options.version for c in old):
-            say(f"    version {options.version} is already live: nothing to do")
-        else:
-            if options.build:
-                say(f"    build {rec.image}")
-            say(f"    start {s_rep(self.settings.replicas)} of {options.version} beside "
-                + (", ".join(f"{c.name} ({c.version})" for c in old) or "nothing"))
-            say(f"    wait until healthy (up to {self.settings.health_timeout:g} s), else remove them and stop")
-            say("    switch nginx to them (atomic swap of the live socket links; no reload)")
-            if self.settings.post_switch_check > 0:
-                say(f"    check they keep serving for {self.settings.post_switch_check:g} s, else switch back")
-            say(f"    drain and remove {', '.join(c.name for c in old) or 'nothing'} by ID")
-        rec.finish("planned")
-
-    def prune_images(self, keep: set[str]) -> None:
+    def prune_images(self, keep: set[str]) -> list[str]:
         """Remove this project's release images beyond the last ``releases_kept`` (and the live ones).
 
         Only versions this project's release log knows are candidates: images other projects on the
-        same engine built are never touched, and Docker refuses to remove an image still in use.
+        same engine built are never touched, and the engine refuses to remove an image still in use.
         """
         s = self.settings
-        kept = set(keep) | {c.version for c in self.stack.app_containers()}
+        kept = set(keep) | {c.version for c in self.backend.instances()}
         known: list[str] = []
         for item in reversed(record.history(self.runner, s.state_path)):
             version = str(item.get("version", ""))
@@ -362,78 +312,25 @@ class Engine:
                 known.append(version)
             if item.get("result") == "success" and len(kept) < s.releases_kept:
                 kept.add(version)
-        present = set(run(self.runner, ["docker", "image", "ls", s.app_image, "--format", "{{.Tag}}"]).stdout.split())
-        stale = [f"{s.app_image}:{v}" for v in known if v not in kept and v in present]
-        if stale:
-            run(self.runner, ["docker", "image", "rm", *stale], check=False)
+        present = self.backend.image_versions()
+        stale = [v for v in known if v not in kept and v in present]
+        self.backend.remove_images(stale)
+        return stale
 
     # -- the stack as a whole ----------------------------------------------------------------------
-    def up(self, version: str) -> RunRecord:
-        """Build and start the stack, or converge a partly running one; idempotent."""
-        version = check_version(version)
-        s = self.settings
-        rec = RunRecord(action="up", version=version, project=s.project, host="local",
-                        image=f"{s.app_image}:{version}")
-        try:
-            return self._up(rec)
-        except (HandoverError, KeyboardInterrupt) as exc:
-            rec.finish("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise
-        finally:
-            if rec.result != "unchanged":
-                self.record_run(rec)
-
-    def _up(self, rec: RunRecord) -> RunRecord:
-        s, version = self.settings, rec.version
-        with self.progress.step(rec, "preflight", "docker, compose v2, compose file"):
-            facts = self.preflight(need_proxy=False)
-        live = [c for c in facts.live if c.is_healthy]
-        if live and facts.proxy is not None:
-            self.progress.say(f"==> already up: {', '.join(c.name for c in live)} ({facts.live_version})")
-            rec.finish("unchanged")
-            return rec
-        with self.progress.step(rec, "build", f"images {rec.image} and the nginx image"):
-            self.stack.compose("build", version=version, timeout=1800)
-        if not live:
-            with self.progress.step(rec, "start", f"{s_rep(s.replicas)} of {version}"):
-                proxy.ensure_dirs(self.stack)
-                # Nothing healthy serves: clear every app container (stopped or failing ones too),
-                # or compose would restart them instead of starting this version.
-                self.discard(facts.containers)
-                new = self.start_new([], version, {})
-            with self.progress.step(rec, "health", "wait for the app"):
-                try:
-                    live = self.wait_healthy(new)
-                except HealthCheckFailed as exc:
-                    logs = self.failure_logs(new)
-                    self.discard(new)
-                    raise HealthCheckFailed(f"{exc}\n{logs}") from None
-            proxy.point(self.stack, live)
-        with self.progress.step(rec, "proxy", f"start nginx on http://{s.http_bind}:{s.http_port}"):
-            proxy.write_upstream(self.stack, upstream.render(s.replicas))
-            self.stack.compose("up", "--detach", "--no-build", "--no-deps", PROXY_SERVICE, timeout=300)
-            deadline = time.monotonic() + PROXY_START_TIMEOUT
-            while self.stack.proxy_container() is None:
-                if time.monotonic() > deadline:
-                    raise PreflightError("nginx did not start:\n" + self.stack.compose("logs", "--tail", "30",
-                                                                                     PROXY_SERVICE))
-                time.sleep(0.2)
-            proxy.apply_config(self.stack)
-        rec.finish("success")
-        return rec
-
-    def record_run(self, rec: RunRecord) -> None:
-        try:
-            record.append(self.runner, self.settings.state_path, rec)
-        except HandoverError as exc:
-            self.progress.warn(f"could not write the run record: {exc}")
-
     def down(self) -> None:
-        self.stack.compose("down", "--remove-orphans", "--timeout", str(int(self.settings.stop_grace_period)),
-                           timeout=self.settings.stop_grace_period + 120)
-        proxy.remove_state(self.stack)
-        self.lock.release()
+        """Remove the whole stack; refused while a deploy holds the lock."""
+        self.lock.acquire({"holder": record.operator(), "since": record.now_iso(), "action": "down"})
+        try:
+            self.backend.down(self.settings.stop_grace_period)
+            self.proxy.remove_state()
+        finally:
+            self.lock.release()
 
 
-def s_rep(n: int) -> str:
-    return f"{n} new container" + ("s" if n != 1 else "")
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["DeployOptions", "Engine", "Facts", "LockHeld"]

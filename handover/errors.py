@@ -37,8 +37,12 @@ class HealthCheckFailed(HandoverError):
     """New containers did not become healthy; they were removed and the old version keeps serving."""
 
 
-class NginxConfigInvalid(HandoverError):
-    """``nginx -t`` rejected a configuration; the previous upstream was restored, nothing reloaded."""
+class ProxyConfigInvalid(HandoverError):
+    """The proxy rejected its configuration; what it had before was put back, nothing reloaded."""
+
+
+class CommandTimeout(HandoverError):
+    """A command on the host did not finish in time."""
 
 
 class LockHeld(HandoverError):

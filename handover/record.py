@@ -36,14 +36,15 @@ class StepRecord:
 
 @dataclass
 class RunRecord:
-    action: str  # deploy, rollback
+    action: str  # deploy, rollback, up
     version: str
     project: str
     host: str
     by: str = field(default_factory=operator)
     started_at: str = field(default_factory=now_iso)
     finished_at: str = ""
-    result: str = "running"  # success, unchanged, rolled_back, failed, interrupted, planned
+    result: str = "running"  # success, failed, rolled-back; unchanged or planned when nothing ran
+    failed_step: str = ""
     previous_version: str = ""
     image: str = ""
     old_containers: list[str] = field(default_factory=list)
@@ -59,6 +60,11 @@ class RunRecord:
 
     def finish(self, result: str, error: str = "") -> None:
         self.result, self.error, self.finished_at = result, error, now_iso()
+
+    def fail(self, step: str, error: str, *, rolled_back: bool = False) -> None:
+        """The run stopped at ``step``: ``rolled-back`` if the new version had started, else ``failed``."""
+        self.failed_step = step
+        self.finish("rolled-back" if rolled_back else "failed", error)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)

@@ -43,7 +43,7 @@ class Settings:
     replicas: int
     app_image: str
     base_image: str
-    nginx_base_image: str
+    proxy_base_image: str
     health_timeout: float
     health_poll_interval: float
     drain_timeout: float
@@ -55,17 +55,12 @@ class Settings:
 
     @property
     def source_path(self) -> str:
-        """Where compose/, nginx/ and server/ are: the checkout, or a synced release on a host."""
+        """Where compose/, the proxy's files and server/ are: the checkout, or a synced release on a host."""
         return _join(self.deploy_dir, self.source_subdir) if self.source_subdir else self.deploy_dir
 
     @property
     def compose_path(self) -> str:
         return _join(self.source_path, self.compose_file)
-
-    @property
-    def nginx_conf(self) -> str:
-        """nginx.conf as the nginx container sees it (the deploy root is mounted at /etc/handover)."""
-        return f"{CONTAINER_ROOT}/{self.source_subdir or '.'}/nginx/nginx.conf"
 
     @property
     def state_path(self) -> str:
@@ -154,7 +149,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         replicas=_integer("replicas", config["replicas"], 1, 16),
         app_image=_text("app_image", config["app_image"], _IMAGE_NAME, "an image name without a tag"),
         base_image=_text("base_image", config["base_image"], _IMAGE_REF, "an image reference"),
-        nginx_base_image=_text("nginx_base_image", config["nginx_base_image"], _IMAGE_REF, "an image reference"),
+        proxy_base_image=_text("proxy_base_image", config["proxy_base_image"], _IMAGE_REF, "an image reference"),
         health_timeout=_number("health_timeout", config["health_timeout"], 1, 3600),
         health_poll_interval=_number("health_poll_interval", config["health_poll_interval"], 0.05, 10),
         drain_timeout=drain,

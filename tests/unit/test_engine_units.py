@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from handover import settings, upstream
+from handover import settings
+from handover.proxies import nginx as upstream
 from handover.cli import defaults
 from handover.errors import ConfigError
 from handover.shell import command_line
@@ -18,7 +19,7 @@ def base_config() -> dict[str, object]:
 
 
 def test_upstream_names_fixed_socket_slots() -> None:
-    text = upstream.render(2)
+    text = upstream.render_upstream(2)
     assert "server unix:/run/handover/live-0.sock max_fails=0;" in text
     assert "server unix:/run/handover/live-1.sock max_fails=0;" in text
     # Backups: the old containers while a deploy checks the new ones after the switch.
@@ -26,7 +27,7 @@ def test_upstream_names_fixed_socket_slots() -> None:
     assert "server unix:/run/handover/prev-1.sock max_fails=0 backup;" in text
     assert "keepalive" not in text  # each request follows the live link afresh
     with pytest.raises(ValueError, match="at least one"):
-        upstream.render(0)
+        upstream.render_upstream(0)
 
 
 def test_live_links_are_parsed_to_short_ids() -> None:
@@ -94,7 +95,7 @@ def test_command_line_quotes_everything() -> None:
 
 
 def test_a_restarted_container_is_described_without_a_stale_exit_status() -> None:
-    from handover.stack import Container
+    from handover.backends import Instance as Container
 
     base = {"id": "0" * 64, "name": "app-2", "service": "app", "version": "v", "image": "i", "created": ""}
     running = Container(**base, status="running", health="starting", restarts=1, exit_code=0)

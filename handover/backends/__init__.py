@@ -1,0 +1,131 @@
+"""Where the app's instances run: the seam between the deploy sequence and a container engine.
+
+The sequence (:mod:`handover.steps`) needs six things from wherever the app runs, and nothing else:
+start N new instances of a version beside the running ones, see each instance's version and health,
+stop and remove instances by identity (never "scale down", which picks its own victims), read an
+instance's logs, build or find the version's image, and run the proxy's own container. Compose on
+one host (:mod:`handover.compose`) is the implementation today.
+
+The interface is drawn so that a Swarm backend fits without changing the sequence: an instance's
+``id`` is opaque (a container ID here, a task of a per-version service there); ``start`` of a
+version maps to creating or scaling that version's service (``docker service create/scale``, with
+``endpoint_mode: dnsrr``), ``instances`` to ``docker service ps`` plus the tasks' health, ``stop``
+by identity to scaling the old version's service to zero or removing it, ``logs`` to
+``docker service logs``. What Swarm cannot do (stop one chosen task of a replicated service) the
+sequence never asks for: it always stops every instance of the old version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..settings import Settings
+from ..shell import Result, Runner
+
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
+STOPPED_STATES = ("exited", "dead")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One running (or failed) copy of a service, as the backend last saw it."""
+
+    id: str
+    name: str
+    service: str
+    version: str
+    image: str
+    status: str  # running, exited, restarting, created, ...
+    health: str  # healthy, unhealthy, starting, or "" without a health check
+    restarts: int
+    created: str
+    exit_code: int = 0
+
+    def describe(self) -> str:
+        """How the instance is doing, in words (for error messages)."""
+        again = f", restarted {self.restarts} time(s)" if self.restarts else ""
+        if self.status in (*STOPPED_STATES, "restarting"):
+            return f"{self.name} crashed: exited with status {self.exit_code}{again}"
+        if self.restarts:  # running again: Docker no longer reports the exit status of the crash
+            return (f"{self.name} crashed: it exited and was restarted {self.restarts} time(s), now "
+                    f"{self.health or self.status} (its logs tell why)")
+        return f"{self.name} is {self.health or self.status}"
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.status == "running" and self.health == HEALTHY
+
+    @property
+    def has_failed(self) -> bool:
+        """Crashed, unhealthy, or restarted since it was started: it will not become healthy by waiting."""
+        return self.status in STOPPED_STATES or self.health == UNHEALTHY or self.restarts > 0
+
+
+class Backend(Protocol):
+    """Where app instances run (see the module docstring for what each call means)."""
+
+    def set_env(self, env: Mapping[str, str]) -> None:
+        """Variables the app's definition reads besides the backend's own (image names, base images)."""
+
+    def check(self) -> None:
+        """The engine is reachable and the app's definition (e.g. the compose file) is valid."""
+
+    def diagnose(self) -> None:
+        """Raise :class:`handover.errors.PreflightError` naming what is missing (engine, plugin), if anything."""
+
+    def instances(self) -> list[Instance]:
+        """The app's instances in every state, oldest first."""
+
+    def proxy_instance(self, service: str) -> Instance | None:
+        """The running instance of the proxy's service, if any."""
+
+    def refresh(self, instances: Sequence[Instance]) -> list[Instance]:
+        """The current state of ``instances``; those that no longer exist are left out."""
+
+    def build(self, version: str, *, with_proxy: bool = False) -> None:
+        """Build the app image of ``version`` (and the proxy's image when ``with_proxy``)."""
+
+    def has_image(self, version: str) -> bool: ...
+
+    def image_versions(self) -> set[str]:
+        """Versions of the app image present where it runs."""
+
+    def remove_images(self, versions: Sequence[str]) -> None: ...
+
+    def start(self, version: str, count: int, env: Mapping[str, str]) -> list[Instance]:
+        """Start ``count`` new instances of ``version`` beside the running ones; return the new ones."""
+
+    def started_since(self, known: Iterable[str]) -> list[Instance]:
+        """The app's instances whose IDs are not in ``known`` (what an interrupted start created)."""
+
+    def stop(self, instances: Sequence[Instance], grace: float) -> None:
+        """Stop ``instances`` (each with ``grace`` seconds to finish) in parallel."""
+
+    def remove(self, instances: Sequence[Instance]) -> None: ...
+
+    def logs(self, instance: Instance, tail: int) -> str: ...
+
+    def logs_command(self, tail: int, follow: bool) -> tuple[list[str], dict[str, str]]:
+        """argv and environment that print (and with ``follow``, keep printing) every service's logs."""
+
+    def start_proxy(self, service: str) -> None: ...
+
+    def exec(self, instance: Instance, argv: Sequence[str], *, check: bool = True) -> Result:
+        """Run ``argv`` inside ``instance`` (the proxy's checks and reloads)."""
+
+    def down(self, grace: float) -> None:
+        """Remove everything the app's definition started (instances, proxy, network)."""
+
+
+def make_backend(runner: Runner, settings: Settings) -> Backend:
+    """The backend this project uses (Compose on one host, see :mod:`handover.backends.compose`)."""
+    from .compose import ComposeBackend
+
+    return ComposeBackend(runner, settings)

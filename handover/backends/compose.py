@@ -1,0 +1,231 @@
+"""The Compose backend: the app's instances are containers of one compose project on one Docker host.
+
+Containers are always addressed by ID. The app service is scaled up for a deploy but never down
+(compose would remove the newest container, not the old one): old containers are stopped and
+removed by ID. The ``docker compose`` command line is built in one place, :func:`compose_argv`,
+and its environment in :func:`compose_env`, both pure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import BuildFailed, CommandError, PreflightError
+from ..settings import Settings
+from ..shell import Result, Runner, run
+from . import Instance
+
+APP_SERVICE = "app"
+APP_PORT = 8000
+VERSION_LABEL = "io.handover.version"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+COMPOSE_MAJOR = "2"
+BUILD_TIMEOUT = 1800.0
+UP_TIMEOUT = 300.0
+DOWN_EXTRA_SECONDS = 120.0
+STOP_EXTRA_SECONDS = 60.0
+BUILD_LOG_LINES = 30
+
+
+def compose_argv(settings: Settings, *args: str) -> list[str]:
+    """``docker compose`` for this project and compose file, followed by ``args``."""
+    return ["docker", "compose", "--project-name", settings.project, "--file", settings.compose_path, *args]
+
+
+def compose_env(settings: Settings, version: str | None = None,
+                extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables the compose file reads (see compose/docker-compose.yml)."""
+    s = settings
+    env = {
+        "HANDOVER_ROOT": s.deploy_dir,
+        "HANDOVER_SOURCE_SUBDIR": s.source_subdir or ".",
+        "HANDOVER_STATE_DIR": s.state_path,
+        "HTTP_BIND": s.http_bind,
+        "HTTP_PORT": str(s.http_port),
+        "APP_IMAGE": s.app_image,
+        "BASE_IMAGE": s.base_image,
+        "DRAIN_TIMEOUT": f"{s.drain_timeout:g}",
+        "STOP_GRACE_PERIOD": f"{s.stop_grace_period:g}s",
+    }
+    if s.env_file:
+        env["APP_ENV_FILE"] = s.env_file
+    if version is not None:
+        env["APP_VERSION"] = version
+    env.update(extra or {})
+    return env
+
+
+def parse_container(raw: Mapping[str, object]) -> Instance:
+    """One element of ``docker inspect``'s JSON as an :class:`Instance`."""
+    config = raw.get("Config") or {}
+    state = raw.get("State") or {}
+    assert isinstance(config, dict) and isinstance(state, dict)
+    labels = config.get("Labels") or {}
+    health = state.get("Health") or {}
+    return Instance(
+        id=str(raw["Id"]),
+        name=str(raw.get("Name", "")).lstrip("/"),
+        service=str(labels.get(SERVICE_LABEL, "")),
+        version=str(labels.get(VERSION_LABEL, "")),
+        image=str(config.get("Image", "")),
+        status=str(state.get("Status", "")),
+        health=str(health.get("Status", "")) if isinstance(health, dict) else "",
+        restarts=int(str(raw.get("RestartCount", 0))),
+        created=str(raw.get("Created", "")),
+        exit_code=int(str(state.get("ExitCode", 0))),
+    )
+
+
+def _parse_inspect(text: str) -> list[dict[str, object]]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CommandError("docker inspect", 0, f"unreadable output from docker inspect: {exc}") from None
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
+@dataclass
+class ComposeBackend:
+    """One compose project on one Docker host (see :class:`handover.backend.Backend`)."""
+
+    runner: Runner
+    settings: Settings
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the base images the build uses
+
+    # -- compose ---------------------------------------------------------------------------------
+    def set_env(self, env: Mapping[str, str]) -> None:
+        self.extra_env.update(env)
+
+    def env(self, version: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return compose_env(self.settings, version, {**self.extra_env, **(extra or {})})
+
+    def compose(self, *args: str, version: str | None = None, extra: Mapping[str, str] | None = None,
+                timeout: float | None = None) -> str:
+        command = compose_argv(self.settings, *args)
+        return run(self.runner, command, env=self.env(version, extra), timeout=timeout).stdout
+
+    def check(self) -> None:
+        try:
+            # One call proves the engine, the compose v2 plugin and the file; diagnose only on failure.
+            self.compose("config", "--quiet")
+        except CommandError as exc:
+            self.diagnose()
+            raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}") from exc
+
+    def diagnose(self) -> None:
+        """Raise :class:`PreflightError` naming what is missing, if the engine or Compose v2 is."""
+        engine = run(self.runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
+        if engine.exited == 127:
+            raise PreflightError("docker is not installed on this host (install the Docker engine, e.g. docker.io)")
+        if engine.exited != 0:
+            raise PreflightError(
+                "the Docker engine is not reachable (`docker version` failed): "
+                f"{(engine.stderr or engine.stdout).strip()}"
+            )
+        compose = run(self.runner, ["docker", "compose", "version", "--short"], check=False)
+        if compose.exited != 0 or not compose.stdout.strip().lstrip("v").startswith(COMPOSE_MAJOR):
+            raise PreflightError(
+                "Docker Compose v2 is missing: `docker compose version` failed. Install the compose "
+                "plugin (docker-compose-plugin, or the docker-compose v2 binary in ~/.docker/cli-plugins/)."
+            )
+
+    # -- facts -----------------------------------------------------------------------------------
+    def container_ids(self, service: str | None = None) -> list[str]:
+        filters = ["--filter", f"label={PROJECT_LABEL}={self.settings.project}"]
+        if service is not None:
+            filters += ["--filter", f"label={SERVICE_LABEL}={service}"]
+        out = run(self.runner, ["docker", "ps", "--all", "--no-trunc", "--quiet", *filters]).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def inspect(self, ids: Iterable[str]) -> list[Instance]:
+        ids = list(ids)
+        if not ids:
+            return []
+        result = run(self.runner, ["docker", "inspect", *ids], check=False)
+        if result.exited != 0:
+            # A container vanished between listing and inspecting: inspect the survivors one by one.
+            found = []
+            for cid in ids:
+                one = run(self.runner, ["docker", "inspect", cid], check=False)
+                if one.exited == 0:
+                    found.extend(_parse_inspect(one.stdout))
+            return sorted((parse_container(raw) for raw in found), key=lambda c: c.created)
+        return sorted((parse_container(raw) for raw in _parse_inspect(result.stdout)), key=lambda c: c.created)
+
+    def instances(self) -> list[Instance]:
+        return self.inspect(self.container_ids(APP_SERVICE))
+
+    def refresh(self, instances: Sequence[Instance]) -> list[Instance]:
+        return self.inspect(c.id for c in instances)
+
+    def proxy_instance(self, service: str) -> Instance | None:
+        running = [c for c in self.inspect(self.container_ids(service)) if c.status == "running"]
+        return running[-1] if running else None
+
+    def has_image(self, version: str) -> bool:
+        image = f"{self.settings.app_image}:{version}"
+        return run(self.runner, ["docker", "image", "inspect", image], check=False).exited == 0
+
+    def image_versions(self) -> set[str]:
+        out = run(self.runner, ["docker", "image", "ls", self.settings.app_image, "--format", "{{.Tag}}"]).stdout
+        return set(out.split())
+
+    def remove_images(self, versions: Sequence[str]) -> None:
+        if versions:
+            run(self.runner, ["docker", "image", "rm", *(f"{self.settings.app_image}:{v}" for v in versions)],
+                check=False)
+
+    # -- operations ------------------------------------------------------------------------------
+    def build(self, version: str, *, with_proxy: bool = False) -> None:
+        services = [] if with_proxy else [APP_SERVICE]
+        try:
+            self.compose("build", *services, version=version, timeout=BUILD_TIMEOUT)
+        except CommandError as exc:
+            # The builder's own words (e.g. pip's) may be on stdout (classic builder) or stderr (BuildKit).
+            log = "\n".join(f"{exc.stdout}\n{exc.output}".strip().splitlines()[-BUILD_LOG_LINES:])
+            raise BuildFailed(f"the build of {self.settings.app_image}:{version} failed (exit {exc.exited}); "
+                              f"no container was started or stopped. Last lines of the build:\n{log}") from None
+
+    def start(self, version: str, count: int, env: Mapping[str, str]) -> list[Instance]:
+        before = {c.id for c in self.instances()}
+        target = len(before) + count  # compose counts every container of the service, running or not
+        self.compose("up", "--detach", "--no-build", "--no-recreate", "--no-deps",
+                     "--scale", f"{APP_SERVICE}={target}", APP_SERVICE, version=version, extra=env,
+                     timeout=UP_TIMEOUT)
+        return self.started_since(before)
+
+    def started_since(self, known: Iterable[str]) -> list[Instance]:
+        """The app containers that are not among ``known`` IDs (what a start created)."""
+        seen = set(known)
+        return [c for c in self.instances() if c.id not in seen]
+
+    def stop(self, instances: Sequence[Instance], grace: float) -> None:
+        ids = [c.id for c in instances]
+        if ids:
+            # One `docker stop` stops them in parallel, each with its own grace period.
+            run(self.runner, ["docker", "stop", "--time", str(int(grace)), *ids], check=False,
+                timeout=grace + STOP_EXTRA_SECONDS)
+
+    def remove(self, instances: Sequence[Instance]) -> None:
+        ids = [c.id for c in instances]
+        if ids:
+            run(self.runner, ["docker", "rm", "--force", "--volumes", *ids], check=False)
+
+    def logs(self, instance: Instance, tail: int) -> str:
+        result = run(self.runner, ["docker", "logs", "--tail", str(tail), instance.id], check=False)
+        return (result.stdout + result.stderr).strip()
+
+    def logs_command(self, tail: int, follow: bool) -> tuple[list[str], dict[str, str]]:
+        return compose_argv(self.settings, "logs", "--tail", str(tail), *(["--follow"] if follow else [])), self.env()
+
+    def start_proxy(self, service: str) -> None:
+        self.compose("up", "--detach", "--no-build", "--no-deps", service, timeout=UP_TIMEOUT)
+
+    def exec(self, instance: Instance, argv: Sequence[str], *, check: bool = True) -> Result:
+        return run(self.runner, ["docker", "exec", instance.id, *argv], check=check)
+
+    def down(self, grace: float) -> None:
+        self.compose("down", "--remove-orphans", "--timeout", str(int(grace)), timeout=grace + DOWN_EXTRA_SECONDS)

@@ -1,0 +1,58 @@
+"""Which steps a run takes, in order: the deploy as the README tells it, and the first start.
+
+A front door may add its own steps right after the lock (the Fabric one syncs the files into a
+new release first); everything else is the same for every host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .steps import (
+    Build,
+    Converge,
+    Drain,
+    Health,
+    Lock,
+    Preflight,
+    ProxyConfig,
+    Prune,
+    Start,
+    StartProxy,
+    Step,
+    Switch,
+    UseImage,
+    Verify,
+)
+
+
+def deploy(*, build: bool = True, after_lock: Sequence[Step] = ()) -> list[Step]:
+    """Start the new version beside the old, wait until healthy, switch, drain the old, prune."""
+    return [
+        Lock(),
+        *after_lock,
+        Preflight(),
+        Converge(),
+        Build() if build else UseImage(),
+        ProxyConfig(),
+        Start(),
+        Health(),
+        Switch(),
+        Verify(),
+        Drain(),
+        Prune(),
+    ]
+
+
+def first_start(*, after_lock: Sequence[Step] = ()) -> list[Step]:
+    """Nothing serves yet (or only failed containers are left): build everything and start it."""
+    return [
+        Lock(),
+        *after_lock,
+        Preflight(),
+        Build(with_proxy=True),
+        Start(fresh=True),
+        Health(fresh=True),
+        Switch(fresh=True),
+        StartProxy(),
+    ]

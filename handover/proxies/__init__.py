@@ -1,0 +1,74 @@
+"""The proxy in front of the app: the seam between the deploy sequence and whatever routes traffic.
+
+The sequence asks a proxy for a few things only: get ready (its directories), render and validate
+its configuration and load it when it changed, point traffic at a set of instances (with the ones
+serving until now as a fallback while the new ones prove themselves), drop that fallback, tell
+which instances get traffic now, and start its own service. :func:`make_proxy` picks the
+implementation; nothing outside this package knows which one it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..backends import Backend, Instance
+from ..settings import Settings
+from ..shell import Runner
+
+
+class Proxy(Protocol):
+    service: str  # the service of the app's definition (compose file) that runs the proxy
+    switch_words: str  # how a switch is done, for plans and progress
+    source_dirs: tuple[str, ...]  # directories of the checkout the proxy's configuration lives in
+
+    def build_env(self, base_image: str | None = None) -> dict[str, str]:
+        """Variables the app's definition needs to build and run the proxy (image names, base image)."""
+
+    @property
+    def base_image(self) -> str:
+        """The configured base image of the proxy's own image."""
+
+    def prepare(self) -> None:
+        """Create what the proxy and the instances share (directories), idempotently."""
+
+    def live_ids(self) -> set[str]:
+        """Short IDs of the instances that get traffic now."""
+
+    def configure(self, slots: int | None = None) -> bool:
+        """Render the routes for ``slots`` instances (None: keep them), validate, and load the
+        configuration if it differs from what runs. On a validation failure, put back what was
+        there and raise :class:`handover.errors.ProxyConfigInvalid`. Returns whether it reloaded."""
+
+    def reload(self) -> None:
+        """Load the configuration as it is now (validated first)."""
+
+    def route_to_service(self, service: str, port: int) -> None:
+        """Route to the app's service by name instead (the well-known sequence the benchmark compares)."""
+
+    def restore(self) -> bool:
+        """Put back the routes :meth:`configure` replaced in this run; returns whether it did."""
+
+    def point(self, instances: Sequence[Instance], fallback: Sequence[Instance] = ()) -> None:
+        """Send traffic to ``instances``; until :meth:`drop_fallback`, failed requests may retry on ``fallback``."""
+
+    def drop_fallback(self) -> None: ...
+
+    def forget(self, instances: Sequence[Instance]) -> None:
+        """Remove what pointed at ``instances`` (they are gone)."""
+
+    def start(self) -> None:
+        """Start the proxy's service and load its configuration (first start of the stack)."""
+
+    def running(self) -> Instance | None:
+        """The proxy's running instance, if any."""
+
+    def remove_state(self) -> None:
+        """Remove the proxy's generated files (the whole stack is being removed)."""
+
+
+def make_proxy(runner: Runner, settings: Settings, backend: Backend) -> Proxy:
+    """The proxy this project uses (nginx, see :mod:`handover.proxies.nginx`)."""
+    from .nginx import NginxProxy
+
+    return NginxProxy(runner, settings, backend)

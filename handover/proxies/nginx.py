@@ -1,0 +1,295 @@
+"""nginx in front of the app: live socket links, the upstream file, and validated reloads.
+
+Switching versions does not reload nginx. The upstream names fixed slots,
+``/run/handover/live-<n>.sock``; each slot is a symlink (in the state directory's ``sockets/``,
+mounted into nginx and the app containers) to one app container's own socket,
+``app-<short id>.sock``. A switch swaps the links with ``rename(2)``, so the very next upstream
+connection reaches the new container and no client connection is closed. The upstream file only
+changes when the number of slots does; nginx is reloaded (after ``nginx -t``) only when its
+configuration files change, and a reload waits until every worker that accepts connections runs
+the new configuration.
+
+Each slot has a backup, ``prev-<n>.sock``: while a deploy checks the new version after the
+switch, it points at the old container of that slot, so a request that cannot reach a new
+container that just died (refused connect, or closed before the response began) is retried there
+by nginx (``proxy_next_upstream``) instead of failing. Outside that window the backup links do
+not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..backends import Backend, Instance
+from ..errors import HandoverError, PreflightError, ProxyConfigInvalid
+from ..settings import CONTAINER_ROOT, Settings
+from ..shell import Runner, read_file, run, write_file
+
+SERVICE = "nginx"
+UPSTREAM_NAME = "handover_app"
+UPSTREAM_FILE = "upstream.conf"
+SOCKET_DIR_IN_CONTAINERS = "/run/handover"
+SHORT_ID_LENGTH = 12  # Docker's hostname for a container is its short ID
+ACTIVE_WORKER_TITLE = "nginx: worker process"
+SHUTTING_DOWN_SUFFIX = "is shutting down"
+RELOAD_POLL_SECONDS = 0.02
+START_POLL_SECONDS = 0.2
+START_TIMEOUT = 30.0
+START_LOG_LINES = 30
+LOADED_FINGERPRINT = ".loaded"
+SOCKET_DIR_MODE = "1777"  # app containers (their own uid) create sockets; sticky: none removes another's
+_LINK = re.compile(r"live-(\d+)\.sock")
+_TARGET = re.compile(r"app-([0-9a-f]{12})\.sock")
+
+# nginx rewrites its argv as a process title; /proc/<pid>/cmdline shows it without needing `ps`.
+_LIST_PROCESSES = (
+    'for p in /proc/[0-9]*; do t=$(tr "\\0" " " < "$p/cmdline" 2>/dev/null) || continue; '
+    'echo "${p#/proc/} $t"; done'
+)
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+def slot_name(slot: int) -> str:
+    return f"live-{slot}.sock"
+
+
+def backup_name(slot: int) -> str:
+    return f"prev-{slot}.sock"
+
+
+def socket_name(container_id: str) -> str:
+    return f"app-{container_id[:SHORT_ID_LENGTH]}.sock"
+
+
+def render_upstream(slots: int) -> str:
+    if slots < 1:
+        raise ValueError("an upstream needs at least one slot")
+    lines = [
+        "# Written by handover; the live app containers are the targets of these symlinks.",
+        f"upstream {UPSTREAM_NAME} {{",
+    ]
+    # max_fails=0: a live server is never marked down by a passing error.
+    lines += [f"    server unix:{SOCKET_DIR_IN_CONTAINERS}/{slot_name(n)} max_fails=0;" for n in range(slots)]
+    lines += [f"    server unix:{SOCKET_DIR_IN_CONTAINERS}/{backup_name(n)} max_fails=0 backup;" for n in range(slots)]
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def parse_links(listing: str) -> dict[int, str]:
+    """``listing`` has lines ``<link name> <target>``; returns slot -> short container ID."""
+    links = {}
+    for line in listing.splitlines():
+        name, _, target = line.strip().partition(" ")
+        slot, short = _LINK.fullmatch(name), _TARGET.fullmatch(target.strip())
+        if slot and short:
+            links[int(slot.group(1))] = short.group(1)
+    return links
+
+
+def active_workers(listing: str) -> set[int]:
+    """PIDs of nginx workers that accept new connections (not those finishing old ones)."""
+    pids = set()
+    for line in listing.splitlines():
+        pid, _, title = line.partition(" ")
+        title = title.strip()
+        if pid.isdigit() and title.startswith(ACTIVE_WORKER_TITLE) and not title.endswith(SHUTTING_DOWN_SUFFIX):
+            pids.add(int(pid))
+    return pids
+
+
+def link_script(links: Sequence[tuple[str, str]]) -> str:
+    """A shell script that makes each ``(link, target)`` symlink with one rename(2) each."""
+    swaps = " && ".join(
+        f"ln -sfn {shlex.quote(target)} .{link}.tmp && mv -fT .{link}.tmp {link}" for link, target in links
+    )
+    return f'cd "$1" && {swaps}'
+
+
+@dataclass
+class NginxProxy:
+    """nginx as the compose service ``nginx``, routing to the app through socket links."""
+
+    runner: Runner
+    settings: Settings
+    backend: Backend
+    service: str = SERVICE
+    switch_words: str = "atomic swap of nginx's live socket links; no reload"
+    source_dirs: tuple[str, ...] = ("nginx",)
+    _replaced_upstream: str | None = None
+    _wrote_upstream: bool = False
+
+    # -- where things are ------------------------------------------------------------------------
+    @property
+    def nginx_dir(self) -> str:
+        return f"{self.settings.state_path}/nginx"
+
+    @property
+    def sockets_dir(self) -> str:
+        return f"{self.settings.state_path}/sockets"
+
+    @property
+    def upstream_path(self) -> str:
+        return f"{self.nginx_dir}/{UPSTREAM_FILE}"
+
+    @property
+    def conf_in_container(self) -> str:
+        """nginx.conf as the nginx container sees it (the deploy root is mounted at /etc/handover)."""
+        return f"{CONTAINER_ROOT}/{self.settings.source_subdir or '.'}/nginx/nginx.conf"
+
+    @property
+    def base_image(self) -> str:
+        return self.settings.proxy_base_image
+
+    def build_env(self, base_image: str | None = None) -> dict[str, str]:
+        return {"PROXY_BASE_IMAGE": base_image or self.settings.proxy_base_image,
+                "PROXY_IMAGE": f"{self.settings.project}-nginx"}
+
+    def prepare(self) -> None:
+        run(self.runner, ["mkdir", "-p", self.nginx_dir, self.sockets_dir])
+        run(self.runner, ["chmod", SOCKET_DIR_MODE, self.sockets_dir])
+
+    def running(self) -> Instance | None:
+        return self.backend.proxy_instance(self.service)
+
+    def _exec(self, *argv: str) -> str:
+        proxy = self.running()
+        if proxy is None:
+            raise PreflightError(f"the nginx container of project {self.settings.project!r} is not running")
+        result = self.backend.exec(proxy, argv)
+        return result.stdout + result.stderr
+
+    # -- live links ------------------------------------------------------------------------------
+    def live_links(self) -> dict[int, str]:
+        """slot -> short ID of the container the slot's symlink points to."""
+        script = ('cd "$1" 2>/dev/null || exit 0; '
+                  'for f in live-*.sock; do [ -L "$f" ] && echo "$f $(readlink "$f")"; done; :')
+        return parse_links(run(self.runner, ["sh", "-c", script, "links", self.sockets_dir]).stdout)
+
+    def live_ids(self) -> set[str]:
+        return set(self.live_links().values())
+
+    def point(self, instances: Sequence[Instance], fallback: Sequence[Instance] = ()) -> None:
+        """Atomically point slot n at ``instances[n]``'s socket (which must exist); backups first."""
+        names = [socket_name(c.id) for c in instances]
+        missing = run(self.runner, ["sh", "-c", 'cd "$1" && shift && for s; do [ -S "$s" ] || echo "$s"; done',
+                                    "check", self.sockets_dir, *names]).stdout.split()
+        if missing:
+            raise HandoverError(
+                f"the new app does not listen on its unix socket ({', '.join(missing)} missing in "
+                f"{self.sockets_dir}); the app must honour UNIX_SOCKET_DIR"
+            )
+        backups = [(backup_name(n), socket_name(c.id)) for n, c in enumerate(fallback)]
+        links = backups + [(slot_name(n), name) for n, name in enumerate(names)]
+        run(self.runner, ["sh", "-c", link_script(links), "point", self.sockets_dir])
+        if not fallback:
+            self.drop_fallback()
+
+    def drop_fallback(self) -> None:
+        run(self.runner, ["sh", "-c", 'cd "$1" 2>/dev/null || exit 0; rm -f -- prev-*.sock', "unlink",
+                          self.sockets_dir], check=False)
+
+    def forget(self, instances: Sequence[Instance]) -> None:
+        names = [socket_name(c.id) for c in instances]
+        if names:
+            run(self.runner, ["sh", "-c", 'cd "$1" && shift && rm -f -- "$@"', "forget", self.sockets_dir, *names],
+                check=False)
+
+    # -- configuration and reloads ---------------------------------------------------------------
+    def read_upstream(self) -> str | None:
+        return read_file(self.runner, self.upstream_path)
+
+    def write_upstream(self, text: str) -> None:
+        self.prepare()
+        write_file(self.runner, self.upstream_path, text)
+
+    def remove_state(self) -> None:
+        run(self.runner, ["rm", "-rf", self.nginx_dir, self.sockets_dir])
+
+    def test_config(self) -> None:
+        """``nginx -t`` inside the running proxy; raise with nginx's own message when it fails."""
+        proxy = self.running()
+        if proxy is None:
+            return  # nothing serves yet; `start` validates when it starts nginx
+        result = self.backend.exec(proxy, ["nginx", "-t", "-q", "-c", self.conf_in_container], check=False)
+        if result.exited != 0:
+            raise ProxyConfigInvalid(f"nginx -t failed:\n{(result.stderr + result.stdout).strip()}")
+
+    def fingerprint(self) -> str:
+        """A digest of the files nginx loads (its nginx/ directory and the upstream file)."""
+        files = f"{self.settings.source_path}/nginx"
+        script = 'find "$1" "$2" -maxdepth 1 -name "*.conf" -type f -print0 | sort -z | xargs -0 cat'
+        text = run(self.runner, ["sh", "-c", script, "fingerprint", files, self.nginx_dir]).stdout
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def config_changed(self) -> bool:
+        loaded = read_file(self.runner, f"{self.nginx_dir}/{LOADED_FINGERPRINT}")
+        return (loaded or "").strip() != self.fingerprint()
+
+    def configure(self, slots: int | None = None) -> bool:
+        previous = self.read_upstream()
+        wanted = render_upstream(slots) if slots is not None else None
+        if wanted is not None and wanted != previous:
+            self.write_upstream(wanted)
+            self._replaced_upstream, self._wrote_upstream = previous, True
+        if not self.config_changed():
+            return False
+        try:
+            self.test_config()
+        except ProxyConfigInvalid:
+            self.restore()
+            raise
+        self.reload()
+        return True
+
+    def restore(self) -> bool:
+        if not self._wrote_upstream:
+            return False
+        if self._replaced_upstream is not None:
+            self.write_upstream(self._replaced_upstream)
+        self._replaced_upstream, self._wrote_upstream = None, False
+        return True
+
+    def route_to_service(self, service: str, port: int) -> None:
+        self.write_upstream(f"upstream {UPSTREAM_NAME} {{\n    server {service}:{port};\n}}\n")
+        self.test_config()
+        self.reload()
+
+    def mark_loaded(self) -> None:
+        write_file(self.runner, f"{self.nginx_dir}/{LOADED_FINGERPRINT}", self.fingerprint())
+
+    def workers(self) -> set[int]:
+        return active_workers(self._exec("sh", "-c", _LIST_PROCESSES))
+
+    def reload(self) -> None:
+        """``nginx -s reload`` and wait until no worker from before the reload accepts connections."""
+        before = self.workers()
+        self._exec("nginx", "-s", "reload", "-c", self.conf_in_container)
+        timeout = self.settings.reload_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.workers()
+            if now and not (now & before):
+                self.mark_loaded()
+                return
+            if time.monotonic() > deadline:
+                raise ProxyConfigInvalid(
+                    f"nginx did not start new workers within {timeout:g} s of the reload "
+                    f"(old workers still accepting: {sorted(now & before)})"
+                )
+            time.sleep(RELOAD_POLL_SECONDS)
+
+    def start(self) -> None:
+        """Start the nginx service with the current upstream and wait until it runs; record what it loaded."""
+        self.write_upstream(render_upstream(self.settings.replicas))
+        self.backend.start_proxy(self.service)
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.running() is None:
+            if time.monotonic() > deadline:
+                raise PreflightError("nginx did not start (see `logs`): its container is not running")
+            time.sleep(START_POLL_SECONDS)
+        self.configure()

@@ -1,0 +1,324 @@
+"""The steps of a deploy, each one class: what it will do (from the real state), do it, undo it.
+
+A run is a list of steps (:mod:`handover.plans` has the lists). For each step the engine asks
+:meth:`Step.describe` for the plan line (``None``: not needed this time), then :meth:`Step.check`
+for everything it can verify before anything changes, then :meth:`Step.run`. When a step fails or
+Ctrl-C arrives, the engine calls :meth:`Step.undo` of that step and of every step before it, newest
+first, until it reaches a *forward* step: from the drain on the new version serves, and an
+interrupted forward step is finished instead (:meth:`Step.complete`). :meth:`Step.release` runs at
+the end of every run that got past the step (the lock's release). Progress output, ``--dry-run``,
+the release record and the recovery all come from the same list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .backends import Instance
+from .errors import HandoverError, HealthCheckFailed, LockHeld
+
+if TYPE_CHECKING:
+    from .engine import DeployOptions, Engine, Facts
+    from .record import RunRecord
+
+
+@dataclass
+class Run:
+    """What one run knows and has done so far; the steps read and fill it."""
+
+    engine: Engine
+    options: DeployOptions
+    facts: Facts
+    record: RunRecord
+    old: list[Instance] = field(default_factory=list)  # serving when the run started
+    new: list[Instance] = field(default_factory=list)  # started by this run
+    switched: bool = False
+    proxy_changed: bool = False  # the proxy loaded a new configuration in this run
+
+    @property
+    def version(self) -> str:
+        return self.record.version
+
+    @property
+    def image(self) -> str:
+        return self.record.image
+
+
+def names(instances: Sequence[Instance]) -> str:
+    return ", ".join(c.name for c in instances) or "nothing"
+
+
+def plural(n: int, word: str = "new container") -> str:
+    return f"{n} {word}" + ("s" if n != 1 else "")
+
+
+class Step:
+    """One step of a run. Subclasses set ``name`` and override what they need."""
+
+    name = ""
+    forward = False  # from this step on, the run finishes rather than undoes
+
+    def describe(self, run: Run) -> str | None:
+        """The plan line, from the real state; ``None`` when this run does not need the step."""
+        raise NotImplementedError
+
+    def check(self, run: Run) -> None:
+        """Verify, before anything changes, what this step will need (raise to stop the run)."""
+
+    def run(self, run: Run) -> str | None:
+        """Do it; may return a short detail for the progress line and the record."""
+        raise NotImplementedError
+
+    def undo(self, run: Run) -> None:
+        """Put back what :meth:`run` changed (also after a partial run of it)."""
+
+    def complete(self, run: Run) -> None:
+        """A forward step interrupted part-way: finish it."""
+        self.run(run)
+
+    def release(self, run: Run) -> None:
+        """At the end of the run, whatever happened, once this step has started."""
+
+
+class Lock(Step):
+    name = "lock"
+
+    def __init__(self) -> None:
+        self.taken = False
+
+    def describe(self, run: Run) -> str:
+        return f"take the deploy lock at {run.engine.lock.path}"
+
+    def run(self, run: Run) -> None:
+        rec = run.record
+        info = {"holder": rec.by, "since": rec.started_at, "version": rec.version, "action": rec.action}
+        if rec.host != "local":
+            info["host"] = rec.host
+        try:
+            run.engine.lock.acquire(info)
+        except LockHeld:
+            raise  # someone else's: never released by this run
+        except BaseException:
+            self.taken = True  # interrupted part-way: what was taken is ours to release
+            raise
+        self.taken = True
+
+    def release(self, run: Run) -> None:
+        if self.taken:
+            run.engine.lock.release()
+            run.engine.progress.say("    lock released")
+
+
+class Preflight(Step):
+    name = "preflight"
+
+    def describe(self, run: Run) -> str:
+        return "docker, compose v2, the compose file"
+
+    def run(self, run: Run) -> None:
+        run.engine.backend.check()
+
+
+class Converge(Step):
+    """Finish what an interrupted run left: drain every app container the proxy does not route to."""
+
+    name = "converge"
+
+    def describe(self, run: Run) -> str | None:
+        left = run.facts.leftovers
+        if not left:
+            return None
+        return f"drain {len(left)} container(s) left by an earlier run: {names(left)}"
+
+    def run(self, run: Run) -> str:
+        left = run.engine.facts().leftovers
+        run.engine.drain(left)
+        return "removed " + names(left)
+
+
+class Build(Step):
+    name = "build"
+
+    def __init__(self, *, with_proxy: bool = False) -> None:
+        self.with_proxy = with_proxy
+
+    def describe(self, run: Run) -> str:
+        return f"image {run.image}" + (" and the proxy's image" if self.with_proxy else "")
+
+    def run(self, run: Run) -> None:
+        run.engine.use_base_images(with_proxy=self.with_proxy)
+        run.engine.backend.build(run.version, with_proxy=self.with_proxy)
+
+
+class UseImage(Step):
+    """A rollback builds nothing: the image must be on the host already (checked before the lock)."""
+
+    name = "image"
+
+    def describe(self, run: Run) -> str:
+        return f"{run.image} is on the host (no build)"
+
+    def check(self, run: Run) -> None:
+        if not run.engine.backend.has_image(run.version):
+            raise HandoverError(f"image {run.image} is not on the host; it cannot be deployed without a build")
+
+    def run(self, run: Run) -> None:
+        self.check(run)
+
+
+class ProxyConfig(Step):
+    name = "proxy config"
+
+    def describe(self, run: Run) -> str:
+        return "validate and reload the proxy only if its configuration changed"
+
+    def run(self, run: Run) -> str:
+        reloaded = run.engine.proxy.configure(run.engine.settings.replicas)
+        run.proxy_changed = run.proxy_changed or reloaded
+        return "reloaded" if reloaded else "unchanged"
+
+    def undo(self, run: Run) -> None:
+        if run.engine.proxy.restore():
+            run.proxy_changed = True
+
+
+class Start(Step):
+    """Start the new containers beside the serving ones (or, for a first start, from nothing)."""
+
+    name = "start"
+
+    def __init__(self, *, fresh: bool = False) -> None:
+        self.fresh = fresh
+
+    def describe(self, run: Run) -> str | None:
+        n = plural(run.engine.settings.replicas)
+        if self.fresh:
+            return None if run.facts.healthy_live else f"{n} of {run.version}"
+        return f"{n} of {run.version} beside {len(run.old)} live"
+
+    def run(self, run: Run) -> str:
+        engine = run.engine
+        if self.fresh:
+            engine.proxy.prepare()
+            # Nothing healthy serves: clear every app container (stopped or failing ones too),
+            # or compose would restart them instead of starting this version.
+            engine.discard(run.facts.instances)
+        run.new = engine.backend.start(run.version, engine.settings.replicas, run.options.app_env)
+        run.record.new_containers = [c.name for c in run.new]
+        if not run.new:
+            raise HandoverError("compose started no new app container")
+        return names(run.new)
+
+    def undo(self, run: Run) -> None:
+        engine = run.engine
+        if not run.new:  # interrupted inside the start: find what it started so far
+            run.new = engine.backend.started_since(c.id for c in run.facts.instances)
+        if run.new:
+            with engine.progress.step(run.record, "rollback", "remove the new containers; the old version "
+                                      "keeps serving" if run.old else "remove the new containers"):
+                engine.discard(run.new)
+
+
+class Health(Step):
+    name = "health"
+
+    def __init__(self, *, fresh: bool = False) -> None:
+        self.fresh = fresh
+
+    def describe(self, run: Run) -> str | None:
+        if self.fresh and run.facts.healthy_live:
+            return None
+        return (f"wait until the new containers are healthy (up to {run.engine.settings.health_timeout:g} s), "
+                "else remove them")
+
+    def run(self, run: Run) -> None:
+        engine = run.engine
+        try:
+            run.new = engine.wait_healthy(run.new)
+        except HealthCheckFailed as exc:
+            raise HealthCheckFailed(f"{exc}\n{engine.failure_logs(run.new)}") from None
+
+
+class Switch(Step):
+    name = "switch"
+
+    def __init__(self, *, fresh: bool = False) -> None:
+        self.fresh = fresh
+
+    def describe(self, run: Run) -> str | None:
+        if self.fresh:
+            return None if run.facts.healthy_live else "route the proxy to them"
+        return f"route the proxy to them ({run.engine.proxy.switch_words})"
+
+    def run(self, run: Run) -> None:
+        run.engine.proxy.point(run.new, fallback=run.old)
+        run.switched = True
+
+    def undo(self, run: Run) -> None:
+        engine = run.engine
+        if not run.old or not run.new:
+            return
+        live = engine.proxy.live_ids()
+        if run.switched or any(c.short_id in live for c in run.new):
+            with engine.progress.step(run.record, "switch back", "route the proxy to the old containers again"):
+                engine.proxy.point(run.old)
+
+
+class Verify(Step):
+    name = "verify"
+
+    def describe(self, run: Run) -> str | None:
+        seconds = run.engine.settings.post_switch_check
+        if seconds <= 0:
+            return None
+        return f"the new containers keep serving for {seconds:g} s, the old ones still up, else switch back"
+
+    def run(self, run: Run) -> None:
+        run.engine.verify_after_switch(run.new)
+
+
+class Drain(Step):
+    name = "drain"
+    forward = True
+
+    def describe(self, run: Run) -> str:
+        return (f"stop {names(run.old)} (grace {run.engine.settings.stop_grace_period:g} s), "
+                "remove by ID")
+
+    def run(self, run: Run) -> None:
+        run.engine.drain(run.old)
+
+    def complete(self, run: Run) -> None:
+        run.engine.progress.warn("interrupted during the drain; the new version serves, finishing the drain of "
+                                 + names(run.old))
+        self.run(run)
+
+
+class Prune(Step):
+    name = "prune"
+    forward = True
+
+    def describe(self, run: Run) -> str:
+        return f"keep the last {run.engine.settings.releases_kept} release images"
+
+    def run(self, run: Run) -> str | None:
+        removed = run.engine.prune_images(keep={run.version})
+        return f"removed {len(removed)}" if removed else None
+
+    def complete(self, run: Run) -> None:
+        return None  # pruning can wait for the next run
+
+
+class StartProxy(Step):
+    name = "proxy"
+
+    def describe(self, run: Run) -> str | None:
+        if run.facts.proxy is not None:
+            return None
+        s = run.engine.settings
+        return f"start the proxy on http://{s.http_bind}:{s.http_port}"
+
+    def run(self, run: Run) -> None:
+        run.engine.proxy.start()
