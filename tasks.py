@@ -7,7 +7,6 @@ defaults; invoke.yaml, INVOKE_DEPLOY_* variables and `-f FILE` override them.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 
@@ -16,11 +15,12 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from handover import cli, images
+from handover import cli, images, ops
 from handover.engine import DeployOptions, Engine
 from handover.progress import Progress
 from handover.record import RunRecord, history
 from handover.settings import Settings
+from handover.shell import command_line
 from handover.version import source_version
 
 PROBE_WARMUP_SECONDS = 2.0  # steady traffic before the deploy, for the comparison
@@ -35,16 +35,10 @@ def _engine(c: Context) -> Engine:
     return Engine(c, _settings(c), Progress())
 
 
-def _prepare(c: Context, s: Settings, progress: Progress) -> str:
-    """Wheelhouse and base image for building the app; returns the base image to build from."""
-    images.build_wheelhouse(cli.SERVER_DIR, progress)
-    return images.ensure_base_image(c, s.base_image, progress)
-
-
 def _bases(c: Context, s: Settings, progress: Progress) -> dict[str, str]:
-    app_base = _prepare(c, s, progress)
-    nginx_base = images.ensure_base_image(c, s.nginx_base_image, progress)
-    return {"BASE_IMAGE": app_base, "NGINX_BASE_IMAGE": nginx_base}
+    """The wheelhouse and base images for building the app and nginx images."""
+    images.build_wheelhouse(cli.SERVER_DIR, progress)
+    return ops.base_images(c, s, progress)
 
 
 @task(help={"version": "version tag for the app image (default: derived from server/ sources)"})
@@ -138,23 +132,11 @@ def rollback(c: Context, version: str | None = None) -> None:
     """Swap back to an earlier release's image with the same zero-downtime sequence (no build)."""
 
     def go() -> RunRecord:
-        s = _settings(c)
         engine = _engine(c)
-        target = version or _previous_version(c, s)
+        target = version or ops.previous_version(c, engine.settings)
         return engine.deploy(DeployOptions(version=target, build=False, action="rollback"))
 
     cli.print_record(cli.guarded(go), False)
-
-
-def _previous_version(c: Context, s: Settings) -> str:
-    from handover.errors import HandoverError
-
-    live = Engine(c, s).facts().live_version
-    for item in reversed(history(c, s.state_path)):
-        v = str(item.get("version", ""))
-        if item.get("result") == "success" and v and v != live:
-            return v
-    raise HandoverError("no earlier successful release to roll back to")
 
 
 @task
@@ -169,22 +151,8 @@ def status(c: Context, json: bool = False) -> None:
     """Show the app containers (live or not, version, health) and nginx."""
 
     def go() -> None:
-        engine = _engine(c)
-        facts = engine.facts()
-        live = {x.id for x in facts.live}
-        rows = [
-            {"name": x.name, "id": x.short_id, "version": x.version, "status": x.status,
-             "health": x.health, "live": x.id in live}
-            for x in facts.containers
-        ]
-        proxy = facts.proxy.name if facts.proxy else None
-        if json:
-            print(_json_dumps({"app": rows, "nginx": proxy, "live_version": facts.live_version}))
-            return
-        print(f"nginx: {proxy or 'not running'}   live version: {facts.live_version or '-'}")
-        for r in rows:
-            print(f"  {'*' if r['live'] else ' '} {r['name']:<24} {r['id']}  {r['version']:<16} "
-                  f"{r['status']:<10} {r['health']}")
+        view = ops.status(c, _settings(c))
+        print(_json_dumps(view.to_dict()) if json else "\n".join(view.lines()))
 
     cli.guarded(go)
 
@@ -194,28 +162,25 @@ def _json_dumps(data: object) -> str:
 
 
 @task(help={"follow": "keep following", "tail": "lines per container"})
-def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
+def logs(c: Context, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
     """Show the logs of the app and nginx containers."""
-    args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else [])
-    engine = _engine(c)
-    cli.guarded(lambda: c.run(
-        shlex.join(["docker", "compose", "--project-name", engine.settings.project,
-                        "--file", engine.settings.compose_path, *args]),
-        env=engine.stack.compose_env(), pty=False, in_stream=False))
+
+    def go() -> None:
+        engine = _engine(c)
+        args = ops.logs_argv(engine.settings, tail, follow)
+        c.run(command_line(args, engine.stack.compose_env()), pty=False, in_stream=False)
+
+    cli.guarded(go)
 
 
 @task(help={"count": "how many records", "json": "print as JSON lines"})
-def releases(c: Context, count: int = 10, json: bool = False) -> None:
+def releases(c: Context, count: int = ops.RELEASES_SHOWN, json: bool = False) -> None:
     """List the recorded runs (who, when, version, result, duration)."""
 
     def go() -> None:
-        s = _settings(c)
-        for item in history(c, s.state_path)[-count:]:
-            if json:
-                print(_json_dumps(item))
-            else:
-                print(f"{item.get('started_at', '')}  {item.get('action', ''):<8} {item.get('version', ''):<20} "
-                      f"{item.get('result', ''):<12} {item.get('seconds', '')} s  by {item.get('by', '')}")
+        records = history(c, _settings(c).state_path)
+        for line in ops.release_json_lines(records, count) if json else ops.release_lines(records, count):
+            print(line)
 
     cli.guarded(go)
 

@@ -15,16 +15,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from handover import images, record
+from handover import ops, record
 from handover.engine import DeployOptions, Engine
-from handover.errors import HandoverError, PreflightError
+from handover.errors import PreflightError
 from handover.lock import DeployLock
 from handover.progress import Progress
-from handover.record import RunRecord, StepRecord, history, now_iso, operator
+from handover.record import RunRecord, StepRecord
 from handover.settings import Settings, check_version
 from handover.shell import interruptible
 
-from . import hostsetup, secrets, sync
+from . import hostready, secrets, sync
 from .connect import Remote
 
 FRONT_DOOR = "fab"
@@ -44,8 +44,7 @@ class HeldLock(DeployLock):
 def host_lock(remote: Remote, s: Settings, action: str, version: str) -> Iterator[None]:
     lock = DeployLock(remote.conn, s.state_path)
     with interruptible():  # Ctrl-C stops at the next command; the lock is released below
-        lock.acquire({"holder": operator(), "since": now_iso(), "version": version, "action": action,
-                      "via": FRONT_DOOR, "host": remote.name})
+        lock.acquire(ops.lock_info(action, version, via=FRONT_DOOR, host=remote.name))
         try:
             yield
         finally:
@@ -58,13 +57,8 @@ def _engine(remote: Remote, s: Settings, progress: Progress, extra_env: dict[str
     return engine
 
 
-def _base_images(remote: Remote, s: Settings, progress: Progress) -> dict[str, str]:
-    return {"BASE_IMAGE": images.ensure_base_image(remote.conn, s.base_image, progress),
-            "NGINX_BASE_IMAGE": images.ensure_base_image(remote.conn, s.nginx_base_image, progress)}
-
-
 def _start_or_deploy(remote: Remote, s: Settings, version: str, force: bool, progress: Progress) -> RunRecord:
-    engine = _engine(remote, s, progress, _base_images(remote, s, progress))
+    engine = _engine(remote, s, progress, ops.base_images(remote.conn, s, progress))
     facts = engine.facts()
     if facts.proxy is not None and facts.live:
         return engine.deploy(DeployOptions(version=version, force=force, host=remote.name))
@@ -79,11 +73,11 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress) -> 
     """Sync the sources into a new release, swap ``current`` to it, and deploy ``version`` from it."""
     version = check_version(version)
     base = remote.target.settings
-    dirs = hostsetup.prepare_dirs(remote, base)
+    dirs = hostready.prepare_dirs(remote, base)
     if not dirs.ok:
         raise PreflightError(f"{remote.name}: {dirs.detail}")
     # Before anything is synced: say exactly what is missing (the base image step would otherwise fail first).
-    hostsetup.require([hostsetup.check_docker(remote), hostsetup.check_compose(remote)], "the host")
+    ops.require(ops.host_checks(remote.conn), "the host")
     with host_lock(remote, base, "deploy", version):
         s = secrets.with_secrets(remote, base, upload=True)
         progress.say(f"==> sync: compose/, nginx/, server/ -> {remote.name}:{sync.releases_path(s)}/")
@@ -121,16 +115,6 @@ def dry_run(remote: Remote, version: str, *, force: bool, progress: Progress) ->
     return engine.deploy(DeployOptions(version=version, dry_run=True, force=force, host=remote.name))
 
 
-def previous_version(remote: Remote, s: Settings) -> str:
-    """The newest successfully deployed version that is not the live one."""
-    live = Engine(remote.conn, s).facts().live_version
-    for item in reversed(history(remote.conn, s.state_path)):
-        version = str(item.get("version", ""))
-        if item.get("result") == "success" and version and version != live:
-            return version
-    raise HandoverError(f"{remote.name}: no earlier successful release to roll back to")
-
-
 def rollback(remote: Remote, to: str | None, progress: Progress) -> RunRecord:
     """Swap back to an earlier image with the zero-downtime sequence: no sync, no build.
 
@@ -138,7 +122,7 @@ def rollback(remote: Remote, to: str | None, progress: Progress) -> RunRecord:
     so compose and nginx use the files that went with it.
     """
     s = secrets.with_secrets(remote, remote.target.settings, upload=False)
-    version = check_version(to) if to else previous_version(remote, s)
+    version = check_version(to) if to else ops.previous_version(remote.conn, s)
     with host_lock(remote, s, "rollback", version):
         release = sync.newest_release_of(remote, s, version)
         current = sync.current_release(remote, s)
@@ -153,7 +137,3 @@ def rollback(remote: Remote, to: str | None, progress: Progress) -> RunRecord:
             if swap:
                 sync.undo(remote, s, swap)
             raise
-
-
-def live_version(remote: Remote) -> str:
-    return Engine(remote.conn, remote.target.settings).facts().live_version or "(nothing live)"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from . import proxy, record, upstream
+from . import ops, proxy, record, upstream
 from .errors import (
     BuildFailed,
     CommandError,
@@ -30,7 +30,6 @@ from .stack import APP_SERVICE, PROXY_SERVICE, UNHEALTHY, Container, Stack
 LOG_LINES_ON_FAILURE = 40
 BUILD_LOG_LINES = 30
 PROXY_START_TIMEOUT = 30.0
-COMPOSE_MAJOR = "2"
 
 
 @dataclass
@@ -114,20 +113,7 @@ class Engine:
         return facts
 
     def _diagnose(self) -> None:
-        engine = run(self.runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
-        if engine.exited == 127:
-            raise PreflightError("docker is not installed on this host (install the Docker engine, e.g. docker.io)")
-        if engine.exited != 0:
-            raise PreflightError(
-                "the Docker engine is not reachable (`docker version` failed): "
-                f"{(engine.stderr or engine.stdout).strip()}"
-            )
-        compose = run(self.runner, ["docker", "compose", "version", "--short"], check=False)
-        if compose.exited != 0 or not compose.stdout.strip().lstrip("v").startswith(COMPOSE_MAJOR):
-            raise PreflightError(
-                "Docker Compose v2 is missing: `docker compose version` failed. Install the compose "
-                "plugin (docker-compose-plugin, or the docker-compose v2 binary in ~/.docker/cli-plugins/)."
-            )
+        ops.require(ops.host_checks(self.runner), "the host")
 
     def build(self, version: str) -> None:
         try:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .errors import PreflightError
+from .ops import compose_argv
 from .settings import Settings
 from .shell import Runner, run
 
@@ -107,8 +108,7 @@ class Stack:
         return env
 
     def compose(self, *args: str, version: str | None = None, timeout: float | None = None) -> str:
-        s = self.settings
-        command = ["docker", "compose", "--project-name", s.project, "--file", s.compose_path, *args]
+        command = compose_argv(self.settings, *args)
         return run(self.runner, command, env=self.compose_env(version), timeout=timeout).stdout
 
     # -- facts -----------------------------------------------------------------------------------
