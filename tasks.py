@@ -15,7 +15,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from handover import cli, images
+from handover import cli, images, ops
 from handover.engine import DeployOptions, Engine
 from handover.progress import Progress
 from handover.record import RunRecord, history
@@ -124,23 +124,11 @@ def rollback(c: Context, version: str | None = None) -> None:
     """Swap back to an earlier release's image with the same zero-downtime sequence (no build)."""
 
     def go() -> RunRecord:
-        s = _settings(c)
         engine = _engine(c)
-        target = version or _previous_version(c, s)
+        target = version or ops.previous_version(c, engine.settings)
         return engine.deploy(DeployOptions(version=target, build=False, action="rollback"))
 
     cli.print_record(cli.guarded(go), False)
-
-
-def _previous_version(c: Context, s: Settings) -> str:
-    from handover.errors import HandoverError
-
-    live = Engine(c, s).facts().live_version
-    for item in reversed(history(c, s.state_path)):
-        v = str(item.get("version", ""))
-        if item.get("result") == "success" and v and v != live:
-            return v
-    raise HandoverError("no earlier successful release to roll back to")
 
 
 @task
@@ -155,22 +143,8 @@ def status(c: Context, json: bool = False) -> None:
     """Show the app containers (live or not, version, health) and nginx."""
 
     def go() -> None:
-        engine = _engine(c)
-        facts = engine.facts()
-        live = {x.id for x in facts.live}
-        rows = [
-            {"name": x.name, "id": x.short_id, "version": x.version, "status": x.status,
-             "health": x.health, "live": x.id in live}
-            for x in facts.instances
-        ]
-        proxy = facts.proxy.name if facts.proxy else None
-        if json:
-            print(_json_dumps({"app": rows, "nginx": proxy, "live_version": facts.live_version}))
-            return
-        print(f"nginx: {proxy or 'not running'}   live version: {facts.live_version or '-'}")
-        for r in rows:
-            print(f"  {'*' if r['live'] else ' '} {r['name']:<24} {r['id']}  {r['version']:<16} "
-                  f"{r['status']:<10} {r['health']}")
+        view = ops.status(c, _settings(c))
+        print(_json_dumps(view.to_dict()) if json else "\n".join(view.lines()))
 
     cli.guarded(go)
 
@@ -180,27 +154,23 @@ def _json_dumps(data: object) -> str:
 
 
 @task(help={"follow": "keep following", "tail": "lines per container"})
-def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
+def logs(c: Context, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
     """Show the logs of the app and nginx containers."""
     def go() -> None:
-        argv, env = _engine(c).backend.logs_command(tail, follow)
+        argv, env = _engine(c).backend.logs_command(ops.check_tail(tail), follow)
         c.run(command_line(argv, env), pty=False, in_stream=False)
 
     cli.guarded(go)
 
 
 @task(help={"count": "how many records", "json": "print as JSON lines"})
-def releases(c: Context, count: int = 10, json: bool = False) -> None:
+def releases(c: Context, count: int = ops.RELEASES_SHOWN, json: bool = False) -> None:
     """List the recorded runs (who, when, version, result, duration)."""
 
     def go() -> None:
-        s = _settings(c)
-        for item in history(c, s.state_path)[-count:]:
-            if json:
-                print(_json_dumps(item))
-            else:
-                print(f"{item.get('started_at', '')}  {item.get('action', ''):<8} {item.get('version', ''):<20} "
-                      f"{item.get('result', ''):<12} {item.get('seconds', '')} s  by {item.get('by', '')}")
+        records = history(c, _settings(c).state_path)
+        for line in ops.release_json_lines(records, count) if json else ops.release_lines(records, count):
+            print(line)
 
     cli.guarded(go)
 

@@ -13,21 +13,20 @@ from typing import Any
 
 from invoke.tasks import task
 
-from handover import cli, images
+from handover import cli, images, ops
 from handover.engine import Engine
 from handover.errors import ConfigError
 from handover.lock import DeployLock
 from handover.progress import Progress
-from handover.record import RunRecord, history, now_iso, operator
+from handover.record import RunRecord, history
 from handover.settings import check_version
 from handover.shell import command_line
 from handover.version import source_version
 
-from . import frontdoor, hostrun, hostsetup
+from . import hostready, hostrun
 from .connect import Remote
-
-LOG_TAIL = 100
-RELEASES_SHOWN = 10
+from .hostconfig import remote_config
+from .rollout import for_each_host, rolling
 
 
 @task(help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)"})
@@ -35,13 +34,13 @@ def setup(c: Any, accept_new: bool = False) -> None:
     """Check each host (Docker engine, Compose v2, rsync) and create its deploy directory (0750, SSH user's)."""
 
     def work(remote: Remote, progress: Progress) -> None:
-        checks = hostsetup.check_host(remote, remote.target.settings)
+        checks = hostready.check_host(remote, remote.target.settings)
         for check in checks:
             progress.say(f"    {'ok' if check.ok else 'MISSING':<7} {check.name:<10} {check.detail}")
-        hostsetup.require(checks, remote.name)
+        ops.require(checks, remote.name)
         progress.say(f"==> {remote.name} is ready for deploys")
 
-    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work, accept_new=accept_new))
+    cli.guarded(lambda: for_each_host(c, remote_config(c), work, accept_new=accept_new))
 
 
 @task(
@@ -61,7 +60,7 @@ def deploy(c: Any, version: str = "", parallel: int = 0, force: bool = False, dr
     """
 
     def go() -> None:
-        rc = frontdoor.remote_config(c, parallel or None)
+        rc = remote_config(c, parallel or None)
         target_version = check_version(version or source_version(cli.SERVER_DIR))
         if not dry_run:
             images.build_wheelhouse(cli.SERVER_DIR, Progress(quiet=json))
@@ -70,7 +69,7 @@ def deploy(c: Any, version: str = "", parallel: int = 0, force: bool = False, dr
             run = hostrun.dry_run if dry_run else hostrun.deploy
             return run(remote, target_version, force=force, progress=progress)
 
-        frontdoor.rolling(c, rc, "deploy", target_version, work, as_json=json)
+        rolling(c, rc, "deploy", target_version, work, as_json=json)
 
     cli.guarded(go)
 
@@ -85,28 +84,33 @@ def rollback(c: Any, to: str = "", parallel: int = 0) -> None:
     """Swap each host back to an earlier release's image with the zero-downtime sequence (no sync, no build)."""
 
     def go() -> None:
-        rc = frontdoor.remote_config(c, parallel or None)
+        rc = remote_config(c, parallel or None)
         target = check_version(to) if to else None
-        frontdoor.rolling(c, rc, "rollback", to or "to the previous release",
-                          lambda remote, progress: hostrun.rollback(remote, target, progress))
+        rolling(c, rc, "rollback", to or "to the previous release",
+                lambda remote, progress: hostrun.rollback(remote, target, progress))
 
     cli.guarded(go)
 
 
 @task(help={"count": "how many records per host", "json": "print as JSON lines"})
-def releases(c: Any, count: int = RELEASES_SHOWN, json: bool = False) -> None:
+def releases(c: Any, count: int = ops.RELEASES_SHOWN, json: bool = False) -> None:
     """List each host's recorded runs (who, when, version, result, duration)."""
 
     def work(remote: Remote, progress: Progress) -> None:
-        for item in history(remote.conn, remote.target.settings.state_path)[-count:]:
-            if json:
-                print(jsonlib.dumps({"host": remote.name, **item}, sort_keys=True))
-            else:
-                progress.say(f"{item.get('started_at', '')}  {item.get('action', ''):<8} "
-                             f"{item.get('version', ''):<20} {item.get('result', ''):<12} "
-                             f"{item.get('seconds', '')} s  by {item.get('by', '')}")
+        records = history(remote.conn, remote.target.settings.state_path)
+        if json:
+            for line in ops.release_json_lines(records, count, host=remote.name):
+                print(line)
+        else:
+            for line in ops.release_lines(records, count):
+                progress.say(line)
 
-    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+    def go() -> None:
+        rc = remote_config(c)
+        ops.check_count(count)
+        for_each_host(c, rc, work)
+
+    cli.guarded(go)
 
 
 @task(help={"json": "print as JSON"})
@@ -114,25 +118,18 @@ def status(c: Any, json: bool = False) -> None:
     """Show each host's app containers (live or not, version, health) and nginx."""
 
     def work(remote: Remote, progress: Progress) -> None:
-        facts = Engine(remote.conn, remote.target.settings).facts()
-        live = {x.id for x in facts.live}
-        rows = [{"name": x.name, "id": x.short_id, "version": x.version, "status": x.status,
-                 "health": x.health, "live": x.id in live} for x in facts.instances]
-        proxy = facts.proxy.name if facts.proxy else None
+        view = ops.status(remote.conn, remote.target.settings)
         if json:
-            print(jsonlib.dumps({"host": remote.name, "app": rows, "nginx": proxy,
-                                 "live_version": facts.live_version}, sort_keys=True))
+            print(jsonlib.dumps({"host": remote.name, **view.to_dict()}, sort_keys=True))
             return
-        progress.say(f"{remote.name}: nginx {proxy or 'not running'}   live version: {facts.live_version or '-'}")
-        for r in rows:
-            progress.say(f"  {'*' if r['live'] else ' '} {r['name']:<24} {r['id']}  {r['version']:<16} "
-                         f"{r['status']:<10} {r['health']}")
+        for line in view.lines(host=remote.name):
+            progress.say(line)
 
-    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+    cli.guarded(lambda: for_each_host(c, remote_config(c), work))
 
 
 @task(help={"follow": "keep following (one host only)", "tail": "lines per container"})
-def logs(c: Any, follow: bool = False, tail: int = LOG_TAIL) -> None:
+def logs(c: Any, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
     """Show the logs of each host's app and nginx containers."""
 
     def work(remote: Remote, progress: Progress) -> None:
@@ -142,10 +139,11 @@ def logs(c: Any, follow: bool = False, tail: int = LOG_TAIL) -> None:
         remote.conn.run(command_line(argv, env), pty=False, in_stream=False, warn=True)
 
     def go() -> None:
-        rc = frontdoor.remote_config(c)
+        rc = remote_config(c)
+        ops.check_tail(tail)
         if follow and len(rc.targets) > 1:
             raise ConfigError("--follow works with one host; give one -H host")
-        frontdoor.for_each_host(c, rc, work)
+        for_each_host(c, rc, work)
 
     cli.guarded(go)
 
@@ -156,13 +154,10 @@ def lock(c: Any, reason: str = "") -> None:
 
     def work(remote: Remote, progress: Progress) -> None:
         held = DeployLock(remote.conn, remote.target.settings.state_path)
-        info = {"holder": operator(), "since": now_iso(), "action": "lock", "via": "fab"}
-        if reason:
-            info["reason"] = reason
-        held.acquire(info)
+        held.acquire(ops.lock_info("lock", via=hostrun.FRONT_DOOR, reason=reason))
         progress.say(f"lock taken on {remote.name} ({held.path}); release it with the unlock task")
 
-    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+    cli.guarded(lambda: for_each_host(c, remote_config(c), work))
 
 
 @task
@@ -176,7 +171,7 @@ def unlock(c: Any) -> None:
         progress.say(f"{remote.name}: lock released (was held by {holder})" if holder
                      else f"{remote.name}: no lock was held")
 
-    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+    cli.guarded(lambda: for_each_host(c, remote_config(c), work))
 
 
 @task
@@ -187,4 +182,4 @@ def down(c: Any) -> None:
         Engine(remote.conn, remote.target.settings).down()
         progress.say(f"{remote.name}: stack removed")
 
-    cli.guarded(lambda: frontdoor.for_each_host(c, frontdoor.remote_config(c), work))
+    cli.guarded(lambda: for_each_host(c, remote_config(c), work))

@@ -3,9 +3,10 @@
 Fabric's own executor calls a task once per ``-H`` host, in order. That cannot deploy K hosts at a
 time, and it cannot print one summary of which host serves which version. This executor (named in
 the project's ``fabric.yaml`` as ``tasks.executor_class``) calls each task once and puts the host
-list in the configuration under :data:`HOSTS_KEY`; the tasks then connect to the hosts themselves
-(:mod:`fabfile.frontdoor`), with the same ``-i``/``-S``/``-t`` handling as Fabric. Without this
-executor the tasks still work: each call acts on the one host Fabric hands it.
+list in the configuration under :data:`HOSTS_KEY`; the tasks then read it (:mod:`fabfile.hostconfig`)
+and connect to the hosts themselves (:mod:`fabfile.rollout`), with the same ``-i``/``-S``/``-t``
+handling as Fabric. Without this executor the tasks still work: each call acts on the one host
+Fabric hands it.
 
 It also reads the ``FABRIC_*`` environment before any task runs, so that a variable of the wrong
 type ends the run with a message naming it (exit 2) instead of a traceback.

@@ -1,7 +1,9 @@
-"""Remote configuration: the ``deploy`` section plus per-host overrides, validated before any connection.
+"""The hosts of a `fab` run and their configuration, validated for every host before any connection.
 
-The engine's keys are validated by :func:`handover.settings.load` once per host, after the host's
-entry under ``deploy.hosts`` is merged over ``deploy``. The keys only the Fabric front door knows
+The hosts are the ``-H`` list (handed over whole by :mod:`fabfile.executor`), or the one host
+Fabric's own executor calls a task with. The engine's keys are validated by
+:func:`handover.settings.load` once per host, after the host's entry under ``deploy.hosts`` is
+merged over ``deploy``. The keys only the Fabric front door knows
 (``hosts``, ``parallel``, ``known_hosts``) are taken out first. Any error names the key (with the
 host's entry when it came from there) and ends the run with exit status 2.
 """
@@ -14,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from fabric import Connection
+
 from handover import settings as settings_mod
 from handover.errors import ConfigError
 from handover.settings import PROJECT_ROOT, Settings
+
+from .executor import HOSTS_KEY
 
 REMOTE_DEFAULTS_FILE = PROJECT_ROOT / "config" / "remote.yaml"
 REMOTE_KEYS = frozenset({"hosts", "parallel", "known_hosts"})
@@ -162,3 +168,18 @@ def load(section: Mapping[str, Any], host_specs: Sequence[str], parallel: object
             env_file=_env_file(env_key, entry.get("env_file", base.get("env_file"))),
         ))
     return RemoteConfig(targets, _parallel(section.get("parallel") if parallel is None else parallel), known_hosts)
+
+
+def host_specs(c: Any) -> list[str]:
+    """The hosts of this run: ``-H`` (via the host-list executor), or the one Connection Fabric made."""
+    if isinstance(c, Connection):
+        return [f"{c.user}@{c.original_host}:{c.port}"]
+    return [str(h) for h in (c.config.get(HOSTS_KEY) or [])]
+
+
+def remote_config(c: Any, parallel: object = None) -> RemoteConfig:
+    """The validated config of every host of the task's run (``c``); raises :class:`ConfigError`."""
+    section = c.config.get("deploy")
+    if section is None:
+        raise ConfigError("missing config section 'deploy'")
+    return load(dict(section), host_specs(c), parallel)

@@ -9,15 +9,18 @@ record per run — is the engine's. A host with nothing serving yet gets the eng
 
 from __future__ import annotations
 
+from handover import ops
 from handover.engine import DeployOptions, Engine
-from handover.errors import HandoverError, PreflightError
+from handover.errors import PreflightError
 from handover.progress import Progress
-from handover.record import RunRecord, history
+from handover.record import RunRecord
 from handover.settings import Settings, check_version
 from handover.steps import Run, Step
 
-from . import hostsetup, secrets, sync
+from . import hostready, secrets, sync
 from .connect import Remote
+
+FRONT_DOOR = "fab"
 
 
 class Sync(Step):
@@ -84,10 +87,10 @@ def _engine(remote: Remote, progress: Progress) -> tuple[Engine, Settings]:
 
 def _ready(remote: Remote) -> None:
     """The deploy directory exists and docker + Compose v2 answer, before anything else runs."""
-    dirs = hostsetup.prepare_dirs(remote, remote.target.settings)
+    dirs = hostready.prepare_dirs(remote, remote.target.settings)
     if not dirs.ok:
         raise PreflightError(f"{remote.name}: {dirs.detail}")
-    hostsetup.require([hostsetup.check_docker(remote), hostsetup.check_compose(remote)], "the host")
+    ops.require(ops.host_checks(remote.conn), "the host")
 
 
 def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry_run: bool = False) -> RunRecord:
@@ -97,7 +100,7 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
         _ready(remote)
     engine, s = _engine(remote, progress)
     rec = engine.deploy(DeployOptions(version=version, force=force, dry_run=dry_run, host=remote.name,
-                                      after_lock=[Sync(remote, s)]))
+                                      via=FRONT_DOOR, after_lock=[Sync(remote, s)]))
     if rec.result == "success":
         removed = sync.prune(remote, s)
         if removed:
@@ -110,23 +113,10 @@ def dry_run(remote: Remote, version: str, *, force: bool, progress: Progress) ->
     return deploy(remote, version, force=force, progress=progress, dry_run=True)
 
 
-def previous_version(remote: Remote, s: Settings) -> str:
-    """The newest successfully deployed version that is not the live one."""
-    live = Engine(remote.conn, s).facts().live_version
-    for item in reversed(history(remote.conn, s.state_path)):
-        version = str(item.get("version", ""))
-        if item.get("result") == "success" and version and version != live:
-            return version
-    raise HandoverError(f"{remote.name}: no earlier successful release to roll back to")
-
-
 def rollback(remote: Remote, to: str | None, progress: Progress) -> RunRecord:
     """Swap back to an earlier image with the zero-downtime sequence: no sync, no build."""
     engine, s = _engine(remote, progress)
-    version = check_version(to) if to else previous_version(remote, s)
+    version = check_version(to) if to else ops.previous_version(remote.conn, s)
     return engine.deploy(DeployOptions(version=version, build=False, action="rollback", host=remote.name,
-                                       after_lock=[Files(remote, s)]))
+                                       via=FRONT_DOOR, after_lock=[Files(remote, s)]))
 
-
-def live_version(remote: Remote) -> str:
-    return Engine(remote.conn, remote.target.settings).facts().live_version or "(nothing live)"

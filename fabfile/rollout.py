@@ -1,27 +1,39 @@
-"""Roll one action across many hosts, K at a time, stopping at the first failure.
+"""Run a task's work over its hosts: one after the other, or rolled K at a time with a summary.
 
-With K = 1 the hosts run one after the other in this thread, so Ctrl-C reaches the deploy in
-progress directly (the engine then cleans up and the host's lock is released). With K > 1 up to K
-hosts run in worker threads, each on its own SSH connection. After the first failure no further
-host is started; hosts already running finish their sequence (stopping one midway would be worse).
-The summary says which version each host serves afterwards.
+:func:`for_each_host` connects to each host in turn and stops at the first error (setup, status,
+logs, ...). :func:`rolling` runs a deploy or rollback over the hosts, K at a time, stopping at the
+first failure. With K = 1 the hosts run one after the other in this thread, so Ctrl-C reaches the
+deploy in progress directly (the engine then cleans up and the host's lock is released). With
+K > 1 up to K hosts run in worker threads, each on its own SSH connection. After the first failure
+no further host is started; hosts already running finish their sequence (stopping one midway would
+be worse). The summary says which version each host serves afterwards.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
+from invoke.exceptions import Exit
+
+from handover import cli, ops
 from handover.errors import HandoverError
+from handover.progress import Progress
 from handover.record import RunRecord
 
-from .hostconfig import Target
+from .connect import Remote, connected
+from .hostconfig import RemoteConfig, Target
 
 DONE = "done"
 FAILED = "FAILED"
 NOT_STARTED = "not started"
 GENERIC_FAILURE = 1
+NOTHING_LIVE = "(nothing live)"
+NOT_REACHABLE = "unknown (not reachable)"
 
 
 @dataclass
@@ -90,3 +102,56 @@ def format_summary(action: str, version: str, outcomes: Sequence[Outcome]) -> st
         note = f"  ({o.error.splitlines()[0]})" if o.error else ""
         lines.append(f"    {o.name.ljust(width)}  {o.state:<11}  {o.version or '?'}{note}")
     return "\n".join(lines)
+
+
+def progress_for(rc: RemoteConfig, target: Target, quiet: bool = False) -> Progress:
+    """Progress lines tagged with the host's name when the run has more than one host."""
+    return Progress(quiet=quiet, prefix=target.name if len(rc.targets) > 1 else "")
+
+
+def for_each_host(c: Any, rc: RemoteConfig, work: Callable[[Remote, Progress], None],
+                  accept_new: bool = False, quiet: bool = False) -> None:
+    """Run ``work`` on each host in turn (stopping at the first error)."""
+    for target in rc.targets:
+        with connected(c.config, target, rc.known_hosts, accept_new) as remote:
+            work(remote, progress_for(rc, target, quiet))
+
+
+def _ask_version(c: Any, rc: RemoteConfig, target: Target) -> str:
+    try:
+        with connected(c.config, target, rc.known_hosts) as remote:
+            return ops.live_version(remote.conn, remote.target.settings) or NOTHING_LIVE
+    except Exception:  # the summary must still come out; the reason was printed with the failure
+        return NOT_REACHABLE
+
+
+def _print_failure(outcome: Outcome) -> None:
+    print(f"error: [{outcome.name}] {outcome.error}", file=sys.stderr, flush=True)
+
+
+def rolling(c: Any, rc: RemoteConfig, action: str, label: str,
+            work: Callable[[Remote, Progress], RunRecord], as_json: bool = False) -> None:
+    """Run ``work`` across the hosts, ``rc.parallel`` at a time; exit non-zero after a failure."""
+
+    def per_host(target: Target) -> RunRecord:
+        progress = progress_for(rc, target, quiet=as_json)
+        with connected(c.config, target, rc.known_hosts) as remote:
+            rec = work(remote, progress)
+        if not as_json:
+            for line in cli.format_record(rec).splitlines():
+                progress.say(line)
+        return rec
+
+    outcomes = roll(rc.targets, per_host, rc.parallel, _print_failure)
+    by_name = {t.name: t for t in rc.targets}
+    for outcome in outcomes:
+        outcome.version = served_version(outcome) or _ask_version(c, rc, by_name[outcome.name])
+    if as_json:
+        print(json.dumps([{"host": o.name, "result": o.state, "serves": o.version, "error": o.error,
+                           "record": o.record.to_dict() if o.record else None} for o in outcomes],
+                         indent=2, sort_keys=True), flush=True)
+    elif len(outcomes) > 1 or any(o.state != DONE for o in outcomes):
+        print(format_summary(action, label, outcomes), flush=True)
+    failed = [o for o in outcomes if o.state == FAILED]
+    if failed:
+        raise Exit(code=failed[0].exit_code or GENERIC_FAILURE)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from . import images, plans, record
+from . import images, ops, plans, record
 from .backends import Backend, Instance, make_backend
 from .errors import CommandError, HandoverError, HealthCheckFailed, LockHeld
 from .lock import DeployLock
@@ -45,6 +45,7 @@ class DeployOptions:
     build: bool = True
     app_env: dict[str, str] = field(default_factory=dict)
     host: str = "local"
+    via: str = ""  # the front door, for the lock's holder file
     # Steps of the front door, run right after the lock (e.g. the sync of a new release).
     after_lock: Sequence[Step] = ()
     # Called with the finished record just before it is stored (e.g. to add the probe's numbers).
@@ -320,7 +321,7 @@ class Engine:
     # -- the stack as a whole ----------------------------------------------------------------------
     def down(self) -> None:
         """Remove the whole stack; refused while a deploy holds the lock."""
-        self.lock.acquire({"holder": record.operator(), "since": record.now_iso(), "action": "down"})
+        self.lock.acquire(ops.lock_info("down"))
         try:
             self.backend.down(self.settings.stop_grace_period)
             self.proxy.remove_state()

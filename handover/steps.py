@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import ops
 from .backends import Instance
 from .errors import HandoverError, HealthCheckFailed, LockHeld
 
@@ -93,11 +94,9 @@ class Lock(Step):
 
     def run(self, run: Run) -> None:
         rec = run.record
-        info = {"holder": rec.by, "since": rec.started_at, "version": rec.version, "action": rec.action}
-        if rec.host != "local":
-            info["host"] = rec.host
+        host = rec.host if rec.host != "local" else ""
         try:
-            run.engine.lock.acquire(info)
+            run.engine.lock.acquire(ops.lock_info(rec.action, rec.version, via=run.options.via, host=host))
         except LockHeld:
             raise  # someone else's: never released by this run
         except BaseException:

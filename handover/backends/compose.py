@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .. import ops
 from ..errors import BuildFailed, CommandError, PreflightError
 from ..settings import Settings
 from ..shell import Result, Runner, run
@@ -22,7 +23,6 @@ APP_PORT = 8000
 VERSION_LABEL = "io.handover.version"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-COMPOSE_MAJOR = "2"
 BUILD_TIMEOUT = 1800.0
 UP_TIMEOUT = 300.0
 DOWN_EXTRA_SECONDS = 120.0
@@ -117,20 +117,7 @@ class ComposeBackend:
 
     def diagnose(self) -> None:
         """Raise :class:`PreflightError` naming what is missing, if the engine or Compose v2 is."""
-        engine = run(self.runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
-        if engine.exited == 127:
-            raise PreflightError("docker is not installed on this host (install the Docker engine, e.g. docker.io)")
-        if engine.exited != 0:
-            raise PreflightError(
-                "the Docker engine is not reachable (`docker version` failed): "
-                f"{(engine.stderr or engine.stdout).strip()}"
-            )
-        compose = run(self.runner, ["docker", "compose", "version", "--short"], check=False)
-        if compose.exited != 0 or not compose.stdout.strip().lstrip("v").startswith(COMPOSE_MAJOR):
-            raise PreflightError(
-                "Docker Compose v2 is missing: `docker compose version` failed. Install the compose "
-                "plugin (docker-compose-plugin, or the docker-compose v2 binary in ~/.docker/cli-plugins/)."
-            )
+        ops.require(ops.host_checks(self.runner), "the host")
 
     # -- facts -----------------------------------------------------------------------------------
     def container_ids(self, service: str | None = None) -> list[str]:

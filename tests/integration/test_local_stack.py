@@ -48,7 +48,7 @@ def test_up_again_converges_without_changes(stack: StackHandle) -> None:
 
 def test_status_lists_the_live_container(stack: StackHandle) -> None:
     data = json.loads(stack.inv("local.status", "--json").stdout)
-    assert data["nginx"] and len([row for row in data["app"] if row["live"]]) == 1
+    assert data["proxy"] and len([row for row in data["app"] if row["live"]]) == 1
 
 
 def test_down_leaves_no_containers() -> None:

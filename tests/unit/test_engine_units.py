@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from handover import settings
-from handover.proxies import nginx as upstream
 from handover.cli import defaults
 from handover.errors import ConfigError
+from handover.proxies import nginx as upstream
 from handover.shell import command_line
 
 

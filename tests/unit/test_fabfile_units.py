@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from fabric import Connection
+from invoke.config import Config
+from invoke.context import Context
 
 from fabfile import hostconfig, rollout
 from fabfile.connect import Remote, rsync_destination, rsync_shell
+from fabfile.executor import HOSTS_KEY
 from handover.cli import defaults
 from handover.errors import ConfigError, HandoverError
 from handover.record import RunRecord
@@ -112,3 +115,13 @@ def test_rollout_runs_k_at_a_time() -> None:
     assert time.monotonic() - t0 < 0.8
     assert [o.state for o in outcomes] == [rollout.DONE] * 3
     assert [rollout.served_version(o) for o in outcomes] == ["v2"] * 3
+
+
+def test_remote_config_reads_the_host_list_of_the_run() -> None:
+    c = Context(Config(overrides={"deploy": section(parallel=2), HOSTS_KEY: ["web1", "deploy@web2:2200"]}))
+    rc = hostconfig.remote_config(c)
+    assert [t.name for t in rc.targets] == ["web1", "web2:2200"] and rc.parallel == 2
+    assert hostconfig.remote_config(c, parallel=3).parallel == 3
+    assert hostconfig.host_specs(Connection("web3", user="ops", port=2222)) == ["ops@web3:2222"]
+    with pytest.raises(ConfigError, match="missing config section 'deploy'"):
+        hostconfig.remote_config(Context(Config(overrides={HOSTS_KEY: ["web1"]})))

@@ -1,0 +1,53 @@
+"""Whether a host is ready for deploys, and its deploy directory: what `fab setup` checks and makes.
+
+The Docker engine and Compose v2 are checked by :func:`handover.ops.host_checks` (the engine's
+preflight uses the same checks); rsync and the deploy directory are this front door's own needs.
+The deploy directory is created (with its ``releases/`` and state directories) mode 0750 and must
+belong to the SSH user. Every problem found is reported at once, each with what to do about it.
+"""
+
+from __future__ import annotations
+
+from handover import ops
+from handover.ops import Check
+from handover.settings import Settings
+from handover.shell import run
+
+from .connect import Remote
+from .sync import releases_path
+
+DIR_MODE = "0750"
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def check_rsync(remote: Remote) -> Check:
+    result = run(remote.conn, ["sh", "-c", "command -v rsync"], check=False)
+    if result.exited != 0:
+        return Check("rsync", False, "rsync is not installed (e.g. apt-get install rsync)")
+    return Check("rsync", True, result.stdout.strip())
+
+
+def prepare_dirs(remote: Remote, s: Settings) -> Check:
+    """Create the deploy, releases and state directories (0750, owned by the SSH user); idempotent."""
+    user = str(remote.conn.user)
+    root = s.deploy_dir
+    made = run(remote.conn, ["mkdir", "-p", "-m", DIR_MODE, root], check=False)
+    if made.exited != 0:
+        return Check("deploy_dir", False, f"cannot create {root} as {user} ({_first_line(made.stderr)}): create it "
+                                          f"once as root: install -d -m {DIR_MODE} -o {user} {root}")
+    owner = run(remote.conn, ["stat", "-c", "%U", root], check=False).stdout.strip()
+    if owner != user:
+        return Check("deploy_dir", False, f"{root} belongs to {owner or 'someone else'}, not {user}: "
+                                          f"chown {user} {root}")
+    for path in (root, releases_path(s), s.state_path):
+        run(remote.conn, ["mkdir", "-p", "-m", DIR_MODE, path])
+        run(remote.conn, ["chmod", DIR_MODE, path])
+    return Check("deploy_dir", True, f"{root} (mode {DIR_MODE}, owner {user})")
+
+
+def check_host(remote: Remote, s: Settings) -> list[Check]:
+    """Docker engine, Compose v2, rsync, and the deploy directory (created when missing)."""
+    return [*ops.host_checks(remote.conn), check_rsync(remote), prepare_dirs(remote, s)]

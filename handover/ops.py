@@ -1,0 +1,212 @@
+"""What the front doors ask of a host besides the deploy sequence, written once for both of them.
+
+``tasks.py`` (the local stack) and the fabfile (hosts over SSH) each parse options, load the config
+and print; what they ask of a host is here: the status rows, the releases lines, the version a
+rollback goes back to, the lock holder's details, and whether Docker and Compose v2 are present. The choices
+and formats are pure functions, so they are tested without a host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, HandoverError, PreflightError
+from .record import history, now_iso, operator
+from .settings import Settings
+from .shell import Runner, run
+
+if TYPE_CHECKING:
+    from .engine import Facts
+
+COMPOSE_MAJOR = "2"
+COMMAND_NOT_FOUND = 127
+DOCKER_INSTALL_HINT = "install Docker Engine (https://docs.docker.com/engine/install/)"
+COMPOSE_INSTALL_HINT = ("install the docker-compose-plugin package (or the docker-compose v2 binary in "
+                        "~/.docker/cli-plugins/)")
+LOG_TAIL = 100
+RELEASES_SHOWN = 10
+NOT_RUNNING = "not running"
+NO_VERSION = "-"
+SUCCESS = "success"
+
+
+# -- status ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StatusRow:
+    """One app container as `status` shows it."""
+
+    name: str
+    id: str
+    version: str
+    status: str
+    health: str
+    live: bool
+
+    def line(self) -> str:
+        return (f"  {'*' if self.live else ' '} {self.name:<24} {self.id}  {self.version:<16} "
+                f"{self.status:<10} {self.health}")
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """The app containers (live or not), the proxy's container and the live version of one host."""
+
+    rows: tuple[StatusRow, ...]
+    proxy: str | None  # the running proxy container's name
+    live_version: str
+
+    @classmethod
+    def of(cls, facts: Facts) -> StatusView:
+        live = {c.id for c in facts.live}
+        rows = tuple(StatusRow(c.name, c.short_id, c.version, c.status, c.health, c.id in live)
+                     for c in facts.instances)
+        return cls(rows, facts.proxy.name if facts.proxy else None, facts.live_version)
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form: ``app`` (the rows), ``proxy`` and ``live_version``."""
+        return {"app": [asdict(r) for r in self.rows], "proxy": self.proxy, "live_version": self.live_version}
+
+    def lines(self, host: str = "") -> list[str]:
+        """The text form; ``host`` names the host in the first line (for runs over several)."""
+        proxy = self.proxy or NOT_RUNNING
+        head = f"{host}: proxy {proxy}" if host else f"proxy: {proxy}"
+        return [f"{head}   live version: {self.live_version or NO_VERSION}", *(r.line() for r in self.rows)]
+
+
+def _facts(runner: Runner, settings: Settings) -> Facts:
+    # Imported here: the engine and the stack use this module's host checks and compose command line.
+    from .engine import Engine
+
+    return Engine(runner, settings).facts()
+
+
+def status(runner: Runner, settings: Settings) -> StatusView:
+    return StatusView.of(_facts(runner, settings))
+
+
+def live_version(runner: Runner, settings: Settings) -> str:
+    """The version(s) the host serves, comma-separated; "" when nothing is live."""
+    return _facts(runner, settings).live_version
+
+
+# -- releases --------------------------------------------------------------------------------------
+def check_count(count: int) -> int:
+    """``--count`` of the releases tasks; raises :class:`ConfigError` for anything but a number from 1."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"--count: expected a whole number of records, 1 or more, got {count!r}")
+    return count
+
+
+def recent(records: Sequence[Mapping[str, object]], count: int) -> list[Mapping[str, object]]:
+    """The last ``count`` records (a count below 1 is refused, see :func:`check_count`)."""
+    return list(records[-check_count(count):])
+
+
+def release_line(item: Mapping[str, object]) -> str:
+    return (f"{item.get('started_at', '')}  {item.get('action', ''):<8} {item.get('version', ''):<20} "
+            f"{item.get('result', ''):<12} {item.get('seconds', '')} s  by {item.get('by', '')}")
+
+
+def release_lines(records: Sequence[Mapping[str, object]], count: int) -> list[str]:
+    """The last ``count`` records as text: when, action, version, result, duration and who."""
+    return [release_line(item) for item in recent(records, count)]
+
+
+def release_json_lines(records: Sequence[Mapping[str, object]], count: int, host: str = "") -> list[str]:
+    """The last ``count`` records as JSON lines (with a ``host`` key when ``host`` is given)."""
+    extra = {"host": host} if host else {}
+    return [json.dumps({**extra, **item}, sort_keys=True) for item in recent(records, count)]
+
+
+# -- rollback --------------------------------------------------------------------------------------
+def choose_previous(records: Sequence[Mapping[str, object]], live: str) -> str | None:
+    """The newest successfully deployed version that is not ``live``, or None."""
+    for item in reversed(records):
+        version = str(item.get("version", ""))
+        if item.get("result") == SUCCESS and version and version != live:
+            return version
+    return None
+
+
+def previous_version(runner: Runner, settings: Settings) -> str:
+    """The version a rollback goes back to; raises :class:`HandoverError` when there is none."""
+    chosen = choose_previous(history(runner, settings.state_path), live_version(runner, settings))
+    if chosen is None:
+        raise HandoverError("no earlier successful release to roll back to")
+    return chosen
+
+
+# -- the deploy lock -------------------------------------------------------------------------------
+def lock_info(action: str, version: str = "", via: str = "", host: str = "", reason: str = "") -> dict[str, str]:
+    """What the lock's holder file says: who, since when, and the given details that are not empty."""
+    info = {"holder": operator(), "since": now_iso(), "action": action}
+    details = {"version": version, "via": via, "host": host, "reason": reason}
+    info.update({key: value for key, value in details.items() if value})
+    return info
+
+
+# -- host checks -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """One thing a host needs: present or not, and what to do about it when not."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _user(runner: Runner) -> str:
+    result = run(runner, ["id", "-un"], check=False)
+    return result.stdout.strip() if result.exited == 0 and result.stdout.strip() else "this user"
+
+
+def check_docker(runner: Runner) -> Check:
+    result = run(runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
+    if result.exited == COMMAND_NOT_FOUND:
+        return Check("docker", False, f"docker is not installed: {DOCKER_INSTALL_HINT}")
+    if result.exited != 0:
+        why = _first_line(result.stderr or result.stdout)
+        user = _user(runner)
+        return Check("docker", False, f"the Docker engine is not reachable for {user} ({why}): start "
+                                      f"dockerd, or add {user} to the docker group")
+    return Check("docker", True, f"engine {result.stdout.strip()}")
+
+
+def check_compose(runner: Runner) -> Check:
+    result = run(runner, ["docker", "compose", "version", "--short"], check=False)
+    if result.exited == COMMAND_NOT_FOUND:
+        return Check("compose", False, "cannot be checked without docker (install Docker Engine first)")
+    version = result.stdout.strip().lstrip("v")
+    if result.exited != 0 or not version.startswith(COMPOSE_MAJOR):
+        return Check("compose", False, f"Docker Compose v{COMPOSE_MAJOR} is missing (`docker compose version` "
+                                       f"failed): {COMPOSE_INSTALL_HINT}")
+    return Check("compose", True, f"v{version}")
+
+
+def host_checks(runner: Runner) -> list[Check]:
+    """The Docker engine reachable and Compose v2 present, each with what to do when not."""
+    return [check_docker(runner), check_compose(runner)]
+
+
+def require(checks: Sequence[Check], host: str) -> None:
+    """Raise :class:`PreflightError` listing every failed check, when there is one."""
+    problems = [c for c in checks if not c.ok]
+    if problems:
+        lines = "\n".join(f"  - {c.name}: {c.detail}" for c in problems)
+        raise PreflightError(f"{host} is not ready:\n{lines}")
+
+
+# -- logs ------------------------------------------------------------------------------------------
+def check_tail(tail: int) -> int:
+    """``--tail`` of the logs tasks; raises :class:`ConfigError` for anything but a number from 0."""
+    if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+        raise ConfigError(f"--tail: expected a whole number of lines, 0 or more, got {tail!r}")
+    return tail
+
