@@ -37,7 +37,7 @@ def _engine(c: Context) -> Engine:
 
 @task(help={"version": "version tag for the app image (default: derived from server/ sources)"})
 def up(c: Context, version: str | None = None) -> None:
-    """Build and start the stack (nginx + app) and wait until it is healthy; rerunning converges."""
+    """Build and start the stack (proxy + app) and wait until it is healthy; rerunning converges."""
 
     def go() -> None:
         s = _settings(c)
@@ -72,7 +72,7 @@ def deploy(
     quiet: bool = False,
     fault: str = "",
 ) -> None:
-    """Zero-downtime deploy on the local stack: start beside, health-gate, switch nginx, drain, record."""
+    """Zero-downtime deploy on the local stack: start beside, health-gate, switch the proxy, drain, record."""
 
     def go() -> RunRecord:
         s = _settings(c)
@@ -133,14 +133,14 @@ def rollback(c: Context, version: str | None = None) -> None:
 
 @task
 def down(c: Context) -> None:
-    """Stop and remove the whole local stack (app and nginx containers, network)."""
+    """Stop and remove the whole local stack (app and proxy containers, network)."""
     cli.guarded(lambda: _engine(c).down())
     print("stack removed")
 
 
 @task(help={"json": "print as JSON"})
 def status(c: Context, json: bool = False) -> None:
-    """Show the app containers (live or not, version, health) and nginx."""
+    """Show the app containers (live or not, version, health) and the proxy."""
 
     def go() -> None:
         view = ops.status(c, _settings(c))
@@ -155,7 +155,7 @@ def _json_dumps(data: object) -> str:
 
 @task(help={"follow": "keep following", "tail": "lines per container"})
 def logs(c: Context, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
-    """Show the logs of the app and nginx containers."""
+    """Show the logs of the app and proxy containers."""
     def go() -> None:
         argv, env = _engine(c).backend.logs_command(ops.check_tail(tail), follow)
         c.run(command_line(argv, env), pty=False, in_stream=False)

@@ -115,7 +115,7 @@ def releases(c: Any, count: int = ops.RELEASES_SHOWN, json: bool = False) -> Non
 
 @task(help={"json": "print as JSON"})
 def status(c: Any, json: bool = False) -> None:
-    """Show each host's app containers (live or not, version, health) and nginx."""
+    """Show each host's app containers (live or not, version, health) and the proxy."""
 
     def work(remote: Remote, progress: Progress) -> None:
         view = ops.status(remote.conn, remote.target.settings)
@@ -130,7 +130,7 @@ def status(c: Any, json: bool = False) -> None:
 
 @task(help={"follow": "keep following (one host only)", "tail": "lines per container"})
 def logs(c: Any, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
-    """Show the logs of each host's app and nginx containers."""
+    """Show the logs of each host's app and proxy containers."""
 
     def work(remote: Remote, progress: Progress) -> None:
         engine = Engine(remote.conn, remote.target.settings)
@@ -176,7 +176,7 @@ def unlock(c: Any) -> None:
 
 @task
 def down(c: Any) -> None:
-    """Stop and remove each host's whole stack (app and nginx containers, network); releases stay."""
+    """Stop and remove each host's whole stack (app and proxy containers, network); releases stay."""
 
     def work(remote: Remote, progress: Progress) -> None:
         Engine(remote.conn, remote.target.settings).down()

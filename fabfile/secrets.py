@@ -2,7 +2,7 @@
 
 The content goes through the SFTP channel only: never on a command line, in a log or in output.
 On the host it lives in ``~/.config/handover/<project>.env`` (directory 0700) of the SSH user,
-outside the deploy directory, which the nginx container mounts.
+outside the deploy directory, which the proxy container mounts.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Layout below ``deploy_dir``::
 
-    releases/<stamp>-<version>/{compose,nginx,server}   one per deploy, the newest N kept
+    releases/<stamp>-<version>/{compose,<proxy>,server} one per deploy, the newest N kept
     releases/.staging-<stamp>/                          rsync's target while a sync runs
     current -> releases/<stamp>-<version>               relative symlink, replaced with rename(2)
 

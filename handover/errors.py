@@ -30,7 +30,7 @@ class BuildFailed(HandoverError):
 
 
 class PreflightError(HandoverError):
-    """The host is not ready for a deploy (engine, compose plugin, config, nginx)."""
+    """The host is not ready for a deploy (engine, compose plugin, config, proxy)."""
 
 
 class HealthCheckFailed(HandoverError):

@@ -36,7 +36,8 @@ class Run:
     old: list[Instance] = field(default_factory=list)  # serving when the run started
     new: list[Instance] = field(default_factory=list)  # started by this run
     switched: bool = False
-    proxy_changed: bool = False  # the proxy loaded a new configuration in this run
+    proxy_pending: bool = False  # a new proxy configuration is validated, to be loaded at the switch
+    proxy_changed: bool = False  # the proxy's configuration was changed in this run
 
     @property
     def version(self) -> str:
@@ -168,15 +169,21 @@ class UseImage(Step):
 
 
 class ProxyConfig(Step):
+    """Validate a changed proxy configuration before anything is built or started.
+
+    It is loaded at the switch, as late as possible: a reload retires the proxy's old workers,
+    which may only cut what is left of their connections well after the old version's drain.
+    """
+
     name = "proxy config"
 
     def describe(self, run: Run) -> str:
-        return "validate and reload the proxy only if its configuration changed"
+        return "validate the proxy's configuration if it changed (loaded at the switch)"
 
     def run(self, run: Run) -> str:
-        reloaded = run.engine.proxy.configure(run.engine.settings.replicas)
-        run.proxy_changed = run.proxy_changed or reloaded
-        return "reloaded" if reloaded else "unchanged"
+        run.proxy_pending = run.engine.proxy.configure(run.engine.settings.replicas, load=False)
+        run.proxy_changed = run.proxy_changed or run.proxy_pending
+        return "changed, valid" if run.proxy_pending else "unchanged"
 
     def undo(self, run: Run) -> None:
         if run.engine.proxy.restore():
@@ -251,9 +258,14 @@ class Switch(Step):
             return None if run.facts.healthy_live else "route the proxy to them"
         return f"route the proxy to them ({run.engine.proxy.switch_words})"
 
-    def run(self, run: Run) -> None:
+    def run(self, run: Run) -> str | None:
         run.engine.proxy.point(run.new, fallback=run.old)
         run.switched = True
+        if run.proxy_pending:
+            run.engine.proxy.reload()
+            run.proxy_pending = False
+            return "configuration reloaded"
+        return None
 
     def undo(self, run: Run) -> None:
         engine = run.engine

@@ -35,13 +35,13 @@ class Proxy(Protocol):
     def live_ids(self) -> set[str]:
         """Short IDs of the instances that get traffic now."""
 
-    def configure(self, slots: int | None = None) -> bool:
-        """Render the routes for ``slots`` instances (None: keep them), validate, and load the
-        configuration if it differs from what runs. On a validation failure, put back what was
-        there and raise :class:`handover.errors.ProxyConfigInvalid`. Returns whether it reloaded."""
+    def configure(self, slots: int | None = None, *, load: bool = True) -> bool:
+        """Render the routes for ``slots`` instances (None: keep them) and validate the configuration
+        if it differs from what runs; with ``load``, load it. On a validation failure, put back what
+        was there and raise :class:`handover.errors.ProxyConfigInvalid`. Returns whether it differed."""
 
     def reload(self) -> None:
-        """Load the configuration as it is now (validated first)."""
+        """Load the configuration as it is now (already validated)."""
 
     def route_to_service(self, service: str, port: int) -> None:
         """Route to the app's service by name instead (the well-known sequence the benchmark compares)."""

@@ -230,7 +230,7 @@ class NginxProxy:
         loaded = read_file(self.runner, f"{self.nginx_dir}/{LOADED_FINGERPRINT}")
         return (loaded or "").strip() != self.fingerprint()
 
-    def configure(self, slots: int | None = None) -> bool:
+    def configure(self, slots: int | None = None, *, load: bool = True) -> bool:
         previous = self.read_upstream()
         wanted = render_upstream(slots) if slots is not None else None
         if wanted is not None and wanted != previous:
@@ -243,7 +243,8 @@ class NginxProxy:
         except ProxyConfigInvalid:
             self.restore()
             raise
-        self.reload()
+        if load:
+            self.reload()
         return True
 
     def restore(self) -> bool:

@@ -98,7 +98,7 @@ def test_death_right_after_the_switch_switches_back(stack: StackHandle) -> None:
     assert stack.info()["server_id"] == before["server_id"]
     assert_one_live_container(stack, str(before["version"]))
     assert_unlocked(stack.state_dir)
-    assert last_record(stack)["result"] == "rolled_back"
+    assert last_record(stack)["result"] == "rolled-back" and last_record(stack)["failed_step"] == "verify"
     note("#3", f"exit {result.returncode}; {first_error(result.stderr)}; serves {stack.info()['server_id']} "
                f"(before: {before['server_id']}); {probe_line(report)}")
 
@@ -152,12 +152,14 @@ def test_ctrl_c_leaves_one_whole_version(stack: StackHandle, at: str) -> None:
         assert "interrupted" in output and "==> rollback" in output
         assert stack.info()["server_id"] == before["server_id"]
         assert_one_live_container(stack, str(before["version"]))
-        assert last_record(stack)["result"] == "interrupted"
+        assert last_record(stack)["result"] == "rolled-back" and last_record(stack)["failed_step"] == "health"
+        assert last_record(stack)["error"] == "interrupted by the user"
     else:  # after the switch: the new version serves and the old one is drained all the same
-        assert process.returncode in (0, 130), output
+        assert process.returncode == 130, output
         assert stack.info()["version"] == version
         assert_one_live_container(stack, version)
-        assert last_record(stack)["result"] in ("interrupted", "success")
+        assert last_record(stack)["result"] == "success"
+        assert "interrupted by the user during drain" in str(last_record(stack)["error"])
     note(f"#8 {at}", f"exit {process.returncode}; serves {stack.info()['version']} (before: {before['version']}); "
                      f"record {last_record(stack)['result']}; {probe_line(report)}")
 

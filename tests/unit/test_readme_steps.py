@@ -1,0 +1,40 @@
+"""The README's "How a deploy works" names the steps the engine takes, in the engine's order."""
+
+from __future__ import annotations
+
+import re
+
+from handover import plans
+from handover.settings import PROJECT_ROOT
+
+README = PROJECT_ROOT / "README.md"
+FRONT_DOOR_STEPS = {"sync"}  # added by `fab` right after the lock
+ALTERNATIVES = {"build": "image", "sync": "files"}  # what a rollback takes instead
+
+
+def section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_readme_lists_the_deploy_steps_in_order() -> None:
+    listed = re.findall(r"^\d+\. \*\*([a-z ]+)\*\*", section("How a deploy works"), re.MULTILINE)
+    engine = [s.name for s in plans.deploy()]
+    assert [name for name in listed if name not in FRONT_DOOR_STEPS] == engine
+    assert listed.index("sync") == engine.index("lock") + 1
+    rollback = [s.name for s in plans.deploy(build=False)]
+    assert [ALTERNATIVES.get(name, name) if name == "build" else name for name in engine] == rollback
+    text = section("How a deploy works")
+    for name, instead in ALTERNATIVES.items():
+        assert f"**{instead}** instead" in text, f"the README does not say what a rollback takes instead of {name}"
+
+
+def test_readme_lists_the_first_start() -> None:
+    text = " ".join(section("How a deploy works").split())
+    match = re.search(r"\*\*first start\*\*: ([^.]*)", text)
+    assert match, "the README does not describe the first start"
+    listed = [re.sub(r"\s*\(.*", "", part).strip(" ()") for part in re.split(r",\s*(?![^()]*\))", match.group(1))]
+    engine = [s.name for s in plans.first_start()]
+    assert [name for name in listed if name not in FRONT_DOOR_STEPS] == engine
