@@ -34,14 +34,23 @@ Scripting, in short::
     ...                                            # raises Killed without effect ...
     host.revive()                                  # ... until the tool is started again
 
+Other knobs: ``host.default_behaviour`` (versions without their own), ``host.docker_installed``,
+``host.daemon_running``, ``host.compose_installed`` (preflight diagnoses), ``host.registry`` (what
+``docker pull`` can fetch; the settings' base images are present from the start). ``APP_FAULT``
+values: ``unhealthy``, ``crash`` (exit 3, no socket), ``exit-after:S`` (dies on the first report
+after its first healthy one, whatever S), anything else (exit 2, as the app's config error).
+
 Each fault rule takes ``nth`` (the first matching command that fires it) and ``times`` (how many
 it fires, ``None`` for always), and counts ``rule.fired`` so a test can prove the fault was hit.
 Queries: ``host.commands`` (argv lists), ``host.calls`` (with env and outcome),
 ``host.matching(match, since)``,
 ``host.app_containers()``, ``host.live_targets()``, ``host.live_containers()``,
 ``host.live_versions()``, ``host.running(version)``, ``host.sockets()``, ``host.records()``,
-``host.lock_held()``, ``host.image_tags()``. ``APP_FAULT`` in a compose command's environment
-overrides a version's behaviour as the real app does (``unhealthy``, ``crash``, ``exit-after:S``).
+``host.lock_held()``, ``host.image_tags()``, ``host.nginx_reloads``. ``APP_FAULT`` in a compose
+command's environment overrides a version's behaviour, as the real app obeys it.
+
+The runner honours Invoke's ``hide``, ``warn`` (``UnexpectedExit`` without it), ``in_stream``,
+``timeout``, ``env``, ``pty`` and ``echo``; any other option (``asynchronous``...) fails loudly.
 """
 
 from __future__ import annotations
@@ -815,6 +824,7 @@ class FakeHost:
     def _add_image(self, ref: str) -> str:
         self._seq += 1
         image_id = "sha256:" + hashlib.sha256(f"image-{self._seq}".encode()).hexdigest()
+        self.images.pop(_normal_ref(ref), None)  # newest last, as `docker image ls` orders them
         self.images[_normal_ref(ref)] = image_id
         return image_id
 

@@ -52,16 +52,16 @@ def test_deploy_moves_the_live_link_and_removes_the_old_container(fake_host: Fak
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "app_env"),
+    ("behaviour", "app_env", "switched"),
     [
-        (Behaviour(never_healthy=True), {}),
-        (None, {"APP_FAULT": "crash"}),
-        (Behaviour(dies_after=1), {}),  # healthy, switched to, then dies: switched back
+        (Behaviour(never_healthy=True), {}, False),
+        (None, {"APP_FAULT": "crash"}, False),
+        (Behaviour(dies_after=1), {}, True),  # healthy, switched to, then dies: switched back
     ],
     ids=["never-healthy", "crash", "dies-after-switch"],
 )
 def test_a_failing_version_rolls_back(fake_host: FakeHost, behaviour: Behaviour | None,
-                                      app_env: dict[str, str]) -> None:
+                                      app_env: dict[str, str], switched: bool) -> None:
     engine = started(fake_host)
     old = fake_host.app_containers()[0]
     if behaviour is not None:
@@ -73,6 +73,8 @@ def test_a_failing_version_rolls_back(fake_host: FakeHost, behaviour: Behaviour 
     assert_only_old_serves(fake_host, old.id)
     assert fake_host.records()[-1]["result"] == "rolled_back"
     assert fake_host.records()[-1]["new_containers"] == ["handover-app-2"]
+    steps = [step["name"] for step in fake_host.records()[-1]["steps"]]
+    assert ("switch back" in steps) == switched and "rollback" in steps
 
 
 def test_an_invalid_nginx_config_aborts_before_any_container_starts(fake_host: FakeHost) -> None:
