@@ -35,7 +35,8 @@ Scripting, in short::
     host.revive()                                  # ... until the tool is started again
 
 Other knobs: ``host.default_behaviour`` (versions without their own), ``host.docker_installed``,
-``host.daemon_running``, ``host.compose_installed`` (preflight diagnoses), ``host.registry`` (what
+``host.daemon_running``, ``host.compose_installed`` (preflight diagnoses),
+``host.crash_container(ref)`` (a container dies between two runs), ``host.registry`` (what
 ``docker pull`` can fetch; the settings' base images are present from the start). ``APP_FAULT``
 values: ``unhealthy``, ``crash`` (exit 3, no socket), ``exit-after:S`` (dies on the first report
 after its first healthy one, whatever S), anything else (exit 2, as the app's config error).
@@ -43,11 +44,14 @@ after its first healthy one, whatever S), anything else (exit 2, as the app's co
 Each fault rule takes ``nth`` (the first matching command that fires it) and ``times`` (how many
 it fires, ``None`` for always), and counts ``rule.fired`` so a test can prove the fault was hit.
 Queries: ``host.commands`` (argv lists), ``host.calls`` (with env and outcome),
-``host.matching(match, since)``,
-``host.app_containers()``, ``host.live_targets()``, ``host.live_containers()``,
-``host.live_versions()``, ``host.running(version)``, ``host.sockets()``, ``host.records()``,
-``host.lock_held()``, ``host.image_tags()``, ``host.nginx_reloads``. ``APP_FAULT`` in a compose
-command's environment overrides a version's behaviour, as the real app obeys it.
+``host.matching(match, since=len_before)``, ``host.app_containers()``, ``host.live_targets()``,
+``host.live_containers()``, ``host.live_versions()``, ``host.running(version)``,
+``host.sockets()``, ``host.records()``, ``host.lock_held()``, ``host.image_tags()``,
+``host.nginx_reloads``. ``APP_FAULT`` in a compose command's environment overrides a version's
+behaviour, as the real app obeys it.
+
+Other settings: ``FakeHost(tmp_path, fake_settings(tmp_path, replicas=2))``. The engine runs
+``nginx -t`` only when nginx's files change: edit ``tmp_path/deploy/nginx/nginx.conf`` for that.
 
 The runner honours Invoke's ``hide``, ``warn`` (``UnexpectedExit`` without it), ``in_stream``,
 ``timeout``, ``env``, ``pty`` and ``echo``; any other option (``asynchronous``...) fails loudly.
@@ -553,6 +557,15 @@ class FakeHost:
         """SIGKILL of the tool at the matching command (before it is sent, or ``after`` it ran):
         raise :class:`Killed`, and so does every later command, without effect, until :meth:`revive`."""
         return self._rule(Rule(match, "kill", after, nth, 1))
+
+    def crash_container(self, ref: str, exit_code: int = 137) -> Container:
+        """The container (ID, short ID or name) dies now, between commands: exited with ``exit_code``."""
+        c = self._find(ref)
+        if c is None:
+            raise ValueError(f"fakehost: no container {ref!r}")
+        c.status, c.health, c.exit_code = "exited", "unhealthy", exit_code
+        c.log.append(f"killed; exited with status {exit_code}")
+        return c
 
     def revive(self) -> None:
         """The tool runs again (a new process): commands work again; the faults fired stay spent."""
