@@ -124,7 +124,7 @@ class Engine:
                 raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
             return plans.first_start(after_lock=options.after_lock)
         if not options.force and all(c.version == options.version for c in facts.live):
-            return []
+            return plans.converge() if facts.leftovers else []
         return plans.deploy(build=options.build, after_lock=options.after_lock)
 
     def planned(self, run: Run, steps: Iterable[Step]) -> list[tuple[Step, str]]:

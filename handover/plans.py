@@ -44,6 +44,11 @@ def deploy(*, build: bool = True, after_lock: Sequence[Step] = ()) -> list[Step]
     ]
 
 
+def converge() -> list[Step]:
+    """The version asked for is live already, but an interrupted run left containers behind."""
+    return [Lock(), Converge()]
+
+
 def first_start(*, after_lock: Sequence[Step] = ()) -> list[Step]:
     """Nothing serves yet (or only failed containers are left): build everything and start it."""
     return [

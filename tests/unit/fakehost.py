@@ -520,7 +520,7 @@ class FakeHost:
         docker_shim = self._shim / "docker"
         docker_shim.write_text(f'#!/bin/sh\necho "{SHIM_MARK}: docker $*" >&2\nexit {SHIM_EXIT}\n')
         docker_shim.chmod(0o755)
-        for ref in (self.settings.base_image, self.settings.nginx_base_image):
+        for ref in (self.settings.base_image, self.settings.proxy_base_image):
             self._add_image(ref)
 
     # -- scripting ---------------------------------------------------------------------------------
@@ -1070,7 +1070,7 @@ class FakeHost:
     def _image_of(service: str, env: Mapping[str, str]) -> str:
         if service == APP:
             return f"{env.get('APP_IMAGE') or 'handover-app'}:{env.get('APP_VERSION') or 'dev'}"
-        return f"{env.get('NGINX_IMAGE') or 'handover-nginx'}:{env.get('NGINX_IMAGE_TAG') or '1'}"
+        return f"{env.get('PROXY_IMAGE') or 'handover-nginx'}:1"
 
     def _compose_build(self, project: str, env: dict[str, str], argv: list[str]) -> Outcome:
         _, _, positionals = _options(argv, ("--pull", "--no-cache", "-q|--quiet"), (), "docker compose build")

@@ -11,7 +11,7 @@ import pytest
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from handover.engine import DeployOptions, Engine
-from handover.errors import BuildFailed, HealthCheckFailed, NginxConfigInvalid
+from handover.errors import BuildFailed, HealthCheckFailed, ProxyConfigInvalid
 from handover.progress import Progress
 
 from .fakehost import Behaviour, FakeHost, Killed, Match, compose, docker
@@ -71,7 +71,7 @@ def test_a_failing_version_rolls_back(fake_host: FakeHost, behaviour: Behaviour 
         engine.deploy(DeployOptions(version=NEW, app_env=app_env))
 
     assert_only_old_serves(fake_host, old.id)
-    assert fake_host.records()[-1]["result"] == "rolled_back"
+    assert fake_host.records()[-1]["result"] == "rolled-back"
     assert fake_host.records()[-1]["new_containers"] == ["handover-app-2"]
     steps = [step["name"] for step in fake_host.records()[-1]["steps"]]
     assert ("switch back" in steps) == switched and "rollback" in steps
@@ -85,7 +85,7 @@ def test_an_invalid_nginx_config_aborts_before_any_container_starts(fake_host: F
     fake_host.nginx_test_error = 'unknown directive "bogus_directive"'
     mark = len(fake_host.commands)
 
-    with pytest.raises(NginxConfigInvalid, match="bogus_directive"):
+    with pytest.raises(ProxyConfigInvalid, match="bogus_directive"):
         engine.deploy(DeployOptions(version=NEW))
 
     assert fake_host.matching(" nginx -t ", since=mark)
@@ -122,7 +122,10 @@ def test_ctrl_c_at_compose_up_leaves_one_version(fake_host: FakeHost, after: boo
 
     assert rule.fired == 1
     assert_only_old_serves(fake_host, old.id)
-    assert fake_host.records()[-1]["result"] == "interrupted"
+    # Before `compose up` ran nothing had started; after it, the new container was started and removed.
+    assert fake_host.records()[-1]["result"] == ("rolled-back" if after else "failed")
+    assert fake_host.records()[-1]["failed_step"] == "start"
+    assert fake_host.records()[-1]["error"] == "interrupted by the user"
 
 
 KILL_POINTS: list[tuple[str, Match, bool]] = [
