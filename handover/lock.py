@@ -49,10 +49,18 @@ KEEPER_STOP_TIMEOUT = 10.0
 KEEPER_POLL = 0.02
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 # The keeper ignores Ctrl-C and hang-ups (it shares the terminal's process group when local): only
-# the end of its stdin ends it. It prints "locked <boot id>" once it holds the flock.
+# the end of its stdin (or unlock's SIGTERM) ends it. flock alone holds the lock (-o: its child does
+# not inherit the descriptor). Once locked, the child prints "locked <boot id> <flock's pid>".
 KEEPER_SCRIPT = (
-    "trap '' INT HUP; exec flock -n -E " + str(KEEPER_BUSY) + ' "$1" sh -c '
-    + "'printf \"" + KEEPER_READY + " %s\\n\" \"$(cat " + BOOT_ID_FILE + " 2>/dev/null)\"; exec cat >/dev/null'"
+    "trap '' INT HUP; exec flock -n -o -E " + str(KEEPER_BUSY) + ' "$1" sh -c '
+    + "'printf \"" + KEEPER_READY + " %s %s\\n\" \"$(cat " + BOOT_ID_FILE + " 2>/dev/null)\" \"$PPID\"; "
+    + "exec cat >/dev/null'"
+)
+# unlock ends a keeper that outlived its run (an SSH connection left half open): only the process
+# that is still the flock on this lock file, on the boot that started it.
+STOP_STALE_KEEPER_SCRIPT = (
+    'if [ "$(cat ' + BOOT_ID_FILE + ' 2>/dev/null)" = "$3" ] && [ -r "/proc/$1/cmdline" ] '
+    '&& tr "\\000" "\\n" < "/proc/$1/cmdline" | grep -qxF -- "$2"; then kill "$1"; fi'
 )
 
 
@@ -116,7 +124,8 @@ def _is_manual(holder: dict[str, str]) -> bool:
 @dataclass
 class _Keeper:
     promise: Any  # invoke.runners.Promise
-    boot_id: str
+    boot_id: str = ""
+    pid: str = ""  # flock's pid on the host
 
 
 @dataclass
@@ -182,6 +191,8 @@ class DeployLock:
             record = {"since": datetime.now(UTC).isoformat(timespec="milliseconds"), **info,
                       "pid": str(os.getpid()), "pid_host": socket.gethostname(), "boot_id": keeper.boot_id,
                       "keeper": KEEPER_NONE if persistent else KEEPER_FLOCK, "token": token}
+            if not persistent:
+                record["keeper_pid"] = keeper.pid
             write_file(self.runner, f"{self.path}/{HOLDER_FILE}", json.dumps(record, sort_keys=True))
         except BaseException:
             if created:
@@ -201,10 +212,14 @@ class DeployLock:
     def release(self) -> None:
         """Remove the lock and stop the keeper. The run that took the lock removes it only while it is
         still its own (an ``unlock`` and another run may have come between); any other caller
-        removes it whoever holds it (that is what ``unlock`` does)."""
+        removes it whoever holds it and ends its keeper if one is left (that is what ``unlock`` does)."""
         keeper, token = self._keeper, self._token
         self._keeper, self._token = None, ""
         if keeper is None:
+            held = self.holder() or {}
+            if held.get("keeper_pid", "").isdigit() and held.get("boot_id"):
+                run(self.runner, ["sh", "-c", STOP_STALE_KEEPER_SCRIPT, "unlock", held["keeper_pid"],
+                                  self.flock_path, held["boot_id"]], check=False)
             run(self.runner, ["rm", "-rf", self.path], check=False)
             return
         try:
@@ -233,7 +248,7 @@ class DeployLock:
             return self._await_keeper(promise)
         except BaseException:  # Ctrl-C while waiting included: the keeper must not outlive the attempt
             if not promise.runner.process_is_finished:
-                self._stop_keeper(_Keeper(promise, ""))
+                self._stop_keeper(_Keeper(promise))
             raise
 
     def _await_keeper(self, promise: Any) -> _Keeper:
@@ -241,7 +256,8 @@ class DeployLock:
         while True:
             out = "".join(promise.runner.stdout)
             if out.startswith(KEEPER_READY) and out.endswith("\n"):
-                return _Keeper(promise, out.split()[1] if len(out.split()) > 1 else "")
+                words = [*out.split()[1:], "", ""]
+                return _Keeper(promise, boot_id=words[0], pid=words[1] if words[1].isdigit() else "")
             if promise.runner.process_is_finished:
                 result = promise.join()
                 if result.exited == KEEPER_BUSY:
@@ -258,8 +274,9 @@ class DeployLock:
         held = self.holder()
         if held is None:
             return LockHeld(f"another run is taking the deploy lock at {self.path} right now; try again shortly")
-        return LockHeld(f"another run holds the deploy lock at {self.path}: {describe_holder(held)} "
-                        f"({_process(held)}, alive). Wait for it to finish.")
+        return LockHeld(f"another deploy holds the lock at {self.path}: {describe_holder(held)} "
+                        f"({_process(held)}; its flock is held, so it is still running). Wait for it to finish; "
+                        "if it is gone for good (a lost connection), free the lock with the unlock task.")
 
     @staticmethod
     def _stop_keeper(keeper: _Keeper) -> None:

@@ -115,6 +115,18 @@ def test_ctrl_c_on_the_terminal_does_not_free_a_live_holders_lock(
         DeployLock(Context(), str(state)).acquire({"holder": "next@box", "action": "deploy", "version": "v8"})
 
 
+def test_unlock_frees_a_lock_whose_keeper_outlived_its_run(
+        holder_process: tuple[Path, subprocess.Popen[str]]) -> None:
+    # A holder whose SSH connection is left half open keeps its keeper; unlock must still free the lock.
+    state, child = holder_process
+    DeployLock(Context(), str(state)).release()  # what the unlock task does
+    assert not (state / "lock").exists()
+    lock = DeployLock(Context(), str(state), notify=lambda text: pytest.fail(text))
+    assert acquire_retrying(lock, {"holder": "next@box", "action": "deploy", "version": "v8"}) is None
+    lock.release()
+    assert child.poll() is None  # the run itself is not killed, only its keeper
+
+
 def test_release_ends_the_keeper_and_a_new_run_gets_the_lock(tmp_path: Path) -> None:
     first = DeployLock(Context(), str(tmp_path))
     assert first.acquire({"holder": "a", "action": "deploy", "version": "v1"}) is None
