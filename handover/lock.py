@@ -16,7 +16,8 @@ lock over and say so. The flock file sits beside the directory, not in it, so th
 when the directory exists without its flock held.
 
 A lock taken by hand (the ``lock`` task, action ``lock``) is meant to outlive the process that took
-it: it keeps no keeper, is never taken over and stays until ``unlock``.
+it: it keeps no keeper, is never taken over and stays until ``unlock``. ``unlock`` removes any lock
+and ends a keeper left behind (an SSH session left half open keeps its keeper until TCP gives up).
 """
 
 from __future__ import annotations
