@@ -30,8 +30,10 @@ CONNECTION_KEYS = frozenset({"hostname", "user", "port"})
 RELEASE_LINK = "current"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 MAX_PARALLEL = 64
-_HOST_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")  # names, IPv4, bare IPv6
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Applied with fullmatch ('$' would let a trailing newline through). A leading '-' is refused: ssh
+# and rsync would read such a host or user as an option.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_.:-]*")  # names, IPv4, bare IPv6
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,11 @@ def _split_spec(spec: str) -> tuple[str | None, str, int | None]:
     host, port_text = rest, ""
     if rest.count(":") == 1:
         host, _, port_text = rest.partition(":")
-    if not host or not _HOST_NAME.match(host) or (user and not _USER.match(user)):
+    if not host or not _HOST_NAME.fullmatch(host) or (user and not _USER.fullmatch(user)):
         raise ConfigError(f"host {spec!r}: expected [user@]host[:port]")
     port = None
     if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(f"host {spec!r}: expected a port from 1 to 65535 after ':'")
         port = int(port_text)
     return user or None, host, port
@@ -78,7 +80,7 @@ def _mapping(key: str, value: object) -> Mapping[str, Any]:
 
 
 def _parallel(value: object) -> int:
-    number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    number = int(value) if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() else value
     if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_PARALLEL:
         raise ConfigError(f"config key deploy.parallel (or --parallel): expected a whole number from 1 to "
                           f"{MAX_PARALLEL}, got {value!r}")
@@ -107,9 +109,9 @@ def _env_file(key: str, value: object) -> Path | None:
 def _connection(name: str, entry: Mapping[str, Any]) -> tuple[str | None, str | None, int | None]:
     prefix = f"deploy.hosts.{name}"
     hostname, user, port = entry.get("hostname"), entry.get("user"), entry.get("port")
-    if hostname is not None and not (isinstance(hostname, str) and _HOST_NAME.match(hostname)):
+    if hostname is not None and not (isinstance(hostname, str) and _HOST_NAME.fullmatch(hostname)):
         raise ConfigError(f"config key {prefix}.hostname: expected a host name or address, got {hostname!r}")
-    if user is not None and not (isinstance(user, str) and _USER.match(user)):
+    if user is not None and not (isinstance(user, str) and _USER.fullmatch(user)):
         raise ConfigError(f"config key {prefix}.user: expected a user name, got {user!r}")
     if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
         raise ConfigError(f"config key {prefix}.port: expected a whole number from 1 to 65535, got {port!r}")

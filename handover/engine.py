@@ -92,7 +92,7 @@ class Engine:
         self.backend = backend or make_backend(runner, settings)
         self.proxy = proxy or make_proxy(runner, settings, self.backend)
         self.backend.set_env({**self.proxy.build_env(), **(extra_env or {})})
-        self.lock = DeployLock(runner, settings.state_path)
+        self.lock = DeployLock(runner, settings.state_path, notify=self.progress.warn)
 
     # -- facts -------------------------------------------------------------------------------------
     def facts(self) -> Facts:

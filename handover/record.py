@@ -73,21 +73,45 @@ class RunRecord:
         return data
 
 
+# Appends one line with a single printf (one write under O_APPEND). When the log does not end in a
+# newline (a run died mid-write), the line starts with one, so the next record is not glued to the
+# torn one. ``tail -c 1`` prints nothing for a final newline once $(...) strips it.
+_APPEND_SCRIPT = (
+    'if [ -s "$2" ] && [ -n "$(tail -c 1 "$2")" ]; then printf "\\n%s\\n" "$1" >> "$2"; '
+    'else printf "%s\\n" "$1" >> "$2"; fi'
+)
+
+
 def append(runner: Runner, state_path: str, record: RunRecord) -> None:
     line = json.dumps(record.to_dict(), sort_keys=True)
     run(runner, ["mkdir", "-p", state_path])
-    # printf through sh with the line as an argument: no quoting of the JSON by hand.
-    run(runner, ["sh", "-c", 'printf "%s\\n" "$1" >> "$2"', "append", line, f"{state_path}/{RELEASE_LOG}"])
+    # The line and the path are arguments of sh: no quoting of the JSON by hand.
+    run(runner, ["sh", "-c", _APPEND_SCRIPT, "append", line, f"{state_path}/{RELEASE_LOG}"])
+
+
+def _parse_line(line: str) -> dict[str, object] | None:
+    """One record, or the whole record that follows a torn one on the same line (a log written
+    before appends started a new line after a crash), or None."""
+    decoder = json.JSONDecoder()
+    text = line.strip()
+    start = 0
+    while start != -1:
+        try:
+            item, end = decoder.raw_decode(text, start)
+        except ValueError:
+            item, end = None, -1
+        if end == len(text) and isinstance(item, dict):
+            return item
+        start = text.find("{", start + 1)
+    return None
 
 
 def history(runner: Runner, state_path: str) -> list[dict[str, object]]:
+    """The records of the release log, oldest first; torn lines are skipped."""
     text = read_file(runner, f"{state_path}/{RELEASE_LOG}") or ""
     records = []
     for line in text.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict):
+        item = _parse_line(line)
+        if item is not None:
             records.append(item)
     return records

@@ -8,10 +8,11 @@ the merged result and names the key at fault.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ConfigError
@@ -20,15 +21,22 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "config" / "deploy.yaml"
 CONTAINER_ROOT = "/etc/handover"
 
+# Every pattern is applied with fullmatch: ``$`` would also match before a trailing newline.
 # Compose project names: lowercase letters, digits, dashes and underscores, starting with a letter/digit.
-_PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # Image references: registry/repo path segments (no tag; the version is the tag).
-_IMAGE_NAME = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
-_IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+_IMAGE_NAME = re.compile(r"[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*")
+_IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
 # Docker tags: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'.
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_SUBDIR = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_SUBDIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.ASCII)
+
+# What the app needs between SIGTERM and its exit (see server/webapp.py): reconnect notices spread
+# over min(DRAIN_SPREAD, drain_timeout / 2), then up to drain_timeout for the WebSocket handlers,
+# then uvicorn's graceful HTTP shutdown of ceil(drain_timeout) seconds, then the process exit.
+APP_DRAIN_SPREAD = 0.5  # the app's DRAIN_SPREAD default; the deploy does not set DRAIN_SPREAD
+APP_EXIT_MARGIN = 1.0  # lifespan shutdown and interpreter exit after the drain
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def _number(key: str, value: object, low: float, high: float) -> float:
 
 
 def _integer(key: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     _expect(key, ok, f"a whole number from {low} to {high}", value)
@@ -99,7 +107,7 @@ def _integer(key: str, value: object, low: int, high: int) -> int:
 
 
 def _text(key: str, value: object, pattern: re.Pattern[str] | None, expected: str) -> str:
-    ok = isinstance(value, str) and value != "" and (pattern is None or bool(pattern.match(value)))
+    ok = isinstance(value, str) and value != "" and (pattern is None or bool(pattern.fullmatch(value)))
     ok = ok and "\n" not in str(value) and "\0" not in str(value)
     _expect(key, ok, expected, value)
     return str(value)
@@ -110,10 +118,44 @@ def _optional_text(key: str, value: object, pattern: re.Pattern[str] | None, exp
 
 
 def _ipv4(key: str, value: object) -> str:
-    match = _IPV4.match(value) if isinstance(value, str) else None
+    match = _IPV4.fullmatch(value) if isinstance(value, str) else None
     _expect(key, bool(match) and all(int(p) <= 255 for p in match.groups()) if match else False,
             "an IPv4 address such as 127.0.0.1", value)
     return str(value)
+
+
+def _inner_path(key: str, value: object, expected: str) -> str:
+    """A path below the deploy directory: relative, no '..', not the directory itself.
+
+    The state directory is made, chmod-ed and partly removed by the tool; anything that could
+    resolve outside deploy_dir (``/var/lib``, ``../..``) or to deploy_dir itself is refused.
+    """
+    text = _text(key, value, None, expected)
+    parts = PurePosixPath(text).parts
+    ok = not text.startswith("/") and ".." not in parts and any(part != "." for part in parts)
+    _expect(key, ok, f"{expected} (not absolute, no '..')", value)
+    return text
+
+
+def app_stop_seconds(drain_timeout: float) -> float:
+    """The longest the app may take to exit after SIGTERM (see the constants above)."""
+    spread = min(APP_DRAIN_SPREAD, drain_timeout / 2)
+    return spread + drain_timeout + math.ceil(drain_timeout) + APP_EXIT_MARGIN
+
+
+def _check_drain_budget(drain: float, grace: float) -> None:
+    """Docker must not kill the app before its drain ends. ``docker stop --time`` takes whole
+    seconds, so a fractional grace period gives only its whole part."""
+    waits = math.floor(grace)
+    needed = app_stop_seconds(drain)
+    if waits < needed:
+        raise ConfigError(
+            f"config keys deploy.stop_grace_period and deploy.drain_timeout: with drain_timeout {drain:g} the app "
+            f"needs up to {needed:g} s to stop ({min(APP_DRAIN_SPREAD, drain / 2):g} s reconnect notices + "
+            f"{drain:g} s WebSockets + {math.ceil(drain):g} s HTTP + {APP_EXIT_MARGIN:g} s margin), but "
+            f"stop_grace_period {grace:g} lets Docker wait only {waits} s (whole seconds): set "
+            f"stop_grace_period to at least {math.ceil(needed)} or lower drain_timeout"
+        )
 
 
 def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Settings:
@@ -130,20 +172,17 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     path_expected = "a path without newlines"
     drain = _number("drain_timeout", config["drain_timeout"], 1, 600)
     grace = _number("stop_grace_period", config["stop_grace_period"], 1, 3600)
-    # The app drains WebSockets and then HTTP, each bounded by drain_timeout; Docker must not kill it first.
-    if grace <= 2 * drain:
-        raise ConfigError(
-            f"config key deploy.stop_grace_period: expected more than twice deploy.drain_timeout "
-            f"({2 * drain:g} s), got {grace:g}"
-        )
+    _check_drain_budget(drain, grace)
     return Settings(
         project=_text("project", config["project"], _PROJECT_NAME,
                       "a compose project name: lowercase letters, digits, '-' or '_'"),
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
         source_subdir=_optional_text("source_subdir", config.get("source_subdir"), _SUBDIR,
                                      "a relative directory name such as 'current'"),
-        compose_file=_text("compose_file", config["compose_file"], None, path_expected),
-        state_dir=_text("state_dir", config["state_dir"], None, path_expected),
+        compose_file=_inner_path("compose_file", config["compose_file"],
+                                 "a relative path inside the source tree such as compose/docker-compose.yml"),
+        state_dir=_inner_path("state_dir", config["state_dir"],
+                              "a relative directory inside deploy_dir such as .state"),
         http_bind=_ipv4("http_bind", config["http_bind"]),
         http_port=_integer("http_port", config["http_port"], 1, 65535),
         replicas=_integer("replicas", config["replicas"], 1, 16),
@@ -163,7 +202,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
 
 def check_version(version: str) -> str:
     """A release version becomes an image tag: refuse anything Docker would not accept."""
-    if not VERSION_PATTERN.match(version):
+    if not VERSION_PATTERN.fullmatch(version):
         raise ConfigError(
             f"version {version!r}: expected 1-128 characters of letters, digits, '_', '.', '-' "
             "(not starting with '.' or '-')"

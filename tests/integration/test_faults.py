@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -118,8 +119,8 @@ def test_second_deploy_while_one_runs_is_refused(stack: StackHandle) -> None:
         report = probe.stop()
     assert second.returncode == 1, second.stdout + second.stderr
     assert "another deploy holds the lock" in second.stderr, second.stderr
-    assert f"version={first_version}" in second.stderr and "action=deploy" in second.stderr
-    assert "holder=" in second.stderr and "since=" in second.stderr
+    assert f": deploy {first_version} (" in second.stderr and "held by " in second.stderr
+    assert re.search(r" since \S+ \(\d+ s\): ", second.stderr), second.stderr  # the lock's age
     assert first.returncode == 0, output
     assert "deploy success: " in output and f"-> {first_version}" in output
     assert report.ok, report.format_table()

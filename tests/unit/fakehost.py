@@ -59,6 +59,7 @@ The runner honours Invoke's ``hide``, ``warn`` (``UnexpectedExit`` without it), 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -75,6 +76,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from invoke.context import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from invoke.runners import Result, normalize_hide
 
@@ -484,7 +486,7 @@ class FakeRunner:
         return self.host.run(command, **kwargs)
 
 
-RUN_KWARGS = {"hide", "warn", "in_stream", "timeout", "env", "pty", "echo"}
+RUN_KWARGS = {"hide", "warn", "in_stream", "timeout", "env", "pty", "echo", "asynchronous"}
 
 
 class FakeHost:
@@ -513,6 +515,7 @@ class FakeHost:
         self._seq = 0
         # what happened
         self.calls: list[Call] = []
+        self.background: list[Any] = []  # invoke Promises of commands left running
         self.unknown: list[str] = []
         self._lock = threading.RLock()
         self._shim = self.root / ".fakehost" / "bin"
@@ -663,6 +666,8 @@ class FakeHost:
             if self.killed:
                 call.outcome = "killed"
                 raise Killed(line)
+            if kwargs.get("asynchronous"):
+                return self._background(command, kwargs)
             rule = None
             for candidate in self.rules:  # every rule counts the command; the first one due fires
                 if candidate.count(command) and rule is None:
@@ -678,6 +683,30 @@ class FakeHost:
             call.exited = outcome.exited
             return self._result(command, outcome, kwargs)
 
+    def _background(self, command: Command, kwargs: Mapping[str, Any]) -> Any:
+        """A command left running (the lock's keeper): a real local process, as Invoke's Promise.
+
+        It lives until its stdin closes: when the engine releases it, or when the tool is killed
+        (:meth:`kill_on` closes every background command's stdin, as the death of the process does).
+        """
+        if command.is_docker:
+            raise AssertionError(f"fakehost does not model docker in the background: {command.line}")
+        env = {**{k: str(v) for k, v in (kwargs.get("env") or {}).items()},
+               "PATH": f"{self._shim}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        options = {k: v for k, v in kwargs.items() if k not in ("env", "asynchronous", "timeout")}
+        promise = Context().run(f"cd {shlex.quote(str(self.root))} && {command.line}", asynchronous=True,
+                                env=env, **options)
+        self.background.append(promise)
+        return promise
+
+    def _end_background(self) -> None:
+        for promise in self.background:
+            with contextlib.suppress(Exception):
+                promise.runner.close_proc_stdin()
+            with contextlib.suppress(Exception):
+                promise.join()
+        self.background.clear()
+
     def _fault(self, rule: Rule, call: Call, kwargs: Mapping[str, Any]) -> Outcome:
         line = call.command.line
         if rule.action == "fail":
@@ -692,6 +721,7 @@ class FakeHost:
             raise KeyboardInterrupt
         call.outcome = "killed"
         self.killed = True
+        self._end_background()  # the process is gone: so are the pipes its keepers waited on
         raise Killed(line)
 
     def _execute(self, command: Command, call: Call, kwargs: Mapping[str, Any]) -> Outcome:

@@ -52,7 +52,7 @@ def test_default_settings_are_valid() -> None:
         ("project", "Bad Name;rm", "deploy.project"),
         ("http_bind", "0.0.0.0.0", "deploy.http_bind"),
         ("drain_timeout", -1, "deploy.drain_timeout"),
-        ("stop_grace_period", 12, "more than twice deploy.drain_timeout"),
+        ("stop_grace_period", 12, "deploy.stop_grace_period and deploy.drain_timeout"),
         ("app_image", "UPPER/Case", "deploy.app_image"),
         ("compose_file", "a\nb", "deploy.compose_file"),
     ],

@@ -1,0 +1,210 @@
+"""The deploy lock with real processes: a SIGKILLed holder is taken over, a live one refuses,
+a lock taken by hand stays, and a failing mkdir says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from invoke import Context
+
+from handover.errors import LockHeld
+from handover.lock import FLOCK_FILE, HOLDER_FILE, DeployLock, LockUnavailable, describe_holder
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 20.0
+TAKEOVER_TIMEOUT = 10.0
+LONG_AGO = "2026-01-01T00:00:00.000+00:00"
+
+# A deploy in its own process: takes the lock through a local Invoke Context, says so, then waits.
+HOLDER_SCRIPT = """
+import json, signal, sys, time
+from invoke import Context
+from handover.lock import DeployLock
+DeployLock(Context(), sys.argv[1]).acquire(json.loads(sys.argv[2]))
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the deploy holds Ctrl-C until a command boundary
+print("acquired", flush=True)
+time.sleep(600)
+"""
+
+
+def start_holder(state: Path, info: dict[str, str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(state), json.dumps(info)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             text=True, env=env, cwd=ROOT, start_new_session=True)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if line.strip() != "acquired":
+        child.kill()
+        raise AssertionError(f"the holder did not take the lock: {line!r} {child.communicate()[1]}")
+    return child
+
+
+@pytest.fixture
+def holder_process(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    state = tmp_path / "state"
+    child = start_holder(state, {"holder": "victim@box", "since": LONG_AGO, "action": "deploy", "version": "v7"})
+    try:
+        yield state, child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+
+
+def acquire_retrying(lock: DeployLock, info: dict[str, str]) -> str | None:
+    """The keeper of a killed holder ends within milliseconds; allow the kernel that long."""
+    deadline = time.monotonic() + TAKEOVER_TIMEOUT
+    while True:
+        try:
+            return lock.acquire(info)
+        except LockHeld:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_sigkilled_holder_is_taken_over_and_named(holder_process: tuple[Path, subprocess.Popen[str]]) -> None:
+    state, child = holder_process
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    notices: list[str] = []
+    lock = DeployLock(Context(), str(state), notify=notices.append)
+    notice = acquire_retrying(lock, {"holder": "next@box", "action": "deploy", "version": "v8"})
+    try:
+        assert notice is not None and notices == [notice]
+        assert "took over" in notice and "victim@box" in notice and "deploy v7" in notice
+        assert f"pid {child.pid}" in notice
+        assert "days" in notice  # the dead holder's age
+        assert json.loads((state / "lock" / HOLDER_FILE).read_text())["holder"] == "next@box"
+    finally:
+        lock.release()
+    assert not (state / "lock").exists()
+
+
+def test_a_live_holder_is_refused_with_its_name_and_age(holder_process: tuple[Path, subprocess.Popen[str]]) -> None:
+    state, child = holder_process
+    lock = DeployLock(Context(), str(state))
+    with pytest.raises(LockHeld) as caught:
+        lock.acquire({"holder": "next@box", "action": "deploy", "version": "v8"})
+    message = str(caught.value)
+    assert "victim@box" in message and "deploy v7" in message and f"pid {child.pid}" in message
+    assert f"since {LONG_AGO} (" in message and "days" in message
+    assert child.poll() is None
+    # The refused acquire left the holder's lock as it was.
+    assert json.loads((state / "lock" / HOLDER_FILE).read_text())["holder"] == "victim@box"
+
+
+def test_ctrl_c_on_the_terminal_does_not_free_a_live_holders_lock(
+        holder_process: tuple[Path, subprocess.Popen[str]]) -> None:
+    state, child = holder_process
+    os.killpg(child.pid, signal.SIGINT)  # what the terminal sends to the whole foreground group
+    time.sleep(0.3)
+    assert child.poll() is None
+    with pytest.raises(LockHeld, match="victim@box"):
+        DeployLock(Context(), str(state)).acquire({"holder": "next@box", "action": "deploy", "version": "v8"})
+
+
+def test_unlock_frees_a_lock_whose_keeper_outlived_its_run(
+        holder_process: tuple[Path, subprocess.Popen[str]]) -> None:
+    # A holder whose SSH connection is left half open keeps its keeper; unlock must still free the lock.
+    state, child = holder_process
+    DeployLock(Context(), str(state)).release()  # what the unlock task does
+    assert not (state / "lock").exists()
+    lock = DeployLock(Context(), str(state), notify=lambda text: pytest.fail(text))
+    assert acquire_retrying(lock, {"holder": "next@box", "action": "deploy", "version": "v8"}) is None
+    lock.release()
+    assert child.poll() is None  # the run itself is not killed, only its keeper
+
+
+def test_release_ends_the_keeper_and_a_new_run_gets_the_lock(tmp_path: Path) -> None:
+    first = DeployLock(Context(), str(tmp_path))
+    assert first.acquire({"holder": "a", "action": "deploy", "version": "v1"}) is None
+    first.release()
+    assert not (tmp_path / "lock").exists() and (tmp_path / FLOCK_FILE).exists()
+    second = DeployLock(Context(), str(tmp_path), notify=lambda text: pytest.fail(text))
+    assert second.acquire({"holder": "b", "action": "deploy", "version": "v2"}) is None  # not a takeover
+    second.release()
+
+
+def test_a_lock_taken_by_hand_outlives_its_process_and_reads_as_held(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    child = start_holder(state, {"holder": "ops@box", "since": LONG_AGO, "action": "lock", "reason": "db migration"})
+    child.kill()
+    child.communicate()
+    lock = DeployLock(Context(), str(state))
+    with pytest.raises(LockHeld) as caught:
+        lock.acquire({"holder": "next@box", "action": "deploy", "version": "v8"})
+    message = str(caught.value)
+    assert re.search(rf"held by ops@box since {re.escape(LONG_AGO)} \(\d+ days \d+ h\): db migration\.", message)
+    assert "another deploy holds the lock" not in message
+    assert lock.describe().startswith(f"held by ops@box since {LONG_AGO} (")
+    lock.release()  # what unlock does
+    assert lock.holder() is None
+
+
+def test_a_lock_path_that_is_not_a_directory_gives_the_real_reason(tmp_path: Path) -> None:
+    (tmp_path / "lock").write_text("not a lock")
+    with pytest.raises(LockUnavailable, match=r"cannot create the lock directory .*File exists"):
+        DeployLock(Context(), str(tmp_path)).acquire({"holder": "a", "action": "deploy"})
+
+
+@contextmanager
+def read_only(state: Path, flock_file: bool) -> Iterator[str]:
+    """Make ``state`` a directory where nothing can be created (by mode, or as root a read-only
+    mount), with or without the flock file in it; yield the error text the OS gives."""
+    state.mkdir()
+    if os.geteuid() != 0:
+        if flock_file:
+            (state / FLOCK_FILE).touch()
+        state.chmod(0o555)
+        try:
+            yield "Permission denied"
+        finally:
+            state.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(state)], capture_output=True).returncode != 0:
+        pytest.skip("root without the right to mount: no read-only directory to test with")
+    try:
+        if flock_file:
+            (state / FLOCK_FILE).touch()
+        subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        yield "Read-only file system"
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+
+
+def test_mkdir_on_a_read_only_directory_gives_the_real_reason(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with read_only(state, flock_file=True) as reason, pytest.raises(LockUnavailable) as caught:
+        DeployLock(Context(), str(state)).acquire({"holder": "a", "action": "deploy"})
+    message = str(caught.value)
+    assert reason in message and "cannot create the lock directory" in message
+    assert "another" not in message
+
+
+def test_a_flock_file_that_cannot_be_created_gives_the_real_reason(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with read_only(state, flock_file=False) as reason, pytest.raises(LockUnavailable) as caught:
+        DeployLock(Context(), str(state)).acquire({"holder": "a", "action": "deploy"})
+    message = str(caught.value)
+    assert reason in message and f"flock on {state / FLOCK_FILE} failed" in message
+    assert "another" not in message
+
+
+def test_describe_reads_as_one_line() -> None:
+    held = {"holder": "alice@laptop", "since": LONG_AGO, "action": "deploy", "version": "v3", "reason": "hotfix"}
+    text = describe_holder(held)
+    assert text.startswith(f"held by alice@laptop since {LONG_AGO} (") and text.endswith("): deploy v3: hotfix")
+    assert "\n" not in text
+    assert describe_holder({"holder": "x", "since": "garbled"}) == "held by x since garbled (age unknown): unknown run"
