@@ -27,7 +27,7 @@ from .errors import CommandError, HandoverError, HealthCheckFailed, LockHeld
 from .lock import DeployLock
 from .progress import Progress
 from .proxies import Proxy, make_proxy
-from .record import RunRecord
+from .record import RunRecord, StepRecord
 from .settings import Settings, check_version
 from .shell import Runner, interruptible
 from .steps import Run, Step
@@ -152,6 +152,7 @@ class Engine:
             self.progress.say("==> plan (dry run: nothing changes)")
             for step, line in steps:
                 self.progress.say(f"    {step.name}: {line}")
+                rec.steps.append(StepRecord(step.name, 0.0, "planned", line))
             if not steps:
                 self.progress.say(f"    {self._nothing_to_do(options, facts)}")
             rec.finish("planned")
