@@ -1,4 +1,4 @@
-"""In-process tests of the demo app (server/webapp.py) through Starlette's TestClient."""
+"""In-process tests of the demo app (server/webapp) through Starlette's TestClient."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import webapp
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from webapp import ConfigError, Fault, Settings, WebApp, create_app
+from webapp.app import WebApp, create_app
+from webapp.faults import Fault
+from webapp.protocol import WS_CLOSE_SERVICE_RESTART
+from webapp.settings import ConfigError, Settings
 
 # Ticks would interleave with the replies under test; keep them out of the way.
 QUIET_TICK_INTERVAL = 3600.0
@@ -195,7 +197,7 @@ def test_drain_closes_sockets_and_fails_healthz(client: TestClient) -> None:
         assert ws.receive_json() == {"type": "reconnect", "reason": "draining", "server_id": runtime.server_id}
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
-        assert closed.value.code == webapp.WS_CLOSE_SERVICE_RESTART
+        assert closed.value.code == WS_CLOSE_SERVICE_RESTART
     drained.result(timeout=5)
     assert not runtime.hub.connections
     response = client.get("/healthz")
@@ -212,7 +214,7 @@ def test_connect_while_draining_is_told_to_reconnect(client: TestClient) -> None
         assert ws.receive_json()["type"] == "reconnect"
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
-        assert closed.value.code == webapp.WS_CLOSE_SERVICE_RESTART
+        assert closed.value.code == WS_CLOSE_SERVICE_RESTART
 
 
 # --------------------------------------------------------------------------- settings
