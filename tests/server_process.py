@@ -29,8 +29,12 @@ def free_port() -> int:
         return port
 
 
+# The app's settings that a test sets itself or expects at their defaults.
+OWN_SETTINGS = ("APP_FAULT", "HOST", "PORT", "FORWARDED_ALLOW_IPS", "UNIX_SOCKET_DIR", "LIMIT_CONCURRENCY")
+
+
 def server_env(port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("APP_FAULT", "HOST", "PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
     env.update(
         PORT=str(port),
         HOST=LOOPBACK,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 from webapp.app import WebApp, create_app
 from webapp.faults import Fault
@@ -292,5 +295,60 @@ def test_empty_values_count_as_unset() -> None:
     ],
 )
 def test_invalid_env_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+# --------------------------------------------------------------------------- proxy headers
+
+SPOOFED = "6.6.6.6"
+
+
+@pytest.mark.parametrize(
+    ("peer", "seen"), [("203.0.113.7", "203.0.113.7"), ("127.0.0.1", SPOOFED), ("testclient", "testclient")]
+)
+def test_forwarded_for_is_believed_on_tcp_only_from_trusted_peers(peer: str, seen: str) -> None:
+    with TestClient(create_app(Settings()), client=(peer, 40000)) as client:
+        response = client.get("/api/client", headers={"X-Forwarded-For": SPOOFED, "X-Forwarded-Proto": "https"})
+    assert response.json() == {"client": seen, "scheme": "https" if seen == SPOOFED else "http"}
+
+
+def test_forwarded_for_is_believed_from_the_unix_socket() -> None:
+    app = create_app(Settings())
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": "/api/client", "raw_path": b"/api/client", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"app"), (b"x-forwarded-for", SPOOFED.encode())],
+        "client": None, "server": ("/run/handover/app-test.sock", None),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"]) == {"client": SPOOFED, "scheme": "http"}
+
+
+def test_forwarded_allow_ips_and_limit_concurrency_from_env() -> None:
+    settings = Settings.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 192.0.2.1", "LIMIT_CONCURRENCY": "50"})
+    assert [str(n) for n in settings.forwarded_allow_ips] == ["10.0.0.0/8", "192.0.2.1/32"]
+    assert settings.limit_concurrency == 50
+    assert [str(n) for n in Settings.from_env({}).forwarded_allow_ips] == ["127.0.0.1/32", "::1/128"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FORWARDED_ALLOW_IPS": "*"}, "FORWARDED_ALLOW_IPS must list IP addresses or networks.*'\\*'"),
+        ({"FORWARDED_ALLOW_IPS": "127.0.0.1,nginx"}, "FORWARDED_ALLOW_IPS .* got 'nginx'"),
+        ({"LIMIT_CONCURRENCY": "0"}, "LIMIT_CONCURRENCY must be between 1"),
+    ],
+)
+def test_invalid_edge_settings(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
