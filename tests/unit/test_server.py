@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
-from starlette.types import Message
+from starlette.types import ASGIApp, Message
 from starlette.websockets import WebSocketDisconnect
 from webapp.app import WebApp, create_app
 from webapp.faults import Fault
@@ -313,13 +313,19 @@ def test_forwarded_for_is_believed_on_tcp_only_from_trusted_peers(peer: str, see
     assert response.json() == {"client": seen, "scheme": "https" if seen == SPOOFED else "http"}
 
 
-def test_forwarded_for_is_believed_from_the_unix_socket() -> None:
-    app = create_app(Settings())
+def test_forwarded_allow_ips_replaces_the_trusted_tcp_peers() -> None:
+    settings = Settings.from_env({"FORWARDED_ALLOW_IPS": "192.0.2.0/24"})
+    for peer, seen in (("127.0.0.1", "127.0.0.1"), ("192.0.2.9", SPOOFED)):
+        with TestClient(create_app(settings), client=(peer, 40000)) as client:
+            assert client.get("/api/client", headers={"X-Forwarded-For": SPOOFED}).json()["client"] == seen
+
+
+def get_via_unix_socket(app: ASGIApp, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, Any]:
+    """One GET as uvicorn hands it over from a unix socket: a server address without port, no client."""
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-        "path": "/api/client", "raw_path": b"/api/client", "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"app"), (b"x-forwarded-for", SPOOFED.encode())],
-        "client": None, "server": ("/run/handover/app-test.sock", None),
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"app"), *headers], "client": None, "server": ("/run/handover/app-x.sock", None),
     }
     sent: list[Message] = []
 
@@ -330,8 +336,22 @@ def test_forwarded_for_is_believed_from_the_unix_socket() -> None:
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
-    assert sent[0]["status"] == 200
-    assert json.loads(sent[1]["body"]) == {"client": SPOOFED, "scheme": "http"}
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+@pytest.mark.parametrize(
+    ("headers", "seen"),
+    [
+        ([(b"x-forwarded-for", SPOOFED.encode())], {"client": SPOOFED, "scheme": "http"}),
+        ([(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")], {"client": "203.0.113.7", "scheme": "http"}),
+        ([(b"x-forwarded-proto", b"https")], {"client": None, "scheme": "https"}),
+        ([], {"client": None, "scheme": "http"}),
+    ],
+)
+def test_forwarded_headers_are_believed_from_the_unix_socket(
+    headers: list[tuple[bytes, bytes]], seen: dict[str, object]
+) -> None:
+    assert get_via_unix_socket(create_app(Settings()), "/api/client", headers) == (200, seen)
 
 
 def test_forwarded_allow_ips_and_limit_concurrency_from_env() -> None:
