@@ -1,4 +1,4 @@
-"""Stand-in for server/webapp.py speaking the same HTTP + WebSocket protocol, for probe tests.
+"""Stand-in for the demo app (server/webapp) speaking the same HTTP + WebSocket protocol, for probe tests.
 
 Run with: uvicorn --app-dir tests probe_standin:app
 POST /admin/drain sends {"type":"reconnect"} and closes every open socket with 1012 (new sockets

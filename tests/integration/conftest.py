@@ -4,6 +4,7 @@ compose project and port so a developer's own stack is left alone."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,12 +14,21 @@ from pathlib import Path
 import pytest
 import requests
 
+from handover.probe import Probe, ProbeSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 INV = [sys.executable, "-m", "invoke"]
 # Overridable so two test sessions on one machine keep to stacks of their own.
 TEST_PROJECT = os.environ.get("HANDOVER_TEST_PROJECT", "handover-it")
 TEST_PORT = int(os.environ.get("HANDOVER_TEST_PORT", "18080"))
 TEST_STATE = f".state-{TEST_PROJECT}"
+# A second stack for tests that break their own copy of the sources.
+SCRATCH_PROJECT = f"{TEST_PROJECT}-scratch"
+SCRATCH_PORT = TEST_PORT + 1
+SCRATCH_SOURCES = ("compose", "nginx", "server")
+# The load the deploy tests run under: modest, so a 2-core machine still has room for the deploy.
+PROBE_RATE = 50.0
+PROBE_WS_CLIENTS = 10
 
 
 @dataclass
@@ -79,3 +89,29 @@ def stack() -> Iterator[StackHandle]:
     handle.inv("local.up")
     yield handle
     handle.inv("local.down")
+
+
+def probe_for(url: str, ws_clients: int = PROBE_WS_CLIENTS) -> Probe:
+    """The load probe against ``url``: PROBE_RATE HTTP requests a second and ``ws_clients`` WebSockets."""
+    return Probe(ProbeSettings(base_url=url, rate=PROBE_RATE, ws_clients=ws_clients))
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[StackHandle]:
+    """A stack of its own from a copy of the sources (compose/, nginx/, server/), to break them."""
+    docker_ready()
+    for part in SCRATCH_SOURCES:
+        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    env = stack_env(SCRATCH_PROJECT, SCRATCH_PORT, ".state")
+    env["INVOKE_DEPLOY_DEPLOY_DIR"] = str(tmp_path)
+    env["INVOKE_DEPLOY_APP_IMAGE"] = f"{SCRATCH_PROJECT}-app"
+    handle = StackHandle(SCRATCH_PROJECT, SCRATCH_PORT, tmp_path / ".state", env)
+    handle.inv("local.down", check=False)
+    handle.inv("local.up")
+    yield handle
+    handle.inv("local.down", check=False)
+    assert handle.containers() == [] and handle.containers("nginx") == []
+    images = subprocess.run(["docker", "image", "ls", f"{SCRATCH_PROJECT}-app", "--format",
+                             "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False).stdout.split()
+    if images:
+        subprocess.run(["docker", "image", "rm", *images], capture_output=True, check=False)

@@ -17,6 +17,8 @@ import pytest
 from .browser import Browser, browser_session, chromedriver, have_browser
 from .conftest import ROOT, StackHandle
 
+pytestmark = pytest.mark.integration
+
 SCREENSHOT = ROOT / "artifacts" / "browser-deploy.png"
 PLANNED_CLOSE_CODES = {1001, 1012}
 SETTLE_SECONDS = 4.0

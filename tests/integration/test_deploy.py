@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from handover.probe import Probe, ProbeSettings
+from .conftest import INV, ROOT, StackHandle, probe_for
 
-from .conftest import INV, ROOT, StackHandle, stack_env
+pytestmark = pytest.mark.integration
 
-PROBE_RATE = 50.0
 PROBE_WS_CLIENTS = 20
 SETTLE_SECONDS = 1.0
 
 
 def unique(tag: str) -> str:
     return f"it-{tag}-{time.strftime('%H%M%S')}-{time.monotonic_ns() % 100000}"
-
-
-def probe_for(url: str) -> Probe:
-    return Probe(ProbeSettings(base_url=url, rate=PROBE_RATE, ws_clients=PROBE_WS_CLIENTS))
 
 
 def app_containers(stack: StackHandle) -> list[dict[str, object]]:
@@ -48,7 +41,7 @@ def assert_unlocked(state_dir: Path) -> None:
 
 
 def test_deploys_under_load_lose_nothing(stack: StackHandle) -> None:
-    probe = probe_for(stack.url)
+    probe = probe_for(stack.url, PROBE_WS_CLIENTS)
     probe.start()
     ids = [stack.info()["server_id"]]
     versions = []
@@ -77,7 +70,7 @@ def test_deploys_under_load_lose_nothing(stack: StackHandle) -> None:
 @pytest.mark.parametrize("fault", ["unhealthy", "crash"])
 def test_failed_health_check_rolls_back(stack: StackHandle, fault: str) -> None:
     before = stack.info()
-    probe = probe_for(stack.url)
+    probe = probe_for(stack.url, PROBE_WS_CLIENTS)
     probe.start()
     try:
         result = stack.inv("local.deploy", "--version", unique(fault), "--fault", fault, check=False)
@@ -109,27 +102,12 @@ def test_same_version_is_left_alone(stack: StackHandle) -> None:
     assert app_containers(stack) == before
 
 
-@pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[StackHandle]:
-    """A stack of its own from a copy of the sources, so a test can break its nginx config."""
-    for part in ("compose", "nginx", "server"):
-        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
-    env = stack_env("handover-scratch", 18082, ".state")
-    env["INVOKE_DEPLOY_DEPLOY_DIR"] = str(tmp_path)
-    handle = StackHandle("handover-scratch", 18082, tmp_path / ".state", env)
-    handle.inv("local.down", check=False)
-    handle.inv("local.up")
-    yield handle
-    handle.inv("local.down", check=False)
-    assert handle.containers() == [] and handle.containers("nginx") == []
-
-
 def test_broken_nginx_config_aborts_before_any_change(scratch: StackHandle) -> None:
     before = scratch.info()
     upstream_before = (scratch.state_dir / "nginx" / "upstream.conf").read_text()
     conf = scratch.state_dir.parent / "nginx" / "nginx.conf"
     conf.write_text(conf.read_text().replace("server_tokens off;", "server_tokens off;\n    this_is_not_nginx;"))
-    probe = probe_for(scratch.url)
+    probe = probe_for(scratch.url, PROBE_WS_CLIENTS)
     probe.start()
     try:
         result = scratch.inv("local.deploy", "--version", unique("badconf"), check=False)

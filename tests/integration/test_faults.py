@@ -13,39 +13,27 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from handover.probe import Probe, ProbeSettings
-
-from .conftest import INV, ROOT, TEST_PORT, TEST_PROJECT, StackHandle, stack_env
+from .conftest import INV, ROOT, SCRATCH_PROJECT, StackHandle, probe_for
 from .faultlog import first_error, note, probe_line
 from .test_deploy import app_containers, assert_one_live_container, assert_unlocked, unique
 
 pytestmark = pytest.mark.integration
 
-PROBE_RATE = 50.0
-PROBE_WS_CLIENTS = 10
 SLOW_SECONDS = 5
 # exit-after: the new app passes its health check (about 1-2 s), is switched to, then dies
 # inside the post-switch check window.
 EXIT_AFTER_SECONDS = 4
 POST_SWITCH_CHECK = 10
 MISSING_PACKAGE = "no-such-package-handover"
-SCRATCH_PROJECT = f"{TEST_PROJECT}-scratch"
-SCRATCH_PORT = TEST_PORT + 1
-
-
-def probe_for(url: str) -> Probe:
-    return Probe(ProbeSettings(base_url=url, rate=PROBE_RATE, ws_clients=PROBE_WS_CLIENTS))
 
 
 def with_env(stack: StackHandle, **env: str) -> StackHandle:
@@ -221,26 +209,6 @@ def test_project_name_with_shell_metacharacters_is_a_config_error(stack: StackHa
     assert "config key deploy.project: expected a compose project name" in result.stderr
     assert not Path("/tmp/handover-pwned-marker").exists()  # noqa: S108
     note("#12 project", f"exit {result.returncode}; {first_error(result.stderr)}")
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[StackHandle]:
-    """A stack of its own from a copy of the sources (compose/, nginx/, server/), to break them."""
-    for part in ("compose", "nginx", "server"):
-        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
-    env = stack_env(SCRATCH_PROJECT, SCRATCH_PORT, ".state")
-    env["INVOKE_DEPLOY_DEPLOY_DIR"] = str(tmp_path)
-    env["INVOKE_DEPLOY_APP_IMAGE"] = f"{SCRATCH_PROJECT}-app"
-    handle = StackHandle(SCRATCH_PROJECT, SCRATCH_PORT, tmp_path / ".state", env)
-    handle.inv("local.down", check=False)
-    handle.inv("local.up")
-    yield handle
-    handle.inv("local.down", check=False)
-    assert handle.containers() == [] and handle.containers("nginx") == []
-    images = subprocess.run(["docker", "image", "ls", f"{SCRATCH_PROJECT}-app", "--format",
-                             "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False).stdout.split()
-    if images:
-        subprocess.run(["docker", "image", "rm", *images], capture_output=True, check=False)
 
 
 def test_build_failure_stops_before_touching_containers(scratch: StackHandle) -> None:

@@ -6,10 +6,13 @@ import asyncio
 import json
 import subprocess
 
+import pytest
 import requests
 from websockets.asyncio.client import connect
 
 from .conftest import StackHandle, stack_env
+
+pytestmark = pytest.mark.integration
 
 
 def test_http_through_nginx(stack: StackHandle) -> None:

@@ -23,9 +23,9 @@ import pytest
 import requests
 import yaml
 
-from handover.probe import Probe, ProbeReport, ProbeSettings
+from handover.probe import ProbeReport
 
-from .conftest import docker_ready
+from .conftest import docker_ready, probe_for
 from .faultlog import first_error, note, probe_line
 from .sshd import SshLab, SshServer
 from .test_remote import PWNED, ROOT, HostSetup, Lab, fab_env, remove_project
@@ -34,22 +34,16 @@ pytestmark = pytest.mark.integration
 
 ADDRESSES = ["127.0.0.5", "127.0.0.6", "127.0.0.7"]
 PORT_BASE = 28300
-PROBE_RATE = 50
-PROBE_WS_CLIENTS = 10
 KILL_POINTS = ["==> sync", "==> health", "==> switch", "==> drain"]
 TMPFS_SIZE = "5m"
 FILLER_BYTES = 6 * 1024 * 1024  # more than the whole tmpfs
 PROJECT_PARTS = ("handover", "fabfile", "config", "compose", "nginx", "server")
 
 
-def probe_for(host: HostSetup) -> Probe:
-    return Probe(ProbeSettings(base_url=host.url, rate=PROBE_RATE, ws_clients=PROBE_WS_CLIENTS))
-
-
 def deploy_under_probe(flab: Lab, config: Path, host: HostSetup, version: str,
                        root: Path) -> tuple[subprocess.CompletedProcess[str], ProbeReport]:
     """`fab deploy` of a copy of the project at ``root``, expected to fail, with the probe running."""
-    probe = probe_for(host)
+    probe = probe_for(host.url)
     probe.start()
     try:
         result = flab.fab(config, [host], "deploy", "--version", version, check=False, root=root)
@@ -189,7 +183,7 @@ def test_broken_nginx_config_in_the_sync_changes_nothing(flab: Lab, web: tuple[P
 def test_killed_deploy_is_reported_and_a_rerun_converges(flab: Lab, web: tuple[Path, HostSetup]) -> None:
     """#6: the client dies (SIGKILL to fab and its ssh/rsync) at each step in turn."""
     config, host = web
-    probe = probe_for(host)
+    probe = probe_for(host.url)
     probe.start()
     try:
         for n, kill_at in enumerate(KILL_POINTS):

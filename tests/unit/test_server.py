@@ -1,17 +1,22 @@
-"""In-process tests of the demo app (server/webapp.py) through Starlette's TestClient."""
+"""In-process tests of the demo app (server/webapp) through Starlette's TestClient."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import webapp
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Message
 from starlette.websockets import WebSocketDisconnect
-from webapp import ConfigError, Fault, Settings, WebApp, create_app
+from webapp.app import WebApp, create_app
+from webapp.faults import Fault
+from webapp.protocol import WS_CLOSE_SERVICE_RESTART
+from webapp.settings import ConfigError, Settings
 
 # Ticks would interleave with the replies under test; keep them out of the way.
 QUIET_TICK_INTERVAL = 3600.0
@@ -195,7 +200,7 @@ def test_drain_closes_sockets_and_fails_healthz(client: TestClient) -> None:
         assert ws.receive_json() == {"type": "reconnect", "reason": "draining", "server_id": runtime.server_id}
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
-        assert closed.value.code == webapp.WS_CLOSE_SERVICE_RESTART
+        assert closed.value.code == WS_CLOSE_SERVICE_RESTART
     drained.result(timeout=5)
     assert not runtime.hub.connections
     response = client.get("/healthz")
@@ -212,7 +217,7 @@ def test_connect_while_draining_is_told_to_reconnect(client: TestClient) -> None
         assert ws.receive_json()["type"] == "reconnect"
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
-        assert closed.value.code == webapp.WS_CLOSE_SERVICE_RESTART
+        assert closed.value.code == WS_CLOSE_SERVICE_RESTART
 
 
 # --------------------------------------------------------------------------- settings
@@ -290,5 +295,80 @@ def test_empty_values_count_as_unset() -> None:
     ],
 )
 def test_invalid_env_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+# --------------------------------------------------------------------------- proxy headers
+
+SPOOFED = "6.6.6.6"
+
+
+@pytest.mark.parametrize(
+    ("peer", "seen"), [("203.0.113.7", "203.0.113.7"), ("127.0.0.1", SPOOFED), ("testclient", "testclient")]
+)
+def test_forwarded_for_is_believed_on_tcp_only_from_trusted_peers(peer: str, seen: str) -> None:
+    with TestClient(create_app(Settings()), client=(peer, 40000)) as client:
+        response = client.get("/api/client", headers={"X-Forwarded-For": SPOOFED, "X-Forwarded-Proto": "https"})
+    assert response.json() == {"client": seen, "scheme": "https" if seen == SPOOFED else "http"}
+
+
+def test_forwarded_allow_ips_replaces_the_trusted_tcp_peers() -> None:
+    settings = Settings.from_env({"FORWARDED_ALLOW_IPS": "192.0.2.0/24"})
+    for peer, seen in (("127.0.0.1", "127.0.0.1"), ("192.0.2.9", SPOOFED)):
+        with TestClient(create_app(settings), client=(peer, 40000)) as client:
+            assert client.get("/api/client", headers={"X-Forwarded-For": SPOOFED}).json()["client"] == seen
+
+
+def get_via_unix_socket(app: ASGIApp, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, Any]:
+    """One GET as uvicorn hands it over from a unix socket: a server address without port, no client."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"app"), *headers], "client": None, "server": ("/run/handover/app-x.sock", None),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+@pytest.mark.parametrize(
+    ("headers", "seen"),
+    [
+        ([(b"x-forwarded-for", SPOOFED.encode())], {"client": SPOOFED, "scheme": "http"}),
+        ([(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")], {"client": "203.0.113.7", "scheme": "http"}),
+        ([(b"x-forwarded-proto", b"https")], {"client": None, "scheme": "https"}),
+        ([], {"client": None, "scheme": "http"}),
+    ],
+)
+def test_forwarded_headers_are_believed_from_the_unix_socket(
+    headers: list[tuple[bytes, bytes]], seen: dict[str, object]
+) -> None:
+    assert get_via_unix_socket(create_app(Settings()), "/api/client", headers) == (200, seen)
+
+
+def test_forwarded_allow_ips_and_limit_concurrency_from_env() -> None:
+    settings = Settings.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 192.0.2.1", "LIMIT_CONCURRENCY": "50"})
+    assert [str(n) for n in settings.forwarded_allow_ips] == ["10.0.0.0/8", "192.0.2.1/32"]
+    assert settings.limit_concurrency == 50
+    assert [str(n) for n in Settings.from_env({}).forwarded_allow_ips] == ["127.0.0.1/32", "::1/128"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FORWARDED_ALLOW_IPS": "*"}, "FORWARDED_ALLOW_IPS must list IP addresses or networks.*'\\*'"),
+        ({"FORWARDED_ALLOW_IPS": "127.0.0.1,nginx"}, "FORWARDED_ALLOW_IPS .* got 'nginx'"),
+        ({"LIMIT_CONCURRENCY": "0"}, "LIMIT_CONCURRENCY must be between 1"),
+    ],
+)
+def test_invalid_edge_settings(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)

@@ -1,32 +1,30 @@
-"""Real-process tests of server/webapp.py: SIGTERM drain, in-flight requests, fault injection."""
+"""Real-process tests of the demo app (server/webapp): SIGTERM drain, in-flight requests, fault injection."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-WEBAPP = Path(__file__).resolve().parent.parent / "server" / "webapp.py"
-LOOPBACK = "127.0.0.1"
-DRAIN_TIMEOUT = 3.0
+from tests import server_process
+from tests.server_process import LOOPBACK, free_port, running_server, start_server, wait_healthy
+
+DRAIN_TIMEOUT = server_process.DRAIN_TIMEOUT
 EXIT_BOUND = DRAIN_TIMEOUT * 2 + 2
-STARTUP_TIMEOUT = 15.0
+STARTUP_TIMEOUT = server_process.STARTUP_TIMEOUT
 SOCKET_COUNT = 5
 SLOW_SECONDS = 2
 WS_CLOSE_SERVICE_RESTART = 1012
@@ -34,68 +32,6 @@ EXIT_FAULT_CRASH = 3
 EXIT_FAULT_EXIT_AFTER = 4
 EXIT_AFTER_SECONDS = 2.0
 RECEIVE_TIMEOUT = 10.0
-POLL_INTERVAL = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def server_env(port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("APP_FAULT", "HOST", "PORT")}
-    env.update(
-        PORT=str(port),
-        HOST=LOOPBACK,
-        APP_VERSION="proc-test",
-        DRAIN_TIMEOUT=str(DRAIN_TIMEOUT),
-        TICK_INTERVAL="0.2",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-def start_server(port: int, **extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WEBAPP)],
-        env=server_env(port, **extra),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited early with {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(POLL_INTERVAL)
-    pytest.fail("server did not become healthy")
-
-
-@contextlib.contextmanager
-def running_server(**env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """A healthy server process on a free loopback port; killed afterwards if still running."""
-    port = free_port()
-    process = start_server(port, **env)
-    try:
-        wait_healthy(f"http://{LOOPBACK}:{port}", process)
-        yield process, port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 @pytest.fixture

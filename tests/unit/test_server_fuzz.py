@@ -24,7 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .test_server_process import LOOPBACK, running_server
+from tests.server_process import LOOPBACK, running_server
 
 SEED = 20261126
 WS_MAX_MESSAGE = 4096

@@ -1,0 +1,88 @@
+"""The demo app as a real child process (``python -m webapp``) on a free loopback port, for tests
+that need real sockets and signals: drain, faults, fuzzing, proxy-header trust."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
+LOOPBACK = "127.0.0.1"
+DRAIN_TIMEOUT = 3.0
+STARTUP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# The app's settings that a test sets itself or expects at their defaults.
+OWN_SETTINGS = ("APP_FAULT", "HOST", "PORT", "FORWARDED_ALLOW_IPS", "UNIX_SOCKET_DIR", "LIMIT_CONCURRENCY")
+
+
+def server_env(port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
+    env.update(
+        PORT=str(port),
+        HOST=LOOPBACK,
+        APP_VERSION="proc-test",
+        DRAIN_TIMEOUT=str(DRAIN_TIMEOUT),
+        TICK_INTERVAL="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start_server(port: int, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "webapp"],
+        cwd=SERVER_DIR,
+        env=server_env(port, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited early with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(POLL_INTERVAL)
+    pytest.fail("server did not become healthy")
+
+
+@contextlib.contextmanager
+def running_server(**env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A healthy server process on a free loopback port; killed afterwards if still running."""
+    port = free_port()
+    process = start_server(port, **env)
+    try:
+        wait_healthy(f"http://{LOOPBACK}:{port}", process)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
