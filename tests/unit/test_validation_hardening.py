@@ -10,7 +10,7 @@ from fabfile import hostconfig
 from handover import settings
 from handover.cli import defaults
 from handover.errors import ConfigError
-from server import webapp
+from server.webapp import settings as webapp_settings
 
 
 def base_config(**overrides: Any) -> dict[str, Any]:
@@ -126,4 +126,4 @@ def test_the_default_settings_meet_the_drain_budget() -> None:
 
 
 def test_the_budget_uses_the_apps_own_spread_default() -> None:
-    assert settings.APP_DRAIN_SPREAD == webapp.DEFAULT_DRAIN_SPREAD
+    assert settings.APP_DRAIN_SPREAD == webapp_settings.DEFAULT_DRAIN_SPREAD
