@@ -72,5 +72,5 @@ def format_record(rec: RunRecord) -> str:
     if rec.old_containers or rec.new_containers:
         lines.append(f"  containers: {', '.join(rec.old_containers) or '-'} -> {', '.join(rec.new_containers) or '-'}")
     if rec.error:
-        lines.append(f"  error: {rec.error}")
+        lines.append(f"  error: {rec.error.splitlines()[0]}")
     return "\n".join(lines)

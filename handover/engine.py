@@ -33,6 +33,7 @@ from .shell import Runner, interruptible
 from .steps import Run, Step
 
 LOG_LINES_ON_FAILURE = 40
+MAX_ERROR_CHARS = 4000
 INTERRUPTED = "interrupted by the user"
 
 
@@ -124,7 +125,8 @@ class Engine:
                 raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
             return plans.first_start(after_lock=options.after_lock)
         if not options.force and all(c.version == options.version for c in facts.live):
-            return plans.converge() if facts.leftovers else []
+            # Nothing to deploy; but what an interrupted run left (containers, its lock) is cleared.
+            return plans.converge() if facts.leftovers or self.lock.holder() is not None else []
         return plans.deploy(build=options.build, after_lock=options.after_lock)
 
     def planned(self, run: Run, steps: Iterable[Step]) -> list[tuple[Step, str]]:
@@ -144,7 +146,7 @@ class Engine:
             rec.old_containers = [c.name for c in run.old]
             steps = self.planned(run, self.plan(options, facts))
         except HandoverError as exc:
-            rec.fail("preflight", _first_line(exc))
+            rec.fail("preflight", _error_text(exc))
             if not options.dry_run:
                 self._store(options, rec)
             raise
@@ -176,7 +178,7 @@ class Engine:
             try:
                 step.check(run)
             except (HandoverError, KeyboardInterrupt) as exc:
-                rec.fail(step.name, INTERRUPTED if isinstance(exc, KeyboardInterrupt) else _first_line(exc))
+                rec.fail(step.name, INTERRUPTED if isinstance(exc, KeyboardInterrupt) else _error_text(exc))
                 self._store(run.options, rec)
                 raise
         started: list[Step] = []
@@ -203,7 +205,7 @@ class Engine:
     def _recover(self, run: Run, started: list[Step], exc: BaseException) -> None:
         rec, failed = run.record, started[-1]
         interrupted = isinstance(exc, KeyboardInterrupt)
-        error = INTERRUPTED if interrupted else _first_line(exc)
+        error = INTERRUPTED if interrupted else _error_text(exc)
         if interrupted:
             self.progress.warn(f"interrupted at {failed.name}")
         if any(step.forward for step in started):
@@ -333,6 +335,12 @@ class Engine:
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error as the record keeps it: the whole message (e.g. nginx's or pip's own words), bounded."""
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + " …"
 
 
 __all__ = ["DeployOptions", "Engine", "Facts", "LockHeld"]

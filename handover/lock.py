@@ -47,7 +47,7 @@ KEEPER_READY = "locked"
 KEEPER_BUSY = 75  # flock -E: the flock is held by a live run
 KEEPER_START_TIMEOUT = 30.0
 KEEPER_STOP_TIMEOUT = 10.0
-KEEPER_POLL = 0.02
+KEEPER_POLL = 0.005
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 # The keeper ignores Ctrl-C and hang-ups (it shares the terminal's process group when local): only
 # the end of its stdin (or unlock's SIGTERM) ends it. flock alone holds the lock (-o: its child does

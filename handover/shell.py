@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Protocol
 
-from .errors import CommandError
+from invoke.exceptions import CommandTimedOut
+
+from .errors import CommandError, CommandTimeout
 
 
 class Result(Protocol):
@@ -95,6 +97,9 @@ def run(
         _Interrupts.commands_running += 1
     try:
         result: Result = runner.run(line, hide=not echo, warn=True, in_stream=False, timeout=timeout)
+    except CommandTimedOut:
+        # Invoke raises this even with warn=True; its text holds the whole line, environment included.
+        raise CommandTimeout(f"command timed out after {timeout or 0:g} s: {shlex.join(args)}") from None
     finally:
         if main:
             _Interrupts.commands_running -= 1

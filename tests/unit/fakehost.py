@@ -98,7 +98,7 @@ EXIT_NOT_FOUND = 127
 SHIM_EXIT = 97  # the docker stand-in on PATH for real shell commands exits with this
 SHIM_MARK = "fakehost: a real shell command called docker"
 TIMED_OUT_EXIT = -1
-SHELL = "/bin/bash"
+SHELL = "/bin/sh"  # POSIX sh (dash on Debian): fast to start, and it catches bashisms
 CREATED_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 APP, PROXY = "app", "nginx"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -740,7 +740,7 @@ class FakeHost:
         stream = kwargs.get("in_stream")
         stdin_text = stream.read() if stream is not None and stream is not False and hasattr(stream, "read") else None
         try:
-            done = subprocess.run(["bash", "-c", command.line], cwd=self.root, env=env, capture_output=True,
+            done = subprocess.run([SHELL, "-c", command.line], cwd=self.root, env=env, capture_output=True,
                                   text=True, input=stdin_text, stdin=None if stdin_text is not None else
                                   subprocess.DEVNULL, timeout=kwargs.get("timeout"), check=False)
         except subprocess.TimeoutExpired as exc:

@@ -2,7 +2,8 @@
 
 These drive the engine's public entry points (``up``, ``deploy``) and look only at the host: which
 containers exist, where the live links point, the release log and the lock. The last tests pin
-down the fake itself where a wrong answer would let an engine test pass by accident.
+down the fake itself where a wrong answer would let an engine test pass by accident. Every step's
+failure, Ctrl-C and kill are in test_steps.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import pytest
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from handover.engine import DeployOptions, Engine
-from handover.errors import BuildFailed, HealthCheckFailed, ProxyConfigInvalid
+from handover.errors import HealthCheckFailed
 from handover.progress import Progress
 
-from .fakehost import Behaviour, FakeHost, Killed, Match, compose, docker
+from .fakehost import Behaviour, FakeHost, docker
 
 OLD, NEW = "v1", "v2"
 
@@ -75,88 +76,6 @@ def test_a_failing_version_rolls_back(fake_host: FakeHost, behaviour: Behaviour 
     assert fake_host.records()[-1]["new_containers"] == ["handover-app-2"]
     steps = [step["name"] for step in fake_host.records()[-1]["steps"]]
     assert ("switch back" in steps) == switched and "rollback" in steps
-
-
-def test_an_invalid_nginx_config_aborts_before_any_container_starts(fake_host: FakeHost) -> None:
-    engine = started(fake_host)
-    old = fake_host.app_containers()[0]
-    conf = fake_host.root / "deploy" / "nginx" / "nginx.conf"
-    conf.write_text(conf.read_text() + "\nbogus_directive on;\n")  # nginx's files changed: nginx -t runs
-    fake_host.nginx_test_error = 'unknown directive "bogus_directive"'
-    mark = len(fake_host.commands)
-
-    with pytest.raises(ProxyConfigInvalid, match="bogus_directive"):
-        engine.deploy(DeployOptions(version=NEW))
-
-    assert fake_host.matching(" nginx -t ", since=mark)
-    assert fake_host.matching(compose("build"), since=mark) == []
-    assert fake_host.matching(compose("up"), since=mark) == []
-    assert fake_host.nginx_reloads == 1
-    assert_only_old_serves(fake_host, old.id)
-
-
-def test_a_build_failure_stops_before_touching_containers(fake_host: FakeHost) -> None:
-    engine = started(fake_host)
-    old = fake_host.app_containers()[0]
-    fake_host.fail_build(NEW)
-    mark = len(fake_host.commands)
-
-    with pytest.raises(BuildFailed, match="No matching distribution found") as failed:
-        engine.deploy(DeployOptions(version=NEW))
-
-    assert "no container was started or stopped" in str(failed.value)
-    for touching in (compose("up"), docker("stop"), docker("rm")):
-        assert fake_host.matching(touching, since=mark) == []
-    assert NEW not in fake_host.image_tags()
-    assert_only_old_serves(fake_host, old.id)
-
-
-@pytest.mark.parametrize("after", [False, True], ids=["before-up-ran", "after-up-ran"])
-def test_ctrl_c_at_compose_up_leaves_one_version(fake_host: FakeHost, after: bool) -> None:
-    engine = started(fake_host)
-    old = fake_host.app_containers()[0]
-    rule = fake_host.interrupt_on(compose("up", "app"), after=after)
-
-    with pytest.raises(KeyboardInterrupt):
-        engine.deploy(DeployOptions(version=NEW))
-
-    assert rule.fired == 1
-    assert_only_old_serves(fake_host, old.id)
-    # Before `compose up` ran nothing had started; after it, the new container was started and removed.
-    assert fake_host.records()[-1]["result"] == ("rolled-back" if after else "failed")
-    assert fake_host.records()[-1]["failed_step"] == "start"
-    assert fake_host.records()[-1]["error"] == "interrupted by the user"
-
-
-KILL_POINTS: list[tuple[str, Match, bool]] = [
-    ("compose-up-ran", compose("up", "app"), True),
-    ("before-docker-stop", docker("stop"), False),
-]
-
-
-@pytest.mark.parametrize(("match", "after"), [(m, a) for _, m, a in KILL_POINTS], ids=[n for n, _, _ in KILL_POINTS])
-def test_a_killed_deploy_converges_on_the_next_run(fake_host: FakeHost, match: Match, after: bool) -> None:
-    engine = started(fake_host)
-    rule = fake_host.kill_on(match, after=after)
-
-    with pytest.raises(Killed):
-        engine.deploy(DeployOptions(version=NEW))
-
-    assert rule.fired == 1
-    with pytest.raises(Killed):  # the process is gone: nothing more reaches the host
-        fake_host.runner.run("mkdir after-death", hide=True, warn=True)
-    assert not (fake_host.root / "after-death").exists()
-    assert fake_host.lock_held()  # nobody released it
-
-    fake_host.revive()
-    engine = Engine(fake_host.runner, fake_host.settings, Progress(quiet=True))
-    rec = engine.deploy(DeployOptions(version=NEW))  # the dead holder's lock is taken over
-
-    assert rec.result in ("success", "unchanged")
-    (live,) = fake_host.app_containers()
-    assert live.version == NEW and fake_host.live_containers() == [live]
-    assert fake_host.sockets() == [f"app-{live.short_id}.sock"]
-    assert not fake_host.lock_held()
 
 
 # -- the fake itself ---------------------------------------------------------------------------------

@@ -1,0 +1,388 @@
+"""The step list against the fake Docker host: plan = run, and every failure, Ctrl-C and kill recovers.
+
+Each test starts from a host serving OLD and deploys NEW (or rolls back, or starts from nothing).
+A failure, a Ctrl-C or a SIGKILL is put at the start of one step at a time, and the host is then
+checked for the invariants: exactly one version serves, nothing is left behind, the lock is free,
+and the record says what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from handover import plans, steps
+from handover.engine import DeployOptions, Engine
+from handover.errors import HandoverError, LockHeld
+from handover.lock import DeployLock
+from handover.progress import Progress
+from handover.steps import Run, Step
+
+from .fakehost import Behaviour, FakeHost, Killed, compose, docker, fake_settings
+
+OLD, NEW = "v1", "v2"
+DEPLOY = [type(step) for step in plans.deploy()]
+# A deploy from a clean state (converge has a test of its own: it runs only after an interrupted run).
+TAKEN = [cls for cls in DEPLOY if cls is not steps.Converge]
+DRAIN_AT = TAKEN.index(steps.Drain)
+START_AT = TAKEN.index(steps.Start)
+
+
+def engine_for(host: FakeHost) -> Engine:
+    return Engine(host.runner, host.settings, Progress(quiet=True))
+
+
+def serving(host: FakeHost, version: str = OLD) -> Engine:
+    engine = engine_for(host)
+    assert engine.up(version).result == "success"
+    return engine
+
+
+def snapshot(host: FakeHost) -> tuple[object, ...]:
+    path = host.state_path / "nginx" / "upstream.conf"
+    upstream = path.read_text() if path.exists() else None
+    return ([c.id for c in host.app_containers()], host.live_targets(), host.sockets(), upstream,
+            host.nginx_reloads)
+
+
+def only(host: FakeHost, version: str) -> None:
+    """Exactly one version serves, and nothing else of the app is left."""
+    (live,) = host.app_containers()
+    assert live.version == version and live.status == "running"
+    assert host.live_containers() == [live]
+    assert host.sockets() == [f"app-{live.short_id}.sock"]
+    assert not host.lock_held()
+
+
+@pytest.fixture
+def host(fake_host: FakeHost) -> FakeHost:
+    return fake_host
+
+
+def at(monkeypatch: pytest.MonkeyPatch, cls: type[Step], make: type[BaseException] | BaseException,
+       host: FakeHost | None = None) -> list[str]:
+    """Make ``cls``'s run raise ``make`` before doing anything; return the list that undos append to."""
+    undone: list[str] = []
+
+    def fail(self: Step, run: Run) -> None:
+        if make is Killed and host is not None:
+            host.killed = True
+            host._end_background()
+        raise make if isinstance(make, BaseException) else make(f"injected at {self.name}")
+
+    monkeypatch.setattr(cls, "run", fail)
+    for each in DEPLOY:
+        original = each.undo
+
+        def undo(self: Step, run: Run, original: object = original) -> None:
+            undone.append(self.name)
+            original(self, run)  # type: ignore[operator]
+
+        monkeypatch.setattr(each, "undo", undo)
+    return undone
+
+
+# -- plan = run --------------------------------------------------------------------------------------
+def _leftover(host: FakeHost) -> Engine:
+    """A host serving OLD with a container of NEW left by a killed deploy."""
+    engine = serving(host)
+    host.kill_on(compose("up", "app"), after=True)
+    with pytest.raises(Killed):
+        engine.deploy(DeployOptions(version=NEW))
+    host.revive()
+    return engine_for(host)
+
+
+def _proxy_down(host: FakeHost) -> Engine:
+    engine = serving(host)
+    (proxy,) = host.containers_of("nginx")
+    host.crash_container(proxy.id)
+    return engine
+
+
+def _rolled_forward(host: FakeHost) -> Engine:
+    engine = serving(host)
+    assert engine.deploy(DeployOptions(version=NEW)).result == "success"
+    return engine
+
+
+SCENARIOS = {
+    "deploy": (serving, DeployOptions(version=NEW)),
+    "deploy-after-a-killed-run": (_leftover, DeployOptions(version=NEW)),
+    "converge-only": (_leftover, DeployOptions(version=OLD)),
+    "rollback": (_rolled_forward, DeployOptions(version=OLD, build=False, action="rollback")),
+    "first-start": (engine_for, DeployOptions(version=OLD, action="up")),
+    "deploy-on-an-empty-host": (engine_for, DeployOptions(version=OLD)),
+    "up-with-the-proxy-down": (_proxy_down, DeployOptions(version=OLD, action="up")),
+    "unchanged": (serving, DeployOptions(version=OLD)),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_dry_run_lists_exactly_the_steps_a_real_run_takes(host: FakeHost, scenario: str) -> None:
+    prepare, options = SCENARIOS[scenario]
+    engine = prepare(host)
+    before = snapshot(host)
+    records = len(host.records())
+
+    plan = engine.deploy(dataclasses.replace(options, dry_run=True))
+
+    assert plan.result == "planned" and snapshot(host) == before and len(host.records()) == records
+    rec = engine.deploy(options)
+    assert [s.name for s in rec.steps] == [s.name for s in plan.steps]
+    assert rec.result == ("unchanged" if not plan.steps else "success")
+    assert all(s.result == "ok" for s in rec.steps)
+    only(host, options.version)
+
+
+def test_the_plans_read_as_the_sequence() -> None:
+    assert [s.name for s in plans.deploy()] == [
+        "lock", "preflight", "converge", "proxy config", "build", "start", "health", "switch", "verify", "drain",
+        "prune"]
+    assert [s.name for s in plans.deploy(build=False)][4] == "image"
+    assert [s.name for s in plans.first_start()] == [
+        "lock", "preflight", "build", "start", "health", "switch", "proxy"]
+    extra = steps.Converge()
+    assert plans.deploy(after_lock=[extra])[1] is extra
+
+
+# -- a failure at each step --------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", TAKEN[:DRAIN_AT], ids=[c.name for c in TAKEN[:DRAIN_AT]])
+def test_a_failure_before_the_drain_undoes_every_step_before_it(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
+                                                                cls: type[Step]) -> None:
+    engine = serving(host)
+    (old,) = host.app_containers()
+    before = snapshot(host)
+    planned = [s.name for s in engine.deploy(DeployOptions(version=NEW, dry_run=True)).steps]
+    undone = at(monkeypatch, cls, HandoverError)
+
+    with pytest.raises(HandoverError, match=f"injected at {cls.name}"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    done = planned[: planned.index(cls.name) + 1]
+    assert undone == list(reversed(done))  # the failing step's own undo first, then each earlier one
+    assert snapshot(host) == before  # same containers, links, sockets, upstream; no reload
+    only(host, OLD)
+    assert host.app_containers()[0].id == old.id
+    record = host.records()[-1]
+    started = TAKEN.index(cls) > START_AT  # the new container had started and was removed
+    assert (record["result"], record["failed_step"]) == ("rolled-back" if started else "failed", cls.name)
+    assert record["error"] == f"injected at {cls.name}"
+    assert [s["name"] for s in record["steps"]].count(cls.name) == 1
+
+
+@pytest.mark.parametrize("cls", TAKEN[DRAIN_AT:], ids=[c.name for c in TAKEN[DRAIN_AT:]])
+def test_a_failure_from_the_drain_on_keeps_the_new_version(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
+                                                           cls: type[Step]) -> None:
+    engine = serving(host)
+    undone = at(monkeypatch, cls, HandoverError)
+
+    with pytest.raises(HandoverError, match=f"injected at {cls.name}"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    assert undone == []  # the new version serves: nothing is undone
+    assert host.live_versions() == {NEW} and not host.lock_held()
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"]) == ("failed", cls.name)
+    # The next run finishes the job: the old container, if still there, is drained.
+    monkeypatch.undo()
+    engine_for(host).deploy(DeployOptions(version=NEW))
+    only(host, NEW)
+
+
+# -- Ctrl-C at each step -----------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", TAKEN, ids=[c.name for c in TAKEN])
+def test_ctrl_c_at_each_step_leaves_one_whole_version(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
+                                                      cls: type[Step]) -> None:
+    engine = serving(host)
+    original = cls.run
+    index = TAKEN.index(cls)
+    at(monkeypatch, cls, KeyboardInterrupt())
+    if cls in (steps.Drain, steps.Prune):  # an interrupted forward step is finished: let it really run then
+        monkeypatch.setattr(cls, "complete", lambda self, run: original(self, run))
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.deploy(DeployOptions(version=NEW))
+
+    record = host.records()[-1]
+    if index < DRAIN_AT:
+        only(host, OLD)
+        assert record["result"] == ("rolled-back" if index > START_AT else "failed")
+        assert (record["failed_step"], record["error"]) == (cls.name, "interrupted by the user")
+    else:
+        only(host, NEW)
+        assert record["result"] == "success" and "interrupted by the user" in record["error"]
+
+
+# -- SIGKILL at each step, then a rerun --------------------------------------------------------------
+@pytest.mark.parametrize("cls", TAKEN, ids=[c.name for c in TAKEN])
+def test_a_rerun_after_a_kill_at_each_step_converges(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
+                                                     cls: type[Step]) -> None:
+    engine = serving(host)
+    at(monkeypatch, cls, Killed, host)
+
+    with pytest.raises(Killed):
+        engine.deploy(DeployOptions(version=NEW))
+
+    monkeypatch.undo()
+    host.revive()
+    rec = engine_for(host).deploy(DeployOptions(version=NEW))  # a dead holder's lock is taken over
+    assert rec.result in ("success", "unchanged")
+    only(host, NEW)
+
+
+def test_a_failure_at_converge_leaves_the_old_version_and_a_rerun_finishes(host: FakeHost,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _leftover(host)
+    at(monkeypatch, steps.Converge, HandoverError)
+
+    with pytest.raises(HandoverError, match="injected at converge"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    assert host.live_versions() == {OLD} and not host.lock_held()
+    assert (host.records()[-1]["result"], host.records()[-1]["failed_step"]) == ("failed", "converge")
+    monkeypatch.undo()
+    engine.deploy(DeployOptions(version=NEW))
+    only(host, NEW)
+
+
+# -- real failures, each step's own ------------------------------------------------------------------
+def _bad_nginx_conf(host: FakeHost) -> None:
+    conf = host.root / "deploy" / "nginx" / "nginx.conf"
+    conf.write_text(conf.read_text() + "\nbogus_directive on;\n")
+    host.nginx_test_error = 'unknown directive "bogus_directive"'
+
+
+FAILURES = {
+    "preflight": (lambda h: h.fail_on(compose("config"), stderr="yaml: line 3: did not find expected key"),
+                  "failed", "compose file"),
+    "proxy config": (_bad_nginx_conf, "failed", "bogus_directive"),
+    "build": (lambda h: h.fail_build(NEW), "failed", "No matching distribution"),
+    "start": (lambda h: h.fail_on(compose("up", "app"), stderr="port is already allocated"), "failed",
+              "port is already allocated"),
+    "health": (lambda h: h.behave(NEW, Behaviour(never_healthy=True)), "rolled-back", "unhealthy"),
+    "switch": (lambda h: h.behave(NEW, Behaviour(listens=False)), "rolled-back", "does not listen"),
+    "verify": (lambda h: h.behave(NEW, Behaviour(dies_after=1)), "rolled-back", "after the switch"),
+}
+
+
+@pytest.mark.parametrize("step", FAILURES)
+def test_each_steps_own_failure_leaves_the_old_version_serving(host: FakeHost, step: str) -> None:
+    engine = serving(host)
+    before = snapshot(host)
+    script, result, words = FAILURES[step]
+    script(host)
+
+    with pytest.raises(HandoverError, match=words):
+        engine.deploy(DeployOptions(version=NEW))
+
+    only(host, OLD)
+    if step != "proxy config":
+        assert snapshot(host) == before
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"]) == (result, step)
+    assert words in str(record["error"])
+
+
+def test_a_timed_out_command_is_recovered_like_any_failure(host: FakeHost) -> None:
+    engine = serving(host)
+    host.timeout_on(compose("up", "app"), after=True)  # the container started, then the command timed out
+
+    with pytest.raises(HandoverError, match="timed out"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    only(host, OLD)
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"]) == ("rolled-back", "start")
+
+
+def test_an_unexpected_error_is_recovered_and_named(host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = serving(host)
+    at(monkeypatch, steps.Verify, ValueError("Expecting value: line 1 column 1"))
+
+    with pytest.raises(HandoverError, match="verify failed: ValueError: Expecting value"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    only(host, OLD)
+    assert host.records()[-1]["result"] == "rolled-back"
+
+
+def test_a_failing_undo_does_not_stop_the_others(host: FakeHost) -> None:
+    engine = serving(host)
+    host.behave(NEW, Behaviour(dies_after=1))
+    host.fail_on(docker("rm"), stderr="device busy")  # removing the new container fails once
+
+    with pytest.raises(HandoverError, match="after the switch"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    assert host.live_versions() == {OLD} and not host.lock_held()  # switched back all the same
+    assert host.records()[-1]["result"] == "rolled-back"
+
+
+def test_a_rollback_to_a_missing_image_is_refused_before_the_lock(host: FakeHost) -> None:
+    engine = serving(host)
+    mark = len(host.commands)
+
+    with pytest.raises(HandoverError, match="image handover-app:v0 is not on the host"):
+        engine.deploy(DeployOptions(version="v0", build=False, action="rollback"))
+
+    assert not host.matching("mkdir", since=mark) or not host.lock_held()
+    assert host.matching(compose("up"), since=mark) == []
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"]) == ("failed", "image")
+    assert [s["name"] for s in record["steps"]] == []  # nothing ran
+    only(host, OLD)
+
+
+def test_a_deploy_refused_by_a_live_lock_leaves_that_lock_alone(host: FakeHost) -> None:
+    engine = serving(host)
+    other = DeployLock(host.runner, str(host.state_path), notify=lambda _text: None)
+    other.acquire({"holder": "someone@else", "since": "2026-01-01T00:00:00+00:00", "action": "deploy",
+                   "version": "v9"})
+    try:
+        with pytest.raises(LockHeld, match="someone@else"):
+            engine.deploy(DeployOptions(version=NEW))
+        assert host.lock_held()  # still theirs
+        assert host.records()[-1]["failed_step"] == "lock"
+    finally:
+        other.release()
+    only(host, OLD)
+
+
+def test_first_start_failure_leaves_nothing(host: FakeHost) -> None:
+    engine = engine_for(host)
+    host.behave(OLD, Behaviour(crash=True, listens=False))
+
+    with pytest.raises(HandoverError):
+        engine.up(OLD)
+
+    assert host.app_containers() == [] and not host.lock_held()
+    record = host.records()[-1]
+    assert (record["action"], record["result"], record["failed_step"]) == ("up", "rolled-back", "health")
+
+
+def test_two_replicas_reload_the_proxy_at_the_switch(tmp_path: object) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    one = FakeHost(root, fake_settings(root, replicas=1))
+    serving(one)
+    two = Engine(one.runner, dataclasses.replace(one.settings, replicas=2), Progress(quiet=True))
+    reloads = one.nginx_reloads
+
+    rec = two.deploy(DeployOptions(version=NEW))
+
+    names = [s.name for s in rec.steps]
+    assert names.index("proxy config") < names.index("build")
+    assert one.nginx_reloads == reloads + 1 and [s.detail for s in rec.steps if s.name == "switch"] == [
+        "configuration reloaded"]
+    assert len(one.running(NEW)) == 2 and set(one.live_targets()) == {0, 1}
+    one._end_background()
+
+
+@pytest.fixture(autouse=True)
+def _no_background(host: FakeHost) -> Iterator[None]:
+    yield
+    host._end_background()
