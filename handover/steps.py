@@ -158,7 +158,7 @@ class UseImage(Step):
     name = "image"
 
     def describe(self, run: Run) -> str:
-        return f"{run.image} is on the host (no build)"
+        return f"{run.image} is on the host already"
 
     def check(self, run: Run) -> None:
         if not run.engine.backend.has_image(run.version):

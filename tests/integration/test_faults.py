@@ -68,6 +68,11 @@ def last_record(stack: StackHandle) -> dict[str, object]:
     return record
 
 
+def record_count(stack: StackHandle) -> int:
+    log = stack.state_dir / "releases.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
 def test_death_right_after_the_switch_switches_back(stack: StackHandle) -> None:
     """#3: healthy, switched to, then the process exits: the post-switch check goes back to the old."""
     before = stack.info()
@@ -219,12 +224,18 @@ def test_build_failure_stops_before_touching_containers(scratch: StackHandle) ->
     for requirements in (server / "requirements.txt", server / "wheelhouse" / "requirements.txt"):
         requirements.write_text(requirements.read_text() + f"{MISSING_PACKAGE}==1.0\n")
     version = unique("nobuild")
+    records = record_count(scratch)
     probe = probe_for(scratch.url)
     probe.start()
     try:
         result = scratch.inv("local.deploy", "--version", version, check=False)
     finally:
         report = probe.stop()
+    # One run, one line: failed at the build, pip's words kept.
+    assert record_count(scratch) == records + 1
+    record = last_record(scratch)
+    assert (record["version"], record["result"], record["failed_step"]) == (version, "failed", "build")
+    assert MISSING_PACKAGE in str(record["error"])
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"error: the build of {SCRATCH_PROJECT}-app:{version} failed" in result.stderr, result.stderr
     assert "no container was started or stopped" in result.stderr

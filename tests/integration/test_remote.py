@@ -7,6 +7,7 @@ as a user runs it, with a config file (-f), a key (-i) and -H.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -160,7 +161,12 @@ def web1(lab: Lab) -> tuple[Path, HostSetup]:
     assert "is ready for deploys" in setup.stdout
     assert stat.S_IMODE(host.deploy_dir.stat().st_mode) == 0o750
     first = lab.timed("first deploy, starts the stack", config, [host], "deploy", "--version", "r1")
-    assert "starting it from the synced release" in first.stdout
+    assert "==> proxy: start the proxy" in first.stdout  # nothing served yet: the first start
+    # One run, one record: the first deploy, with the sync's timing in it.
+    (record,) = [json.loads(line) for line in (host.deploy_dir / ".state" / "releases.jsonl").read_text().splitlines()]
+    assert (record["action"], record["result"], record["host"]) == ("deploy", "success", host.server.label)
+    assert [s["name"] for s in record["steps"]][:3] == ["lock", "sync", "preflight"]
+    assert all(isinstance(s["seconds"], float) for s in record["steps"])
     assert host.version() == "r1"
     env_copy = lab.ssh.home / ".config" / "handover" / f"{host.project}.env"
     assert env_copy.read_text() == secrets.read_text()

@@ -11,11 +11,13 @@ with `fab lock`, and shell metacharacters in deploy_dir.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,8 @@ PORT_BASE = 28300
 KILL_POINTS = ["==> sync", "==> health", "==> switch", "==> drain"]
 TMPFS_SIZE = "5m"
 FILLER_BYTES = 6 * 1024 * 1024  # more than the whole tmpfs
+BIG_SYNC_BYTES = 96 * 1024 * 1024  # random, so rsync's compression cannot shrink it: a few seconds
+FAB_KILL_WAIT = 120
 PROJECT_PARTS = ("handover", "fabfile", "config", "compose", "nginx", "server")
 
 
@@ -73,6 +77,11 @@ def assert_one_healthy_container(host: HostSetup) -> None:
 
 def lock_dir(host: HostSetup) -> Path:
     return host.deploy_dir / ".state" / "lock"
+
+
+def records(host: HostSetup) -> list[dict[str, object]]:
+    log = host.deploy_dir / ".state" / "releases.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def current(host: HostSetup) -> str:
@@ -162,6 +171,7 @@ def test_broken_nginx_config_in_the_sync_changes_nothing(flab: Lab, web: tuple[P
     """#4: the synced nginx.conf fails `nginx -t`: nothing reloaded or started, `current` as before."""
     config, host = web
     before, link, containers, workers = host.version(), current(host), app_containers(host), nginx_processes(host)
+    count = len(records(host))
     root = project_copy(tmp_path)
     conf = root / "nginx" / "nginx.conf"
     conf.write_text(conf.read_text().replace("server_tokens off;", "server_tokens off;\n    this_is_not_nginx;"))
@@ -175,9 +185,49 @@ def test_broken_nginx_config_in_the_sync_changes_nothing(flab: Lab, web: tuple[P
     assert app_containers(host) == containers  # no container started
     assert nginx_processes(host) == workers  # no reload: the same nginx processes
     assert not lock_dir(host).exists()
+    # One run, one line: failed at the proxy config, nginx's words kept, the sync timed.
+    assert len(records(host)) == count + 1
+    record = records(host)[-1]
+    assert (record["version"], record["result"], record["failed_step"]) == ("broken1", "failed", "proxy config")
+    assert "this_is_not_nginx" in str(record["error"])
+    assert [s["name"] for s in record["steps"]][:3] == ["lock", "sync", "preflight"]  # type: ignore[index]
     nginx_says = next((line.strip() for line in result.stderr.splitlines() if "this_is_not_nginx" in line), "")
     note("#4", f"exit {result.returncode}; {first_error(result.stderr)} {nginx_says}; current -> {current(host)}; "
                f"serves {host.version()}; {probe_line(report)}")
+
+
+def test_a_killed_sync_is_recorded_and_changes_nothing(flab: Lab, web: tuple[Path, HostSetup],
+                                                       tmp_path: Path) -> None:
+    """rsync is killed mid-transfer: the sync step fails, nothing else happens, one record says so."""
+    config, host = web
+    before, link, containers, count = host.version(), current(host), app_containers(host), len(records(host))
+    root = project_copy(tmp_path)
+    (root / "server" / "static" / "big.bin").write_bytes(os.urandom(BIG_SYNC_BYTES))  # keeps rsync busy
+    process = subprocess.Popen(flab.fab_command(config, [host], "deploy", "--version", "ks1"), cwd=root,
+                               env=fab_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdin=subprocess.DEVNULL)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("==> sync"):
+            break
+    killed = False
+    deadline = time.monotonic() + 30
+    while not killed and time.monotonic() < deadline:
+        killed = subprocess.run(["pkill", "-KILL", "-f", f"^rsync --archive .*{host.server.address}"],
+                                check=False).returncode == 0
+        time.sleep(0.05)
+    output = "".join(seen) + process.communicate(timeout=FAB_KILL_WAIT)[0]
+    assert killed, output
+    assert process.returncode == 1, output
+    assert "rsync to" in output and "the files in use are unchanged" in output, output
+    assert current(host) == link and host.version() == before and app_containers(host) == containers
+    assert not lock_dir(host).exists() and staging_dirs(host) == []
+    assert len(records(host)) == count + 1
+    record = records(host)[-1]
+    assert (record["version"], record["result"], record["failed_step"]) == ("ks1", "failed", "sync")
+    note("killed sync", f"exit {process.returncode}; record {record['result']} at {record['failed_step']}")
 
 
 def test_killed_deploy_is_reported_and_a_rerun_converges(flab: Lab, web: tuple[Path, HostSetup]) -> None:
