@@ -14,9 +14,10 @@ from typing import Any
 from invoke.tasks import task
 
 from handover import cli, images, ops
+from handover.checks import require
 from handover.engine import Engine
 from handover.errors import ConfigError
-from handover.lock import DeployLock
+from handover.lock import DeployLock, lock_info
 from handover.progress import Progress
 from handover.record import RunRecord, history
 from handover.settings import check_version
@@ -37,7 +38,7 @@ def setup(c: Any, accept_new: bool = False) -> None:
         checks = hostready.check_host(remote, remote.target.settings)
         for check in checks:
             progress.say(f"    {'ok' if check.ok else 'MISSING':<7} {check.name:<10} {check.detail}")
-        ops.require(checks, remote.name)
+        require(checks, remote.name)
         progress.say(f"==> {remote.name} is ready for deploys")
 
     cli.guarded(lambda: for_each_host(c, remote_config(c), work, accept_new=accept_new))
@@ -154,7 +155,7 @@ def lock(c: Any, reason: str = "") -> None:
 
     def work(remote: Remote, progress: Progress) -> None:
         held = DeployLock(remote.conn, remote.target.settings.state_path)
-        held.acquire(ops.lock_info("lock", via=hostrun.FRONT_DOOR, reason=reason))
+        held.acquire(lock_info("lock", via=hostrun.FRONT_DOOR, reason=reason))
         progress.say(f"lock taken on {remote.name} ({held.path}); release it with the unlock task")
 
     cli.guarded(lambda: for_each_host(c, remote_config(c), work))

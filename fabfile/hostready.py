@@ -1,6 +1,6 @@
 """Whether a host is ready for deploys, and its deploy directory: what `fab setup` checks and makes.
 
-The Docker engine and Compose v2 are checked by :func:`handover.ops.host_checks` (the engine's
+The Docker engine and Compose v2 are checked by the backend's ``host_checks`` (the engine's
 preflight uses the same checks); rsync and the deploy directory are this front door's own needs.
 The deploy directory is created (with its ``releases/`` and state directories) mode 0750 and must
 belong to the SSH user. Every problem found is reported at once, each with what to do about it.
@@ -8,8 +8,8 @@ belong to the SSH user. Every problem found is reported at once, each with what 
 
 from __future__ import annotations
 
-from handover import ops
-from handover.ops import Check
+from handover.backends import make_backend
+from handover.checks import Check, first_line
 from handover.settings import Settings
 from handover.shell import run
 
@@ -17,10 +17,6 @@ from .connect import Remote
 from .sync import releases_path
 
 DIR_MODE = "0750"
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def check_rsync(remote: Remote) -> Check:
@@ -36,7 +32,7 @@ def prepare_dirs(remote: Remote, s: Settings) -> Check:
     root = s.deploy_dir
     made = run(remote.conn, ["mkdir", "-p", "-m", DIR_MODE, root], check=False)
     if made.exited != 0:
-        return Check("deploy_dir", False, f"cannot create {root} as {user} ({_first_line(made.stderr)}): create it "
+        return Check("deploy_dir", False, f"cannot create {root} as {user} ({first_line(made.stderr)}): create it "
                                           f"once as root: install -d -m {DIR_MODE} -o {user} {root}")
     owner = run(remote.conn, ["stat", "-c", "%U", root], check=False).stdout.strip()
     if owner != user:
@@ -50,4 +46,4 @@ def prepare_dirs(remote: Remote, s: Settings) -> Check:
 
 def check_host(remote: Remote, s: Settings) -> list[Check]:
     """Docker engine, Compose v2, rsync, and the deploy directory (created when missing)."""
-    return [*ops.host_checks(remote.conn), check_rsync(remote), prepare_dirs(remote, s)]
+    return [*make_backend(remote.conn, s).host_checks(), check_rsync(remote), prepare_dirs(remote, s)]

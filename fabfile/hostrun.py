@@ -10,6 +10,8 @@ record per run — is the engine's. A host with nothing serving yet gets the eng
 from __future__ import annotations
 
 from handover import ops
+from handover.backends import make_backend
+from handover.checks import require
 from handover.engine import DeployOptions, Engine
 from handover.errors import PreflightError
 from handover.progress import Progress
@@ -90,7 +92,7 @@ def _ready(remote: Remote) -> None:
     dirs = hostready.prepare_dirs(remote, remote.target.settings)
     if not dirs.ok:
         raise PreflightError(f"{remote.name}: {dirs.detail}")
-    ops.require(ops.host_checks(remote.conn), "the host")
+    require(make_backend(remote.conn, remote.target.settings).host_checks(), "the host")
 
 
 def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry_run: bool = False) -> RunRecord:

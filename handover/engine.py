@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from . import images, ops, plans, record
+from . import images, plans, record
 from .backends import Backend, Instance, make_backend
 from .errors import CommandError, HandoverError, HealthCheckFailed, LockHeld
-from .lock import DeployLock
+from .lock import DeployLock, lock_info
 from .progress import Progress
 from .proxies import Proxy, make_proxy
 from .record import RunRecord, StepRecord
@@ -324,7 +324,7 @@ class Engine:
     # -- the stack as a whole ----------------------------------------------------------------------
     def down(self) -> None:
         """Remove the whole stack; refused while a deploy holds the lock."""
-        self.lock.acquire(ops.lock_info("down"))
+        self.lock.acquire(lock_info("down"))
         try:
             self.backend.down(self.settings.stop_grace_period)
             self.proxy.remove_state()

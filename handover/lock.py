@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import HandoverError, LockHeld
+from .record import now_iso, operator
 from .shell import Runner, command_line, read_file, run, write_file
 
 LOCK_DIR = "lock"
@@ -67,6 +68,14 @@ STOP_STALE_KEEPER_SCRIPT = (
 
 class LockUnavailable(HandoverError):
     """The lock could not be taken for a reason other than another holder (disk, permissions, tools)."""
+
+
+def lock_info(action: str, version: str = "", via: str = "", host: str = "", reason: str = "") -> dict[str, str]:
+    """What the lock's holder file says: who, since when, and the given details that are not empty."""
+    info = {"holder": operator(), "since": now_iso(), "action": action}
+    details = {"version": version, "via": via, "host": host, "reason": reason}
+    info.update({key: value for key, value in details.items() if value})
+    return info
 
 
 def _warn(text: str) -> None:

@@ -1,9 +1,8 @@
 """What the front doors ask of a host besides the deploy sequence, written once for both of them.
 
 ``tasks.py`` (the local stack) and the fabfile (hosts over SSH) each parse options, load the config
-and print; what they ask of a host is here: the status rows, the releases lines, the version a
-rollback goes back to, the lock holder's details, and whether Docker and Compose v2 are present. The choices
-and formats are pure functions, so they are tested without a host.
+and print; what they ask of a host is here: the status rows, the releases lines, and the version a
+rollback goes back to. The choices and formats are pure functions, so they are tested without a host.
 """
 
 from __future__ import annotations
@@ -11,21 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
-from .errors import ConfigError, HandoverError, PreflightError
-from .record import history, now_iso, operator
+from .engine import Engine, Facts
+from .errors import ConfigError, HandoverError
+from .record import history
 from .settings import Settings
-from .shell import Runner, run
+from .shell import Runner
 
-if TYPE_CHECKING:
-    from .engine import Facts
-
-COMPOSE_MAJOR = "2"
-COMMAND_NOT_FOUND = 127
-DOCKER_INSTALL_HINT = "install Docker Engine (https://docs.docker.com/engine/install/)"
-COMPOSE_INSTALL_HINT = ("install the docker-compose-plugin package (or the docker-compose v2 binary in "
-                        "~/.docker/cli-plugins/)")
 LOG_TAIL = 100
 RELEASES_SHOWN = 10
 NOT_RUNNING = "not running"
@@ -77,9 +68,6 @@ class StatusView:
 
 
 def _facts(runner: Runner, settings: Settings) -> Facts:
-    # Imported here: the engine and the stack use this module's host checks and compose command line.
-    from .engine import Engine
-
     return Engine(runner, settings).facts()
 
 
@@ -137,70 +125,6 @@ def previous_version(runner: Runner, settings: Settings) -> str:
     if chosen is None:
         raise HandoverError("no earlier successful release to roll back to")
     return chosen
-
-
-# -- the deploy lock -------------------------------------------------------------------------------
-def lock_info(action: str, version: str = "", via: str = "", host: str = "", reason: str = "") -> dict[str, str]:
-    """What the lock's holder file says: who, since when, and the given details that are not empty."""
-    info = {"holder": operator(), "since": now_iso(), "action": action}
-    details = {"version": version, "via": via, "host": host, "reason": reason}
-    info.update({key: value for key, value in details.items() if value})
-    return info
-
-
-# -- host checks -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Check:
-    """One thing a host needs: present or not, and what to do about it when not."""
-
-    name: str
-    ok: bool
-    detail: str
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-def _user(runner: Runner) -> str:
-    result = run(runner, ["id", "-un"], check=False)
-    return result.stdout.strip() if result.exited == 0 and result.stdout.strip() else "this user"
-
-
-def check_docker(runner: Runner) -> Check:
-    result = run(runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
-    if result.exited == COMMAND_NOT_FOUND:
-        return Check("docker", False, f"docker is not installed: {DOCKER_INSTALL_HINT}")
-    if result.exited != 0:
-        why = _first_line(result.stderr or result.stdout)
-        user = _user(runner)
-        return Check("docker", False, f"the Docker engine is not reachable for {user} ({why}): start "
-                                      f"dockerd, or add {user} to the docker group")
-    return Check("docker", True, f"engine {result.stdout.strip()}")
-
-
-def check_compose(runner: Runner) -> Check:
-    result = run(runner, ["docker", "compose", "version", "--short"], check=False)
-    if result.exited == COMMAND_NOT_FOUND:
-        return Check("compose", False, "cannot be checked without docker (install Docker Engine first)")
-    version = result.stdout.strip().lstrip("v")
-    if result.exited != 0 or not version.startswith(COMPOSE_MAJOR):
-        return Check("compose", False, f"Docker Compose v{COMPOSE_MAJOR} is missing (`docker compose version` "
-                                       f"failed): {COMPOSE_INSTALL_HINT}")
-    return Check("compose", True, f"v{version}")
-
-
-def host_checks(runner: Runner) -> list[Check]:
-    """The Docker engine reachable and Compose v2 present, each with what to do when not."""
-    return [check_docker(runner), check_compose(runner)]
-
-
-def require(checks: Sequence[Check], host: str) -> None:
-    """Raise :class:`PreflightError` listing every failed check, when there is one."""
-    problems = [c for c in checks if not c.ok]
-    if problems:
-        lines = "\n".join(f"  - {c.name}: {c.detail}" for c in problems)
-        raise PreflightError(f"{host} is not ready:\n{lines}")
 
 
 # -- logs ------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import ops
 from .backends import Instance
 from .errors import HandoverError, HealthCheckFailed, LockHeld
+from .lock import lock_info
 
 if TYPE_CHECKING:
     from .engine import DeployOptions, Engine, Facts
@@ -97,7 +97,7 @@ class Lock(Step):
         rec = run.record
         host = rec.host if rec.host != "local" else ""
         try:
-            run.engine.lock.acquire(ops.lock_info(rec.action, rec.version, via=run.options.via, host=host))
+            run.engine.lock.acquire(lock_info(rec.action, rec.version, via=run.options.via, host=host))
         except LockHeld:
             raise  # someone else's: never released by this run
         except BaseException:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..checks import Check
 from ..settings import Settings
 from ..shell import Result, Runner
 
@@ -76,6 +77,9 @@ class Backend(Protocol):
 
     def check(self) -> None:
         """The engine is reachable and the app's definition (e.g. the compose file) is valid."""
+
+    def host_checks(self) -> list[Check]:
+        """What the host needs for this backend (engine, plugins), each with what to do when missing."""
 
     def diagnose(self) -> None:
         """Raise :class:`handover.errors.PreflightError` naming what is missing (engine, plugin), if anything."""

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .. import ops
+from ..checks import Check, first_line, require
 from ..errors import BuildFailed, CommandError, PreflightError
 from ..settings import Settings
 from ..shell import Result, Runner, run
@@ -28,6 +28,39 @@ UP_TIMEOUT = 300.0
 DOWN_EXTRA_SECONDS = 120.0
 STOP_EXTRA_SECONDS = 60.0
 BUILD_LOG_LINES = 30
+COMPOSE_MAJOR = "2"
+COMMAND_NOT_FOUND = 127
+DOCKER_INSTALL_HINT = "install Docker Engine (https://docs.docker.com/engine/install/)"
+COMPOSE_INSTALL_HINT = ("install the docker-compose-plugin package (or the docker-compose v2 binary in "
+                        "~/.docker/cli-plugins/)")
+
+
+def _user(runner: Runner) -> str:
+    result = run(runner, ["id", "-un"], check=False)
+    return result.stdout.strip() if result.exited == 0 and result.stdout.strip() else "this user"
+
+
+def check_docker(runner: Runner) -> Check:
+    result = run(runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
+    if result.exited == COMMAND_NOT_FOUND:
+        return Check("docker", False, f"docker is not installed: {DOCKER_INSTALL_HINT}")
+    if result.exited != 0:
+        why = first_line(result.stderr or result.stdout)
+        user = _user(runner)
+        return Check("docker", False, f"the Docker engine is not reachable for {user} ({why}): start "
+                                      f"dockerd, or add {user} to the docker group")
+    return Check("docker", True, f"engine {result.stdout.strip()}")
+
+
+def check_compose(runner: Runner) -> Check:
+    result = run(runner, ["docker", "compose", "version", "--short"], check=False)
+    if result.exited == COMMAND_NOT_FOUND:
+        return Check("compose", False, "cannot be checked without docker (install Docker Engine first)")
+    version = result.stdout.strip().lstrip("v")
+    if result.exited != 0 or not version.startswith(COMPOSE_MAJOR):
+        return Check("compose", False, f"Docker Compose v{COMPOSE_MAJOR} is missing (`docker compose version` "
+                                       f"failed): {COMPOSE_INSTALL_HINT}")
+    return Check("compose", True, f"v{version}")
 
 
 def compose_argv(settings: Settings, *args: str) -> list[str]:
@@ -115,9 +148,13 @@ class ComposeBackend:
             self.diagnose()
             raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}") from exc
 
+    def host_checks(self) -> list[Check]:
+        """The Docker engine reachable and Compose v2 present, each with what to do when not."""
+        return [check_docker(self.runner), check_compose(self.runner)]
+
     def diagnose(self) -> None:
         """Raise :class:`PreflightError` naming what is missing, if the engine or Compose v2 is."""
-        ops.require(ops.host_checks(self.runner), "the host")
+        require(self.host_checks(), "the host")
 
     # -- facts -----------------------------------------------------------------------------------
     def container_ids(self, service: str | None = None) -> list[str]:

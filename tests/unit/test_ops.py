@@ -1,4 +1,4 @@
-"""Pure parts of the operations both front doors share: formats, choices, checks and command lines."""
+"""Pure parts of what both front doors share: formats, choices, lock details, host checks, command lines."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from typing import Any
 import pytest
 
 from handover import ops, settings
+from handover.backends.compose import ComposeBackend
+from handover.checks import require
 from handover.cli import defaults
 from handover.errors import ConfigError, PreflightError
+from handover.lock import lock_info
 from handover.record import operator
 
+SETTINGS = settings.load(dict(defaults()["deploy"]))
 RECORD = {"started_at": "2026-11-26T18:00:00.000+00:00", "action": "deploy", "version": "v2",
           "result": "success", "seconds": 12.5, "by": "ann@box"}
 
@@ -43,12 +47,12 @@ def test_release_json_lines_are_one_object_a_line() -> None:
 
 
 def test_lock_info_names_the_holder_and_leaves_out_empty_details() -> None:
-    info = ops.lock_info("deploy", "v2", via="fab", host="web1")
+    info = lock_info("deploy", "v2", via="fab", host="web1")
     assert info["holder"] == operator() and info["since"].startswith("20")
     assert {k: info[k] for k in ("action", "version", "via", "host")} == {
         "action": "deploy", "version": "v2", "via": "fab", "host": "web1"}
     assert "reason" not in info
-    held = ops.lock_info("lock", via="fab", reason="db migration")
+    held = lock_info("lock", via="fab", reason="db migration")
     assert held["reason"] == "db migration" and "version" not in held and "host" not in held
 
 
@@ -139,26 +143,27 @@ COMPOSE = "docker compose version"
 
 def test_host_checks_pass_with_docker_and_compose_v2() -> None:
     host = FakeHost({DOCKER: Answer("27.3.1\n"), COMPOSE: Answer("v2.29.7\n")})
-    checks = ops.host_checks(host)
+    checks = ComposeBackend(host, SETTINGS).host_checks()
     assert [(c.name, c.ok, c.detail) for c in checks] == [("docker", True, "engine 27.3.1"),
                                                          ("compose", True, "v2.29.7")]
-    ops.require(checks, "the host")
+    require(checks, "the host")
 
 
 def test_host_checks_say_what_is_missing() -> None:
-    no_docker = ops.host_checks(FakeHost({DOCKER: Answer(exited=127), COMPOSE: Answer(exited=127)}))
+    no_docker = ComposeBackend(FakeHost({DOCKER: Answer(exited=127), COMPOSE: Answer(exited=127)}),
+                               SETTINGS).host_checks()
     assert [c.ok for c in no_docker] == [False, False]
     assert no_docker[0].detail.startswith("docker is not installed: install Docker Engine")
     with pytest.raises(PreflightError) as info:
-        ops.require(no_docker, "web1")
+        require(no_docker, "web1")
     assert str(info.value).splitlines()[:2] == ["web1 is not ready:", f"  - docker: {no_docker[0].detail}"]
 
-    compose_v1 = ops.host_checks(FakeHost({DOCKER: Answer("27.3.1"), COMPOSE: Answer("1.29.2")}))
+    compose_v1 = ComposeBackend(FakeHost({DOCKER: Answer("27.3.1"), COMPOSE: Answer("1.29.2")}), SETTINGS).host_checks()
     assert [c.ok for c in compose_v1] == [True, False]
     assert compose_v1[1].detail.startswith("Docker Compose v2 is missing (`docker compose version` failed)")
 
     denied = FakeHost({DOCKER: Answer(stderr="permission denied while trying to connect\n", exited=1),
                        "id -un": Answer("deploy\n"), COMPOSE: Answer("v2.29.7")})
-    detail = ops.host_checks(denied)[0].detail
+    detail = ComposeBackend(denied, SETTINGS).host_checks()[0].detail
     assert "not reachable for deploy (permission denied while trying to connect)" in detail
     assert "add deploy to the docker group" in detail
