@@ -68,7 +68,8 @@ def format_record(rec: RunRecord) -> str:
         f" on {rec.host} ({rec.project}) in {rec.seconds:.2f} s",
         f"  {'step'.ljust(width)}  {'seconds':>8}  result",
     ]
-    lines += [f"  {s.name.ljust(width)}  {s.seconds:8.2f}  {s.result}" for s in rec.steps]
+    if rec.result != "planned":  # a plan's steps were printed with their lines already
+        lines += [f"  {s.name.ljust(width)}  {s.seconds:8.2f}  {s.result}" for s in rec.steps]
     if rec.old_containers or rec.new_containers:
         lines.append(f"  containers: {', '.join(rec.old_containers) or '-'} -> {', '.join(rec.new_containers) or '-'}")
     if rec.error:

@@ -89,7 +89,7 @@ def test_failed_health_check_rolls_back(stack: StackHandle, fault: str) -> None:
 def test_dry_run_changes_nothing(stack: StackHandle) -> None:
     before = app_containers(stack)
     result = stack.inv("local.deploy", "--version", unique("dry"), "--dry-run")
-    assert "plan (dry run" in result.stdout and "start 1 new container" in result.stdout
+    assert "plan (dry run" in result.stdout and "start: 1 new container" in result.stdout
     assert app_containers(stack) == before
     assert_unlocked(stack.state_dir)
 
