@@ -58,15 +58,16 @@ class HardenedConnection(Connection):  # type: ignore[misc]
     known_hosts_files: tuple[Path, ...] = ()
 
     def get_gateway(self) -> Any:
-        """Fabric's ProxyJump handling (``hop1,hop2``: hop2 reached through hop1), with this class."""
+        """ssh_config's ``ProxyJump hop1,hop2`` as OpenSSH reads it: hop1 is reached directly (or by its
+        own ssh_config), hop2 through hop1, this host through hop2. (Fabric's own reading reverses it.)"""
         jump = str(self.ssh_config.get("proxyjump", "")).strip()
         if not jump:
             return super().get_gateway()
         if jump.lower() == NO_PROXY:
             return None
         previous: HardenedConnection | None = None
-        for hop in reversed([h.strip() for h in jump.split(",") if h.strip()]):
-            if derive_shorthand(hop)["host"] == self.host:  # a wildcard entry naming this host itself
+        for hop in [h.strip() for h in jump.split(",") if h.strip()]:
+            if derive_shorthand(hop)["host"] in (self.host, self.original_host):  # `Host *` naming this host
                 return None
             previous = HardenedConnection(hop, config=self.config.clone(), gateway=previous, forward_agent=False)
         return previous
@@ -143,7 +144,9 @@ def _role(conn: Connection, remote_conn: Connection, target: Target) -> str:
     return "" if conn is remote_conn else f" (jump host on the way to {target.name})"
 
 
-def _connection(config: Any, target: Target, known_hosts: Path, accept_new: bool) -> HardenedConnection:
+def hardened_connection(config: Any, target: Target, known_hosts: Path, accept_new: bool = False
+                        ) -> HardenedConnection:
+    """The connection to ``target`` and its hops, each with its known_hosts files and timeout, not opened."""
     cfg = config.clone(into=Config) if isinstance(config, Config) else Config(overrides=dict(config))
     # Agent forwarding only when asked for on the command line (fab -A), never from ssh_config.
     conn = HardenedConnection(target.host, user=target.user, port=target.port, config=cfg,
@@ -164,7 +167,7 @@ def open_remote(config: Any, target: Target, known_hosts: Path, accept_new: bool
     ``known_hosts`` is ``deploy.known_hosts`` or, when that is not set, the file to use when
     ssh_config names none (see :mod:`fabfile.hostkeys`).
     """
-    conn = _connection(config, target, known_hosts, accept_new)
+    conn = hardened_connection(config, target, known_hosts, accept_new)
     try:
         conn.open()
     except HopFailed as failed:
@@ -200,26 +203,28 @@ def _failure(at: Connection, exc: BaseException, conn: Connection, target: Targe
         return HandoverError(f"SSH login to {where}: the key file {exc.filename} does not exist "
                              "(given with -i or IdentityFile in ssh_config)")
     if isinstance(exc, socket.gaierror):
-        names = target.configured_hosts if at is conn else ()
+        given, names = (target.name, target.configured_hosts) if at is conn else (str(at.original_host), ())
         return HandoverError(f"cannot connect to {where}: "
-                             f"{unresolved_message(at.host, exc.strerror or str(exc), names)}")
+                             f"{unresolved_message(given, at.host, exc.strerror or str(exc), names)}")
     if isinstance(exc, TimeoutError) or str(exc).startswith(_SILENT):
         return HandoverError(f"cannot connect to {where}: no SSH answer within {timeout} s ({exc or 'timed out'}); "
                              f"is the host up and is {port} its SSH port? (wait longer with fab -t SECONDS)")
     return HandoverError(f"cannot connect to {where}: {exc}")
 
 
-def unresolved_message(name: str, reason: str, configured: Sequence[str]) -> str:
-    """Why ``name`` was not reached; when it is not among ``configured`` (deploy.hosts), list those,
-    closest first."""
-    message = f"the host name {name!r} does not resolve ({reason})"
-    known = [c for c in configured if c != name and c.partition(":")[0] != name]
-    if not configured or len(known) < len(configured):
+def unresolved_message(given: str, host: str, reason: str, configured: Sequence[str]) -> str:
+    """Why ``host`` (what ``-H given`` resolved to) was not reached; when ``given`` is not among
+    ``configured`` (deploy.hosts), list those, closest first."""
+    name = given.rpartition(":")[0] if given.count(":") == 1 else given  # without :port
+    of = "" if host == name else f" (for {given})"
+    message = f"the host name {host!r}{of} does not resolve ({reason})"
+    if not configured or given in configured or name in configured:
         return message
+    known = list(configured)
     ordered = difflib.get_close_matches(name, known, n=len(known), cutoff=0.0)
     ordered += [k for k in known if k not in ordered]
     guess = ordered[0] if difflib.SequenceMatcher(None, name, ordered[0]).ratio() >= CLOSE_MATCH else ""
-    return (message + f"; it is not one of the hosts configured under deploy.hosts: {', '.join(ordered)}"
+    return (message + f"; {name} is not one of the hosts configured under deploy.hosts: {', '.join(ordered)}"
             + (f" (did you mean -H {guess}?)" if guess else ""))
 
 

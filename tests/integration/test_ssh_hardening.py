@@ -42,7 +42,6 @@ PORT = 28461
 SHORT_TIMEOUT = 2
 SLACK = 4.0  # seconds a bounded failure may take beyond its timeout
 BANNER = b"SSH-2.0-OpenSSH_9.2 silent\r\n"
-FORWARD_LOG = re.compile(rf"connected to {re.escape(TARGET)} port {PORT}")
 
 
 @dataclass
@@ -67,10 +66,10 @@ class JumpLab:
     def known_hosts(self, name: str, *servers: SshServer) -> Path:
         return self.file(name, "".join(s.known_hosts_line + "\n" for s in servers))
 
-    def ssh_config(self, name: str, alias: str, host: str, jump: bool = True, **extra: str) -> Path:
+    def ssh_config(self, name: str, alias: str, host: str, jump: bool = True, hops: int = 1, **extra: str) -> Path:
         lines = [f"Host {alias}", f"    HostName {host}", f"    Port {PORT}", "    User root"]
         if jump:
-            lines.append(f"    ProxyJump root@{JUMP}:{PORT}")
+            lines.append("    ProxyJump " + ",".join([f"root@{JUMP}:{PORT}"] * hops))
         lines += [f"    {key} {value}" for key, value in extra.items()]
         return self.file(name, "\n".join(lines) + "\n")
 
@@ -84,9 +83,9 @@ class JumpLab:
             overrides["timeouts"] = {"connect": timeout}
         return Config(runtime_ssh_path=str(ssh_config) if ssh_config else None, overrides=overrides)
 
-    def forwards(self) -> int:
-        """How many connections to the target the jump sshd has forwarded so far."""
-        return len(FORWARD_LOG.findall(self.jump.log.read_text(errors="replace")))
+    def forwards(self, to: str = TARGET) -> int:
+        """How many connections to ``to`` the jump sshd has forwarded so far."""
+        return len(re.findall(rf"connected to {re.escape(to)} port {PORT}", self.jump.log.read_text(errors="replace")))
 
 
 def section(**overrides: Any) -> dict[str, Any]:
@@ -182,6 +181,17 @@ def test_known_jump_host_connects_through_it(lab: JumpLab) -> None:
     assert lab.forwards() == before + 1
 
 
+def test_jump_host_that_refuses_to_forward_is_named(lab: JumpLab) -> None:
+    """The target's sshd (AllowTcpForwarding no) used as the jump host to the other one."""
+    config = lab.file("no_forward_config", f"Host via-no-forward\n    HostName {JUMP}\n    Port {PORT}\n"
+                                           f"    ProxyJump root@{TARGET}:{PORT}\n")
+    with pytest.raises(HandoverError) as info:
+        open_remote(lab.fabric(config), target("via-no-forward", known_hosts=str(lab.ssh.known_hosts)),
+                    lab.ssh.known_hosts)
+    assert (f"the jump host root@[{TARGET}]:{PORT} (jump host on the way to via-no-forward) could not open a "
+            f"connection to [{JUMP}]:{PORT}") in str(info.value)
+
+
 # --- 3. rsync takes the same route, strictly ------------------------------------------------------
 
 
@@ -208,6 +218,25 @@ def test_rsync_goes_through_the_jump_host_and_checks_its_key(lab: JumpLab, tmp_p
     assert refused.returncode != 0
     assert "Host key verification failed" in refused.stderr
     assert (dest / "release.txt").read_text() == "r1\n"
+
+
+def test_two_hops_with_awkward_known_hosts_path(lab: JumpLab) -> None:
+    """ProxyJump hop1,hop2 (the jump host twice: hop2 is reached through hop1), and a known_hosts
+    path with a blank and a '%' that ssh must not take for a token, at every level."""
+    known = lab.file("odd 100%/known_hosts", lab.ssh.known_hosts.read_text())
+    cfg = lab.fabric(lab.ssh_config("two_hops_config", "two-hops", TARGET, hops=2))
+    spec = target("two-hops", known_hosts=str(known))
+    before = (lab.forwards(), lab.forwards(JUMP))
+    with connected(cfg, spec, known) as remote:
+        assert remote.conn.run("echo two", hide=True, in_stream=False).stdout.strip() == "two"
+        assert (lab.forwards(), lab.forwards(JUMP)) == (before[0] + 1, before[1] + 1)
+        dest = lab.work / "two-hops-dest"
+        done = subprocess.run(["rsync", "--archive", "-e", rsync_shell(remote), str(known),
+                               rsync_destination(remote, f"{dest}/")],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        assert (dest / "known_hosts").read_text() == known.read_text()
+        assert (lab.forwards(), lab.forwards(JUMP)) == (before[0] + 2, before[1] + 2)
 
 
 # --- 2. bounded connect -------------------------------------------------------------------------
