@@ -26,7 +26,7 @@ import difflib
 import os
 import shlex
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any
 
 from fabric import Config, Connection
 from fabric.connection import derive_shorthand
+from paramiko import Transport
 from paramiko.ssh_exception import AuthenticationException, BadHostKeyException, SSHException
 
 from handover.errors import HandoverError
@@ -46,6 +47,7 @@ DEFAULT_KEY_FILES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519")  #
 CLOSE_MATCH = 0.6  # difflib ratio from which a configured host is offered as "did you mean"
 NO_PROXY = "none"
 _NO_AUTH_METHODS = "No authentication methods available"
+HANDSHAKE_GRACE = 1
 _SILENT = ("Error reading SSH protocol banner", "No existing session", "Timeout opening channel")
 
 
@@ -153,12 +155,27 @@ def hardened_connection(config: Any, target: Target, known_hosts: Path, accept_n
                               forward_agent=bool(cfg.get("forward_agent")))
     timeout = connect_timeout(cfg, conn.ssh_config)
     for hop in chain(conn):
+        hop.connect_kwargs = dict(hop.connect_kwargs)  # its own, not the shared configuration's
         if "timeout" not in hop.connect_kwargs:  # else Paramiko's own connect_kwargs.timeout is used
             hop.connect_timeout = timeout
         hop.connect_kwargs.setdefault("banner_timeout", timeout)
+        hop.connect_kwargs.setdefault("transport_factory", _transport_factory(timeout))
         hop.known_hosts_files = _known_hosts(hop, target, known_hosts)
         hostkeys.harden(hop.client, hop.known_hosts_files, int(hop.port), accept_new, _role(hop, conn, target))
     return conn
+
+
+def _transport_factory(timeout: int) -> Callable[..., Transport]:
+    """Paramiko's Transport, its key exchange given as long as the connect (it has 15 s of its own).
+
+    The extra second lets the connect timeout, with its clearer error, come first."""
+
+    def make(sock: Any, **kwargs: Any) -> Transport:
+        transport = Transport(sock, **kwargs)
+        transport.handshake_timeout = timeout + HANDSHAKE_GRACE
+        return transport
+
+    return make
 
 
 def open_remote(config: Any, target: Target, known_hosts: Path, accept_new: bool = False) -> Remote:
@@ -187,6 +204,7 @@ def _failure(at: Connection, exc: BaseException, conn: Connection, target: Targe
     where = f"{at.user}@{hostkeys.host_entry(at.host, port)}{role}"
     files = getattr(at, "known_hosts_files", ()) or (Path(DEFAULT_KNOWN_HOSTS).expanduser(),)
     timeout = at.connect_timeout or SSH_CONNECT_TIMEOUT
+    said = str(exc) or type(exc).__name__
     message = hostkeys.refused(exc)
     if message:
         return hostkeys.HostKeyRefused(message)
@@ -195,7 +213,7 @@ def _failure(at: Connection, exc: BaseException, conn: Connection, target: Targe
             at.host, port, exc.key, exc.expected_key, files[0], role))
     if reaching is not None:
         return HandoverError(f"the jump host {where} could not open a connection to "
-                             f"{hostkeys.host_entry(reaching.host, int(reaching.port))} ({exc or type(exc).__name__}); "
+                             f"{hostkeys.host_entry(reaching.host, int(reaching.port))} ({said}); "
                              "is that host up, and is the name or address right as the jump host sees it?")
     if isinstance(exc, AuthenticationException) or str(exc) == _NO_AUTH_METHODS:
         return HandoverError(f"SSH login to {where} failed ({exc}): {auth_hint(at)}")
@@ -206,8 +224,11 @@ def _failure(at: Connection, exc: BaseException, conn: Connection, target: Targe
         given, names = (target.name, target.configured_hosts) if at is conn else (str(at.original_host), ())
         return HandoverError(f"cannot connect to {where}: "
                              f"{unresolved_message(given, at.host, exc.strerror or str(exc), names)}")
+    if isinstance(exc, EOFError):
+        return HandoverError(f"cannot connect to {where}: the connection closed before the SSH handshake finished "
+                             f"(the host closed it, or gave no SSH answer within {timeout} s)")
     if isinstance(exc, TimeoutError) or str(exc).startswith(_SILENT):
-        return HandoverError(f"cannot connect to {where}: no SSH answer within {timeout} s ({exc or 'timed out'}); "
+        return HandoverError(f"cannot connect to {where}: no SSH answer within {timeout} s ({said}); "
                              f"is the host up and is {port} its SSH port? (wait longer with fab -t SECONDS)")
     return HandoverError(f"cannot connect to {where}: {exc}")
 

@@ -34,6 +34,8 @@ KNOWN_HOSTS_MODE = 0o600
 SSH_DIR_MODE = 0o700
 DEFAULT_SSH_PORT = 22
 NO_FILE = "none"  # UserKnownHostsFile value meaning "no file"
+CERT_AUTHORITY = "@cert-authority"  # known_hosts line markers
+REVOKED = "@revoked"
 
 
 class HostKeyRefused(HandoverError):
@@ -130,29 +132,55 @@ def _percent_expand(text: str, tokens: dict[str, str]) -> str:
 
 
 def load(client: SSHClient, files: Sequence[Path]) -> None:
-    """Load every existing file of ``files`` into ``client``; raise :class:`KnownHostsUnreadable`."""
+    """Load every existing file of ``files`` into ``client``; raise :class:`KnownHostsUnreadable`.
+
+    Read here rather than by Paramiko, which stops at the first bad line with a bare traceback and
+    cannot read OpenSSH's ``@cert-authority`` and ``@revoked`` lines. Certificates are not used
+    here (a host known only through a CA counts as unknown); a ``@revoked`` key is never trusted.
+    """
+    entries: list[HostKeyEntry] = []
+    revoked: set[str] = set()
     for path in files:
-        if not path.exists():
-            continue
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KnownHostsUnreadable(f"cannot read the known_hosts file {path}: {exc}") from None
-        for number, line in enumerate(text.splitlines(), 1):
-            _check_line(path, number, line)
-        client.load_host_keys(str(path))
+        for number, line in _lines(path):
+            marker, _, rest = line.partition(" ") if line.startswith("@") else ("", "", line)
+            entry = _entry(path, number, rest.strip())
+            if entry is None or marker == CERT_AUTHORITY:
+                continue
+            if marker == REVOKED:
+                revoked.add(entry.key.get_base64())
+            elif not marker:
+                entries.append(entry)
+    keys = client.get_host_keys()
+    for entry in entries:
+        if entry.key.get_base64() not in revoked:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
 
 
-def _check_line(path: Path, number: int, line: str) -> None:
-    """Paramiko's own parse of one line, so that a bad one is reported with its place."""
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """The numbered lines of ``path`` that are neither blank nor comments (none if it is missing)."""
+    if not path.exists():
+        return []
     try:
-        HostKeyEntry.from_line(line, number)
-    except Exception as exc:  # whatever Paramiko's parser raises for this line
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KnownHostsUnreadable(f"cannot read the known_hosts file {path}: {exc}") from None
+    numbered = ((number, line.strip()) for number, line in enumerate(text.splitlines(), 1))
+    return [(number, line) for number, line in numbered if line and not line.startswith("#")]
+
+
+def _entry(path: Path, number: int, line: str) -> HostKeyEntry | None:
+    """Paramiko's parse of one line (None for a key type it does not know), or an error naming it:
+    a damaged key is reported, not skipped, so that a host whose line it is is not just "unknown"."""
+    try:
+        entry: HostKeyEntry | None = HostKeyEntry.from_line(line, number)
+    except Exception as exc:  # whatever Paramiko's parser raises for this line (it skips some silently)
         reason = exc.exc if isinstance(exc, InvalidHostKey) else exc
         raise KnownHostsUnreadable(
             f"{path} line {number} is not a valid known_hosts entry ({reason}): correct or delete that line "
             f"(e.g. `sed -i '{number}d' {shlex.quote(str(path))}`), then add the host's key again if it was "
             "that host's") from None
+    return entry
 
 
 class RejectUnknown(MissingHostKeyPolicy):

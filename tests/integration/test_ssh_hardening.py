@@ -374,7 +374,8 @@ def test_mistyped_host_lists_the_configured_ones(lab: JumpLab) -> None:
 
 
 def test_corrupt_known_hosts_line_is_named_not_a_traceback(lab: JumpLab) -> None:
-    known = lab.file("corrupt_known_hosts", f"{lab.target.known_hosts_line}\n[{JUMP}]:{PORT} ssh-ed25519 AAAA!!\n")
+    truncated = lab.jump.known_hosts_line[:-3]  # a line cut short, as a bad copy and paste leaves it
+    known = lab.file("corrupt_known_hosts", f"{lab.target.known_hosts_line}\n{truncated}\n")
     result = _fab(lab, "corrupt", {"known_hosts": str(known)}, "-H", f"root@{TARGET}:{PORT}", "status")
     assert result.returncode == 1
     assert f"{known} line 2 is not a valid known_hosts entry" in result.stderr

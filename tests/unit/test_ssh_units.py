@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import shlex
 import shutil
+import socket
 import subprocess
 from io import StringIO
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from fabric import Config, Connection
-from paramiko import SSHClient, SSHConfig
+from paramiko import HostKeys, SSHClient, SSHConfig
 from paramiko.ed25519key import Ed25519Key
 
 from fabfile import connect, hostconfig, hostkeys
@@ -66,9 +67,10 @@ def test_user_known_hosts_file_from_ssh_config(line: str, expected: list[str], m
     assert list(files) == wanted
 
 
-def test_corrupt_known_hosts_line_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bad", [ED25519_LINE[:-3], "ssh-ed25519 AAAA!!notbase64", "ssh-rsa AAAAB3NzaC1yc2E="])
+def test_corrupt_known_hosts_line_is_named(bad: str, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
-    known.write_text(f"good.example {ED25519_LINE}\nbad.example ssh-ed25519 AAAA!!notbase64\n")
+    known.write_text(f"good.example {ED25519_LINE}\nbad.example {bad}\n")
     with pytest.raises(hostkeys.KnownHostsUnreadable) as info:
         hostkeys.harden(SSHClient(), known, 22)
     assert f"{known} line 2 is not a valid known_hosts entry" in str(info.value)
@@ -85,10 +87,24 @@ def test_unreadable_known_hosts_is_named(tmp_path: Path) -> None:
 
 def test_good_known_hosts_lines_are_loaded(tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
-    known.write_text(f"# comment\n\n[good.example]:2222 {ED25519_LINE}\n")
+    hashed = HostKeys.hash_host("[hashed.example]:2222")
+    known.write_text(f"# a comment of several words\n\n[good.example]:2222,alias {ED25519_LINE}\n"
+                     f"{hashed} {ED25519_LINE}\n@cert-authority *.example {ED25519_LINE}\n"
+                     f"other.example ssh-unknown-type AAAA\n")
     client = SSHClient()
     hostkeys.harden(client, [tmp_path / "absent", known], 2222)
-    assert client.get_host_keys().lookup("[good.example]:2222") is not None
+    keys = client.get_host_keys()
+    for name in ("[good.example]:2222", "alias", "[hashed.example]:2222"):
+        assert keys.lookup(name) is not None, name
+    assert keys.lookup("*.example") is None and keys.lookup("other.example") is None
+
+
+def test_revoked_key_is_not_trusted_even_when_listed(tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"good.example {ED25519_LINE}\n@revoked * {ED25519_LINE}\n")
+    client = SSHClient()
+    hostkeys.harden(client, known, 22)
+    assert client.get_host_keys().lookup("good.example") is None
 
 
 def test_unknown_key_message_creates_the_directory_first_and_asks_for_out_of_band_checking() -> None:
@@ -159,6 +175,13 @@ def test_connect_timeout_precedence(given: int | None, ssh_config: str, expected
     conn = connect.hardened_connection(cfg, target, tmp_path / "known_hosts")
     assert conn.connect_timeout == expected
     assert conn.connect_kwargs["banner_timeout"] == expected
+    left, right = socket.socketpair()
+    try:  # Paramiko's own 15 s key-exchange limit follows too, a little later than the connect timeout
+        transport = conn.connect_kwargs["transport_factory"](left)
+        assert transport.handshake_timeout == expected + connect.HANDSHAKE_GRACE
+    finally:
+        left.close()
+        right.close()
 
 
 def test_host_config_records_configured_hosts_and_explicit_known_hosts() -> None:
