@@ -35,7 +35,12 @@ from typing import Any
 from fabric import Config, Connection
 from fabric.connection import derive_shorthand
 from paramiko import Transport
-from paramiko.ssh_exception import AuthenticationException, BadHostKeyException, SSHException
+from paramiko.ssh_exception import (
+    AuthenticationException,
+    BadHostKeyException,
+    NoValidConnectionsError,
+    SSHException,
+)
 
 from handover.errors import HandoverError
 
@@ -224,6 +229,9 @@ def _failure(at: Connection, exc: BaseException, conn: Connection, target: Targe
         given, names = (target.name, target.configured_hosts) if at is conn else (str(at.original_host), ())
         return HandoverError(f"cannot connect to {where}: "
                              f"{unresolved_message(given, at.host, exc.strerror or str(exc), names)}")
+    if isinstance(exc, NoValidConnectionsError):
+        return HandoverError(f"cannot connect to {where}: connection refused ({exc.strerror}); "
+                             f"is sshd running there, and is {port} its SSH port?")
     if isinstance(exc, EOFError):
         return HandoverError(f"cannot connect to {where}: the connection closed before the SSH handshake finished "
                              f"(the host closed it, or gave no SSH answer within {timeout} s)")

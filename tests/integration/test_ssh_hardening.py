@@ -290,6 +290,13 @@ def test_dead_host_behind_a_jump_host_fails_within_the_timeout(lab: JumpLab) -> 
     assert f"[{SILENT}]:{PORT}: no SSH answer within {SHORT_TIMEOUT} s" in message
 
 
+def test_closed_port_says_connection_refused(lab: JumpLab) -> None:
+    spec = f"root@{SILENT}:{PORT}"  # nothing listens there outside the tests above
+    with pytest.raises(HandoverError) as info:
+        open_remote(lab.fabric(), target(spec, known_hosts=str(lab.ssh.known_hosts)), lab.ssh.known_hosts)
+    assert f"cannot connect to root@[{SILENT}]:{PORT}: connection refused" in str(info.value)
+
+
 # --- 4. ssh_config's UserKnownHostsFile ----------------------------------------------------------
 
 
