@@ -46,6 +46,10 @@ class Target:
     port: int | None
     settings: Settings  # env_file is "" here: the secrets file is local (env_file below)
     env_file: Path | None
+    # The names under deploy.hosts, to suggest one when -H names a host that does not resolve.
+    configured_hosts: tuple[str, ...] = ()
+    # deploy.known_hosts was set: it wins over ssh_config's UserKnownHostsFile (see fabfile.hostkeys).
+    known_hosts_set: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,8 @@ def load(section: Mapping[str, Any], host_specs: Sequence[str], parallel: object
             port=port or entry_port,
             settings=_host_settings(base, entry_name, entry),
             env_file=_env_file(env_key, entry.get("env_file", base.get("env_file"))),
+            configured_hosts=tuple(str(key) for key in entries),
+            known_hosts_set=bool(section.get("known_hosts")),
         ))
     return RemoteConfig(targets, _parallel(section.get("parallel") if parallel is None else parallel), known_hosts)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,9 +116,12 @@ class SshLab:
         return self.root / "known_hosts"
 
     def start(self, addresses: list[str], port: int = SSH_PORT,
-              session_env: Mapping[str, Mapping[str, str]] | None = None) -> None:
+              session_env: Mapping[str, Mapping[str, str]] | None = None,
+              options: Mapping[str, Sequence[str]] | None = None) -> None:
         """Start one sshd per address; ``session_env[address]`` adds to (or replaces) its sessions'
-        environment, e.g. another PATH or HOME to stand for a host set up differently."""
+        environment, e.g. another PATH or HOME to stand for a host set up differently.
+        ``options[address]``: sshd_config lines that win over the defaults above (sshd keeps the
+        first value it reads), e.g. ``AllowTcpForwarding yes`` for a jump host."""
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(mode=0o700, exist_ok=True)
@@ -134,7 +137,8 @@ class SshLab:
             host_pub = _keygen(host_key)
             config = home / "sshd_config"
             env = {"HOME": str(self.home), **(session_env or {}).get(address, {})}
-            config.write_text(SSHD_CONFIG.format(address=address, port=port, host_key=host_key,
+            first = "".join(f"{line}\n" for line in (options or {}).get(address, ()))
+            config.write_text(first + SSHD_CONFIG.format(address=address, port=port, host_key=host_key,
                                                  pid_file=home / "sshd.pid", authorized_keys=authorized,
                                                  session_env=" ".join(f"{k}={v}" for k, v in env.items())))
             log = home / "sshd.log"
