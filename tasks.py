@@ -6,25 +6,35 @@ defaults; invoke.yaml, INVOKE_DEPLOY_* variables and `-f FILE` override them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import time
 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.runners import Local
 from invoke.tasks import task
 
 from handover import cli, images, ops
 from handover.engine import DeployOptions, Engine
+from handover.errors import ConfigError, HandoverError
 from handover.progress import Progress
 from handover.record import RunRecord, history
-from handover.settings import Settings
+from handover.settings import Settings, check_version
 from handover.shell import command_line
 from handover.version import source_version
 
 PROBE_WARMUP_SECONDS = 2.0  # steady traffic before the deploy, for the comparison
 PROBE_SETTLE_SECONDS = 1.0
+PROBE_MAX_SECONDS = 3600.0
+LOCAL_HOST = "local"  # the host name in the local stack's records
+PREPARE_STEP = "prepare"  # a deploy that stopped before the engine ran (config, version, wheels)
+ENGINE_SEQUENCE, SIMPLE_SEQUENCE = "engine", "simple"
+BENCH_SEQUENCES = ("", ENGINE_SEQUENCE, SIMPLE_SEQUENCE)
+MAX_PORT = 65535
 
 
 def _settings(c: Context) -> Settings:
@@ -74,17 +84,22 @@ def deploy(
 ) -> None:
     """Zero-downtime deploy on the local stack: start beside, health-gate, switch the proxy, drain, record."""
 
+    stored: list[RunRecord] = []  # the engine's record, also when the run fails
+
     def go() -> RunRecord:
         s = _settings(c)
         progress = Progress(quiet=quiet or json)
+        target = check_version(version or source_version(cli.SERVER_DIR))
+        stored.append(RunRecord(action="deploy", version=target, project=s.project, host=LOCAL_HOST))
         if not dry_run:
             images.build_wheelhouse(cli.SERVER_DIR, progress)
         engine = Engine(c, s, progress)
         options = DeployOptions(
-            version=version or source_version(cli.SERVER_DIR),
+            version=target,
             dry_run=dry_run,
             force=force,
             app_env={"APP_FAULT": fault} if fault else {},
+            before_record=stored.append,
         )
         if not probe:
             return engine.deploy(options)
@@ -97,6 +112,7 @@ def deploy(
             load.close_window()
             time.sleep(PROBE_SETTLE_SECONDS)
             rec.probe = load.stop().to_dict()
+            stored.append(rec)
 
         options.before_record = add_probe
         try:
@@ -113,7 +129,16 @@ def deploy(
             rec.finish("failed", "the probe saw failures during the deploy")
         return rec
 
-    rec = cli.guarded(go)
+    def failed(message: str) -> None:
+        if not json:
+            return
+        rec = stored[-1] if stored else RunRecord(action="deploy", version=version or "", project="",
+                                                  host=LOCAL_HOST)
+        if rec.result == "running":  # stopped before the engine had a record of its own
+            rec.fail(PREPARE_STEP, message)
+        cli.print_record(rec, True)
+
+    rec = cli.guarded(go, on_error=failed)
     cli.print_record(rec, json)
     if rec.result not in ("success", "unchanged", "planned"):
         raise Exit(code=1)
@@ -153,12 +178,36 @@ def _json_dumps(data: object) -> str:
     return json.dumps(data, indent=2, sort_keys=True)
 
 
+class FollowLocal(Local):
+    """Invoke's local runner that ends the command on Ctrl-C (``logs --follow`` runs until then).
+
+    A terminal's Ctrl-C reaches the command too (same process group), but a SIGINT sent to this
+    process alone would not: the first interrupt is passed on as SIGINT, a second one kills it.
+    """
+
+    interrupted = False
+
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        if self.interrupted:
+            self.kill()
+            return
+        self.interrupted = True
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGINT)
+
+
 @task(help={"follow": "keep following", "tail": "lines per container"})
 def logs(c: Context, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
     """Show the logs of the app and proxy containers."""
     def go() -> None:
         argv, env = _engine(c).backend.logs_command(ops.check_tail(tail), follow)
-        c.run(command_line(argv, env), pty=False, in_stream=False)
+        runner = FollowLocal(context=c)
+        result = runner.run(command_line(argv, env), pty=False, in_stream=False, warn=True)
+        if runner.interrupted:
+            raise KeyboardInterrupt
+        if result is not None and result.exited != 0:
+            raise HandoverError(f"the logs command exited {result.exited}")
 
     cli.guarded(go)
 
@@ -183,7 +232,7 @@ def unlock(c: Context) -> None:
         engine = _engine(c)
         holder = engine.lock.holder()
         engine.lock.release()
-        print(f"lock released (was held by {holder})" if holder else "no lock was held")
+        print(ops.unlock_message(holder))
 
     cli.guarded(go)
 
@@ -200,16 +249,25 @@ def unlock(c: Context) -> None:
 def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0, ws_clients: int = 100,
           json: bool = False) -> None:
     """Constant-rate HTTP + WebSocket load that reports every failure (non-zero exit on any)."""
-    from handover.probe import Probe, ProbeSettings
+    from handover.probe import Probe, ProbeReport, ProbeSettings
 
-    s = _settings(c)
-    base = url or f"http://{s.http_bind}:{s.http_port}"
-    load = Probe(ProbeSettings(base_url=base, rate=rate, ws_clients=ws_clients))
-    load.start()
-    try:
-        time.sleep(min(max(duration, 0.0), 3600.0))
-    finally:
-        report = load.stop()
+    def go() -> ProbeReport:
+        if not 0 < duration <= PROBE_MAX_SECONDS:
+            raise ConfigError(f"--duration: expected seconds above 0, up to {PROBE_MAX_SECONDS:g}, got {duration:g}")
+        if url:
+            base = url
+        else:
+            s = _settings(c)
+            base = f"http://{s.http_bind}:{s.http_port}"
+        load = Probe(ProbeSettings(base_url=base, rate=rate, ws_clients=ws_clients))
+        load.start()
+        try:
+            time.sleep(duration)
+        finally:
+            report = load.stop()
+        return report
+
+    report = cli.guarded(go)
     print(_json_dumps(report.to_dict()) if json else report.format_table())
     if not report.ok:
         raise Exit(code=1)
@@ -233,6 +291,12 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
     from handover.probe import ProbeSettings
 
     def go() -> list[bench_mod.SequenceResult]:
+        if only not in BENCH_SEQUENCES:
+            raise ConfigError(f"--only: expected one of {', '.join(BENCH_SEQUENCES)}, got {only!r}")
+        if deploys < 1:
+            raise ConfigError(f"--deploys: expected a whole number of deploys, 1 or more, got {deploys}")
+        if not 1 <= port <= MAX_PORT:
+            raise ConfigError(f"--port: expected a port from 1 to {MAX_PORT}, got {port}")
         s = replace(_settings(c), project="handover-bench", http_port=port, state_dir=".state-bench")
         progress = Progress()
         quiet = Progress(quiet=True)
@@ -244,11 +308,11 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
         load = ProbeSettings(base_url=f"http://{s.http_bind}:{s.http_port}", rate=rate, ws_clients=ws_clients)
         results = []
         try:
-            if only in ("", "engine"):
+            if only in ("", ENGINE_SEQUENCE):
                 progress.say(f"==> {deploys} deploys with this engine")
                 results.append(bench_mod.run_sequence("engine", bench_mod.engine_deploy(engine), deploys, load,
                                                       progress.say))
-            if only in ("", "simple"):
+            if only in ("", SIMPLE_SEQUENCE):
                 progress.say(f"==> {deploys} deploys with the simple sequence (scale 2, reload, stop, scale 1, reload)")
                 bench_mod.use_simple_upstream(engine)
                 results.append(bench_mod.run_sequence("simple", bench_mod.simple_deploy(engine), deploys, load,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json as jsonlib
 from typing import Any
 
+from fabric.runners import Remote as RemoteRunner
 from invoke.tasks import task
 
 from handover import cli, images, ops
 from handover.checks import require
 from handover.engine import Engine
-from handover.errors import ConfigError
+from handover.errors import ConfigError, HandoverError
 from handover.lock import DeployLock, lock_info
 from handover.progress import Progress
 from handover.record import RunRecord, history
@@ -137,7 +138,12 @@ def logs(c: Any, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
         engine = Engine(remote.conn, remote.target.settings)
         argv, env = engine.backend.logs_command(tail, follow)
         progress.say(f"==> logs of {engine.settings.project} on {remote.name}")
-        remote.conn.run(command_line(argv, env), pty=False, in_stream=False, warn=True)
+        if follow:
+            follow_remote(remote.conn, command_line(argv, env))
+            return
+        result = remote.conn.run(command_line(argv, env), pty=False, in_stream=False, warn=True)
+        if result.exited != 0:
+            raise HandoverError(f"{remote.name}: the logs command exited {result.exited}")
 
     def go() -> None:
         rc = remote_config(c)
@@ -147,6 +153,36 @@ def logs(c: Any, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
         for_each_host(c, rc, work)
 
     cli.guarded(go)
+
+
+class FollowRunner(RemoteRunner):  # type: ignore[misc]
+    """Fabric's remote runner for a command that runs until it is interrupted (``logs --follow``).
+
+    The command gets a pty, so the remote side ends with the session: the first Ctrl-C is sent as
+    ``^C`` through the pty (SIGINT to the remote command, which exits), a second one closes the
+    session, and a session that ends in any way (also a killed ``fab`` or a dropped connection)
+    hangs the pty up (SIGHUP). Without a pty, Ctrl-C never reaches the remote command and it keeps
+    running on the host after the session is gone.
+    """
+
+    interrupted = False
+
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        if self.interrupted:
+            raise interrupt  # ends the session; the pty's hang-up ends the remote command
+        self.interrupted = True
+        super().send_interrupt(interrupt)
+
+
+def follow_remote(conn: Any, line: str) -> None:
+    """Run ``line`` on ``conn`` until it ends or Ctrl-C (then raise ``KeyboardInterrupt``)."""
+    conn.open()
+    runner = FollowRunner(context=conn, inline_env=conn.inline_ssh_env)
+    result = runner.run(line, pty=True, in_stream=False, warn=True)
+    if runner.interrupted:
+        raise KeyboardInterrupt
+    if result.exited != 0:
+        raise HandoverError(f"the logs command exited {result.exited}")
 
 
 @task(help={"reason": "why deploys are held (shown to whoever is refused)"})
@@ -169,8 +205,7 @@ def unlock(c: Any) -> None:
         held = DeployLock(remote.conn, remote.target.settings.state_path)
         holder = held.holder()
         held.release()
-        progress.say(f"{remote.name}: lock released (was held by {holder})" if holder
-                     else f"{remote.name}: no lock was held")
+        progress.say(f"{remote.name}: {ops.unlock_message(holder)}")
 
     cli.guarded(lambda: for_each_host(c, remote_config(c), work))
 

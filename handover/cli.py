@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
-from invoke.exceptions import Exit
+from invoke.exceptions import Exit, Failure, ParseError
 from invoke.vendor import yaml
 
 from . import settings as settings_mod
-from .errors import HandoverError
+from .errors import ConfigError, HandoverError
 from .record import RunRecord
 from .settings import DEFAULTS_FILE, PROJECT_ROOT, Settings
 
 T = TypeVar("T")
 SERVER_DIR = PROJECT_ROOT / "server"
+INTERRUPTED = "interrupted"
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a job ended by Ctrl-C
+TRACEBACK_VARIABLE = "HANDOVER_TRACEBACK"
+PROBE_SETTINGS_MODULE = "handover.probe.settings"
 
 
 def defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
@@ -37,20 +42,46 @@ def settings_from(config: Any, deploy_dir: str | None = None) -> Settings:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn engine errors into a clear message and an exit status instead of a traceback."""
+def user_errors(on_error: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Turn errors into a clear message and an exit status instead of a traceback.
+
+    ``on_error`` gets the message first (e.g. to print the run's record as JSON). An error this
+    project does not raise itself (a lost connection, a disk error) is named by its type; set
+    :data:`TRACEBACK_VARIABLE` to see where it came from.
+    """
     try:
         yield
-    except HandoverError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise Exit(code=exc.exit_code) from None
+    except (Exit, Failure, ParseError):
+        raise  # Invoke's own: it prints them and exits with their status
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        raise Exit(code=130) from None
+        _fail(INTERRUPTED, INTERRUPTED_EXIT, on_error)
+    except HandoverError as exc:
+        _fail(str(exc), exc.exit_code, on_error)
+    except Exception as exc:
+        if _is_probe_error(exc):
+            _fail(f"probe: {exc}", ConfigError.exit_code, on_error)
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (unexpected; run with {TRACEBACK_VARIABLE}=1 for the traceback)",
+              HandoverError.exit_code, on_error)
 
 
-def guarded(fn: Callable[[], T]) -> T:
-    with user_errors():
+def _is_probe_error(exc: Exception) -> bool:
+    # The probe is imported only by the tasks that use it (it is slow to import); when it was not,
+    # the error cannot be its own.
+    module = sys.modules.get(PROBE_SETTINGS_MODULE)
+    return module is not None and isinstance(exc, module.ProbeError)
+
+
+def _fail(message: str, code: int, on_error: Callable[[str], None] | None) -> NoReturn:
+    if on_error is not None:
+        on_error(message)
+    print(message if message == INTERRUPTED else f"error: {message}", file=sys.stderr, flush=True)
+    raise Exit(code=code) from None
+
+
+def guarded(fn: Callable[[], T], on_error: Callable[[str], None] | None = None) -> T:
+    with user_errors(on_error):
         return fn()
 
 

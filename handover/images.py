@@ -7,6 +7,7 @@ under its own honest name, ``localhost/debian-minbase:<suite>``.
 
 from __future__ import annotations
 
+import platform
 import re
 import shlex
 import subprocess
@@ -24,6 +25,8 @@ DEBOOTSTRAP_TIMEOUT = 900.0
 _DEBIAN_IMAGE = re.compile(r"^(?:docker\.io/)?(?:library/)?debian:([a-z]+)(?:-slim)?$")
 WHEEL_PLATFORM = {"x86_64": "manylinux2014_x86_64", "aarch64": "manylinux2014_aarch64"}
 CONTAINER_PYTHON = "3.11"  # Debian bookworm's python3
+WHEEL_DOWNLOAD_TIMEOUT = 600.0
+PIP_LINES_SHOWN = 5  # the end of pip's output, where it says what went wrong
 
 
 def ensure_base_image(runner: Runner, image: str, progress: Progress) -> str:
@@ -57,22 +60,40 @@ def ensure_base_image(runner: Runner, image: str, progress: Progress) -> str:
 
 
 def build_wheelhouse(server_dir: Path, progress: Progress) -> None:
-    """Download the app's wheels (for the container's Python) into ``server/wheelhouse``, if stale."""
+    """Download the app's wheels (for the container's Python) into ``server/wheelhouse``, if stale.
+
+    Raises :class:`PreflightError` naming what failed (a missing requirements file, pip's own
+    words when the download fails) before anything on a host changes.
+    """
     requirements = server_dir / "requirements.txt"
     wheelhouse = server_dir / "wheelhouse"
     stamp = wheelhouse / "requirements.txt"
-    if stamp.exists() and stamp.read_text() == requirements.read_text():
+    try:
+        wanted = requirements.read_text()
+    except OSError as exc:
+        raise PreflightError(f"cannot read the app's requirements {requirements}: {exc.strerror or exc}") from None
+    if stamp.exists() and stamp.read_text() == wanted:
         return
-    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
-    platform = WHEEL_PLATFORM.get(machine)
-    if platform is None:
+    machine = platform.machine()
+    wheel_platform = WHEEL_PLATFORM.get(machine)
+    if wheel_platform is None:
         raise PreflightError(f"no wheel platform known for machine type {machine!r}")
-    progress.say(f"    downloading wheels for Python {CONTAINER_PYTHON} ({platform}) into {wheelhouse}")
-    wheelhouse.mkdir(exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-         "--only-binary=:all:", "--platform", platform, "--python-version", CONTAINER_PYTHON,
-         "--implementation", "cp", "--dest", str(wheelhouse), "--requirement", str(requirements)],
-        check=True,
-    )
-    stamp.write_text(requirements.read_text())
+    progress.say(f"    downloading wheels for Python {CONTAINER_PYTHON} ({wheel_platform}) into {wheelhouse}")
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--only-binary=:all:", "--platform", wheel_platform, "--python-version", CONTAINER_PYTHON,
+            "--implementation", "cp", "--dest", str(wheelhouse), "--requirement", str(requirements)]
+    try:
+        wheelhouse.mkdir(exist_ok=True)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=WHEEL_DOWNLOAD_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise PreflightError(f"downloading the app's wheels into {wheelhouse} took longer than "
+                             f"{WHEEL_DOWNLOAD_TIMEOUT:g} s; is the package index reachable?") from None
+    except OSError as exc:
+        raise PreflightError(f"cannot download the app's wheels into {wheelhouse}: {exc}") from None
+    if done.returncode != 0:
+        said = "\n".join((done.stderr or done.stdout).strip().splitlines()[-PIP_LINES_SHOWN:])
+        raise PreflightError(f"downloading the app's wheels ({requirements}) failed: pip exited {done.returncode}"
+                             + (f"\n{said}" if said else "")
+                             + "\nnothing was built or deployed; fix the requirements or the network "
+                             "(a package index or a proxy for pip) and run again")
+    stamp.write_text(wanted)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from .engine import Engine, Facts
 from .errors import ConfigError, HandoverError
+from .lock import describe_holder, holder_age
 from .record import history
 from .settings import Settings
 from .shell import Runner
@@ -22,6 +23,9 @@ RELEASES_SHOWN = 10
 NOT_RUNNING = "not running"
 NO_VERSION = "-"
 SUCCESS = "success"
+UNLOCKED = "unlocked"
+# What `status --json` tells of a lock's holder (the rest of the holder file is the lock's own business).
+LOCK_DETAILS = ("holder", "since", "action", "version", "via", "host", "reason")
 
 
 # -- status ----------------------------------------------------------------------------------------
@@ -42,29 +46,55 @@ class StatusRow:
 
 
 @dataclass(frozen=True)
+class LockState:
+    """The host's deploy lock as `status` shows it: free, or who holds it since when and why."""
+
+    holder: Mapping[str, str] | None  # the holder file (see handover.lock); None when free
+
+    @property
+    def text(self) -> str:
+        return describe_holder(dict(self.holder)) if self.holder is not None else UNLOCKED
+
+    def to_dict(self) -> dict[str, object]:
+        """``held``, ``description`` (the text line) and, when held, the holder's public details."""
+        data: dict[str, object] = {"held": self.holder is not None, "description": self.text}
+        if self.holder is not None:
+            data.update({key: self.holder[key] for key in LOCK_DETAILS if self.holder.get(key)})
+            data["age"] = holder_age(dict(self.holder))
+        return data
+
+
+@dataclass(frozen=True)
 class StatusView:
-    """The app containers (live or not), the proxy's container and the live version of one host."""
+    """The app containers (live or not), the proxy's container, the live version and the deploy lock
+    of one host."""
 
     rows: tuple[StatusRow, ...]
     proxy: str | None  # the running proxy container's name
     live_version: str
+    lock: LockState | None = None  # None: not read
 
     @classmethod
-    def of(cls, facts: Facts) -> StatusView:
+    def of(cls, facts: Facts, lock: LockState | None = None) -> StatusView:
         live = {c.id for c in facts.live}
         rows = tuple(StatusRow(c.name, c.short_id, c.version, c.status, c.health, c.id in live)
                      for c in facts.instances)
-        return cls(rows, facts.proxy.name if facts.proxy else None, facts.live_version)
+        return cls(rows, facts.proxy.name if facts.proxy else None, facts.live_version, lock)
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form: ``app`` (the rows), ``proxy`` and ``live_version``."""
-        return {"app": [asdict(r) for r in self.rows], "proxy": self.proxy, "live_version": self.live_version}
+        """The JSON form: ``app`` (the rows), ``proxy``, ``live_version`` and ``lock`` (when read)."""
+        data: dict[str, object] = {"app": [asdict(r) for r in self.rows], "proxy": self.proxy,
+                                   "live_version": self.live_version}
+        if self.lock is not None:
+            data["lock"] = self.lock.to_dict()
+        return data
 
     def lines(self, host: str = "") -> list[str]:
-        """The text form; ``host`` names the host in the first line (for runs over several)."""
+        """The text form; ``host`` names the host in the first lines (for runs over several)."""
         proxy = self.proxy or NOT_RUNNING
         head = f"{host}: proxy {proxy}" if host else f"proxy: {proxy}"
-        return [f"{head}   live version: {self.live_version or NO_VERSION}", *(r.line() for r in self.rows)]
+        lock = [f"{host}: lock {self.lock.text}" if host else f"lock: {self.lock.text}"] if self.lock else []
+        return [f"{head}   live version: {self.live_version or NO_VERSION}", *lock, *(r.line() for r in self.rows)]
 
 
 def _facts(runner: Runner, settings: Settings) -> Facts:
@@ -72,7 +102,9 @@ def _facts(runner: Runner, settings: Settings) -> Facts:
 
 
 def status(runner: Runner, settings: Settings) -> StatusView:
-    return StatusView.of(_facts(runner, settings))
+    """The host's status, its deploy lock included."""
+    engine = Engine(runner, settings)
+    return StatusView.of(engine.facts(), LockState(engine.lock.holder()))
 
 
 def live_version(runner: Runner, settings: Settings) -> str:
@@ -134,3 +166,11 @@ def check_tail(tail: int) -> int:
         raise ConfigError(f"--tail: expected a whole number of lines, 0 or more, got {tail!r}")
     return tail
 
+
+
+# -- unlock ----------------------------------------------------------------------------------------
+def unlock_message(holder: Mapping[str, str] | None) -> str:
+    """What `unlock` says about the lock it removed (``holder``: its holder file, None if free)."""
+    if holder is None:
+        return "no lock was held"
+    return f"lock released; it was {describe_holder(dict(holder))}"

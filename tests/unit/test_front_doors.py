@@ -1,0 +1,217 @@
+"""What the two front doors print: messages instead of tracebacks, the record as JSON when a deploy
+fails, the deploy lock in `status` and `unlock`, and a Ctrl-C that ends `logs --follow`.
+
+The local tasks run against the fake Docker host (``tasks._settings`` gives them its settings);
+the wheelhouse download is replaced only where the test is about what comes after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+import tasks
+from handover import cli, images, ops
+from handover.errors import PreflightError
+from handover.lock import DeployLock, lock_info
+from handover.progress import Progress
+
+from .fakehost import FakeHost
+
+ROOT = Path(__file__).resolve().parents[2]
+OLD, NEW = "v1", "v2"
+REASON = "db migration until 20:00"
+INTERRUPT_AFTER = 0.5  # seconds into the follow when the test presses Ctrl-C
+STOP_WITHIN = 5.0
+
+
+@pytest.fixture
+def host(fake_host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
+    """A host serving OLD, which the local tasks act on."""
+    monkeypatch.setattr(tasks, "_settings", lambda c: fake_host.settings)
+    monkeypatch.setattr(tasks.images, "build_wheelhouse", lambda server_dir, progress: None)
+    tasks.Engine(fake_host.runner, fake_host.settings, Progress(quiet=True)).up(OLD)
+    yield fake_host
+
+
+def inv(*args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FABRIC_"))}
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**clean, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL)
+
+
+def manual_lock(host: FakeHost) -> DeployLock:
+    held = DeployLock(host.runner, str(host.state_path))
+    held.acquire(lock_info("lock", via="fab", reason=REASON))
+    return held
+
+
+# --- messages, not tracebacks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "deploy", "says", "code"),
+    [
+        (["probe", "--duration", "1"], {"http_port": "eighty"}, "config key deploy.http_port", 2),
+        (["probe", "--url", "ftp://example.invalid", "--duration", "1"], {}, "probe: base_url must be", 2),
+        (["probe", "--duration", "-1"], {}, "--duration: expected seconds above 0", 2),
+        (["bench", "--only", "fast"], {}, "--only: expected one of", 2),
+        (["local.status"], {"replicas": 0}, "config key deploy.replicas", 2),
+        (["local.deploy", "--json"], {"app_image": "Not An Image"}, "config key deploy.app_image", 2),
+    ],
+)
+def test_bad_input_to_a_task_is_a_message(args: list[str], deploy: dict[str, object], says: str, code: int,
+                                          tmp_path: Path) -> None:
+    config = tmp_path / "invoke.yaml"
+    config.write_text(json.dumps({"deploy": deploy}))  # JSON is YAML
+    result = inv("-f", str(config), *args)
+    assert "Traceback" not in result.stderr
+    assert says in result.stderr and result.stderr.startswith("error: ")
+    assert result.returncode == code
+
+
+def test_a_failed_wheel_download_is_a_message(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("this is not a requirement!!\n")
+    with pytest.raises(PreflightError) as info:
+        images.build_wheelhouse(tmp_path, Progress(quiet=True))
+    message = str(info.value)
+    assert "downloading the app's wheels" in message and "pip exited" in message
+    assert "nothing was built or deployed" in message
+    assert not (tmp_path / "wheelhouse" / "requirements.txt").exists()  # the next run tries again
+
+
+def test_missing_requirements_is_a_message(tmp_path: Path) -> None:
+    with pytest.raises(PreflightError, match="cannot read the app's requirements"):
+        images.build_wheelhouse(tmp_path, Progress(quiet=True))
+
+
+def test_an_unexpected_error_is_named_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    def broken() -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(Exit) as info:
+        cli.guarded(broken)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: OSError: [Errno 28] No space left on device")
+    assert cli.TRACEBACK_VARIABLE in err
+
+
+# --- deploy --json --------------------------------------------------------------------------------
+
+
+def test_a_failed_deploy_prints_its_record_as_json(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    host.fail_build(NEW)
+    with pytest.raises(Exit) as info:
+        tasks.deploy(Context(), version=NEW, json=True)
+    assert info.value.code == 1
+    out, err = capsys.readouterr()
+    record = json.loads(out)
+    assert record["result"] == "failed" and record["failed_step"] == "build" and record["version"] == NEW
+    assert record["error"] and "error: " in err
+    assert record == host.records()[-1] | {"seconds": record["seconds"]}  # the stored record, as is
+
+
+def test_a_deploy_stopped_before_the_engine_prints_json_too(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def no_wheels(server_dir: Path, progress: Progress) -> None:
+        raise PreflightError("downloading the app's wheels failed: pip exited 1")
+
+    monkeypatch.setattr(tasks.images, "build_wheelhouse", no_wheels)
+    with pytest.raises(Exit) as info:
+        tasks.deploy(Context(), version=NEW, json=True)
+    assert info.value.code == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["result"] == "failed" and record["failed_step"] == tasks.PREPARE_STEP
+    assert record["error"] == "downloading the app's wheels failed: pip exited 1"
+    assert record["project"] == host.settings.project and record["version"] == NEW
+
+
+def test_a_bad_version_under_json_is_json(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(Exit) as info:
+        tasks.deploy(Context(), version="-bad", json=True)
+    assert info.value.code == 2
+    record = json.loads(capsys.readouterr().out)
+    assert record["result"] == "failed" and "version '-bad'" in record["error"]
+
+
+# --- the lock as a user sees it -------------------------------------------------------------------
+
+
+def test_status_shows_the_lock(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    tasks.status(Context())
+    assert "lock: unlocked" in capsys.readouterr().out.splitlines()
+    tasks.status(Context(), json=True)
+    assert json.loads(capsys.readouterr().out)["lock"] == {"held": False, "description": "unlocked"}
+
+    manual_lock(host)
+    tasks.status(Context())
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lock: "))
+    assert line.startswith("lock: held by ") and line.endswith(f"s): {REASON}") and "since 20" in line
+    tasks.status(Context(), json=True)
+    lock = json.loads(capsys.readouterr().out)["lock"]
+    assert lock["held"] is True and lock["reason"] == REASON and lock["action"] == "lock"
+    assert lock["description"] == line.removeprefix("lock: ") and lock["age"].endswith(" s")
+    assert "token" not in lock and "boot_id" not in lock
+
+
+def test_a_deploy_refused_by_a_manual_lock_says_why(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    manual_lock(host)
+    with pytest.raises(Exit) as info:
+        tasks.deploy(Context(), version=NEW)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: deploys to this host are stopped: the lock at ")
+    assert f": {REASON}. Release it with the unlock task" in err
+    assert host.live_versions() == {OLD}
+
+
+def test_unlock_says_what_it_released(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    manual_lock(host)
+    tasks.unlock(Context())
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("lock released; it was held by ") and out.endswith(f": {REASON}")
+    assert "{" not in out
+    tasks.unlock(Context())
+    assert capsys.readouterr().out.strip() == "no lock was held"
+
+
+def test_lock_state_and_unlock_sentence_are_the_lock_description() -> None:
+    holder = {"holder": "ann@desk", "since": "2026-01-01T00:00:00+00:00", "action": "deploy", "version": "v7",
+              "token": "secretish", "keeper_pid": "77"}
+    view = ops.StatusView((), "p", "v1", ops.LockState(holder))
+    assert view.lines(host="web1")[1].startswith("web1: lock held by ann@desk since 2026-01-01T00:00:00+00:00 (")
+    assert view.lines(host="web1")[1].endswith("): deploy v7")
+    assert ops.unlock_message(holder) == "lock released; it was " + ops.LockState(holder).text
+    assert set(view.to_dict()["lock"]) == {"held", "description", "holder", "since", "action", "version",  # type: ignore[arg-type]
+                                           "age"}
+
+
+# --- logs --follow --------------------------------------------------------------------------------
+
+
+def test_local_follow_ends_on_one_interrupt(tmp_path: Path) -> None:
+    """A SIGINT to this process alone (not the command's group) still ends the followed command."""
+    pid_file = tmp_path / "pid"
+    runner = tasks.FollowLocal(context=Context())
+    timer = threading.Timer(INTERRUPT_AFTER, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    try:
+        runner.run(f"echo $$ > {pid_file}; exec sleep 600", pty=False, in_stream=False, warn=True, hide=True)
+    finally:
+        timer.cancel()
+    assert runner.interrupted and time.monotonic() - started < STOP_WITHIN
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
