@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from dataclasses import replace
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -23,7 +24,7 @@ from handover.engine import DeployOptions, Engine
 from handover.errors import ConfigError, HandoverError
 from handover.progress import Progress
 from handover.record import RunRecord, history
-from handover.settings import Settings, check_version
+from handover.settings import Settings, check_version, default_app_image
 from handover.shell import command_line
 from handover.version import source_version
 
@@ -35,6 +36,8 @@ PREPARE_STEP = "prepare"  # a deploy that stopped before the engine ran (config,
 ENGINE_SEQUENCE, SIMPLE_SEQUENCE = "engine", "simple"
 BENCH_SEQUENCES = ("", ENGINE_SEQUENCE, SIMPLE_SEQUENCE)
 MAX_PORT = 65535
+BENCH_PROJECT = "handover-bench"
+BENCH_STATE_DIR = ".state-bench"
 
 
 def _settings(c: Context) -> Settings:
@@ -273,6 +276,13 @@ def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0
         raise Exit(code=1)
 
 
+def bench_settings(s: Settings, port: int) -> Settings:
+    """The benchmark's stack: its own project, image name, state and port, so the configured stack
+    (and its images) are never touched."""
+    return replace(s, project=BENCH_PROJECT, app_image=default_app_image(BENCH_PROJECT), http_port=port,
+                   state_dir=BENCH_STATE_DIR)
+
+
 @task(
     help={
         "deploys": "consecutive deploys per sequence",
@@ -285,8 +295,6 @@ def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0
 def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 100, only: str = "",
           port: int = 18100) -> None:
     """K deploys under the probe: this engine vs the simple scale/reload/stop sequence, side by side."""
-    from dataclasses import replace
-
     from handover import bench as bench_mod
     from handover.probe import ProbeSettings
 
@@ -297,7 +305,7 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
             raise ConfigError(f"--deploys: expected a whole number of deploys, 1 or more, got {deploys}")
         if not 1 <= port <= MAX_PORT:
             raise ConfigError(f"--port: expected a port from 1 to {MAX_PORT}, got {port}")
-        s = replace(_settings(c), project="handover-bench", http_port=port, state_dir=".state-bench")
+        s = bench_settings(_settings(c), port)
         progress = Progress()
         quiet = Progress(quiet=True)
         images.build_wheelhouse(cli.SERVER_DIR, progress)

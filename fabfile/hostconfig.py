@@ -34,6 +34,8 @@ MAX_PARALLEL = 64
 # and rsync would read such a host or user as an option.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_.:-]*")  # names, IPv4, bare IPv6
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+DEPLOY_ROOT = "/srv"  # deploy_dir defaults to /srv/<project>
+_PROJECT_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, no '..' or '/'
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,15 @@ def _connection(name: str, entry: Mapping[str, Any]) -> tuple[str | None, str | 
     return hostname, user, port
 
 
+def default_deploy_dir(project: object) -> str | None:
+    """``deploy_dir`` when it is not set: ``/srv/<project>``, so that two projects on one host keep
+    their releases, state and lock apart (None for a project name that cannot be a directory name;
+    the project's own check names it)."""
+    if not isinstance(project, str) or not _PROJECT_DIR.fullmatch(project):
+        return None
+    return f"{DEPLOY_ROOT}/{project}"
+
+
 def _host_settings(base: Mapping[str, Any], entry_name: str | None, entry: Mapping[str, Any]) -> Settings:
     overrides = {k: v for k, v in entry.items() if k not in CONNECTION_KEYS}
     known = set(base) | CONNECTION_KEYS
@@ -134,10 +145,14 @@ def _host_settings(base: Mapping[str, Any], entry_name: str | None, entry: Mappi
     def where(key: str) -> str:
         return f"deploy.hosts.{entry_name}.{key}" if key in overrides else f"deploy.{key}"
 
-    _deploy_dir(where("deploy_dir"), merged.get("deploy_dir"))
     merged["source_subdir"] = RELEASE_LINK
     merged["env_file"] = ""
     try:
+        if merged.get("deploy_dir") in (None, ""):
+            merged["deploy_dir"] = default_deploy_dir(merged.get("project"))
+            if merged["deploy_dir"] is None:  # the project's name is at fault: say so
+                settings_mod.load({**merged, "deploy_dir": DEPLOY_ROOT})
+        _deploy_dir(where("deploy_dir"), merged.get("deploy_dir"))
         return settings_mod.load(merged)
     except ConfigError as exc:
         message = str(exc)

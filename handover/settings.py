@@ -37,6 +37,7 @@ _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.ASCII)
 # then uvicorn's graceful HTTP shutdown of ceil(drain_timeout) seconds, then the process exit.
 APP_DRAIN_SPREAD = 0.5  # the app's DRAIN_SPREAD default; the deploy does not set DRAIN_SPREAD
 APP_EXIT_MARGIN = 1.0  # lifespan shutdown and interpreter exit after the drain
+APP_IMAGE_SUFFIX = "-app"  # app_image defaults to <project>-app
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,23 @@ def _inner_path(key: str, value: object, expected: str) -> str:
     return text
 
 
+def default_app_image(project: str) -> str:
+    """The app image's name when ``app_image`` is not set: the project's own, so that two projects
+    on one Docker host never tag, prune or run each other's images."""
+    return f"{project}{APP_IMAGE_SUFFIX}"
+
+
+def _app_image(value: object, project: str) -> str:
+    expected = "an image name without a tag"
+    if value not in (None, ""):
+        return _text("app_image", value, _IMAGE_NAME, expected)
+    derived = default_app_image(project)
+    if not _IMAGE_NAME.fullmatch(derived):
+        raise ConfigError(f"config key deploy.app_image is not set and its default {derived!r} (from deploy.project) "
+                          f"is not an image name; set deploy.app_image to {expected}")
+    return derived
+
+
 def app_stop_seconds(drain_timeout: float) -> float:
     """The longest the app may take to exit after SIGTERM (see the constants above)."""
     spread = min(APP_DRAIN_SPREAD, drain_timeout / 2)
@@ -164,7 +182,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
-    optional = {"deploy_dir", "source_subdir", "env_file"}
+    optional = {"deploy_dir", "source_subdir", "env_file", "app_image"}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -173,9 +191,10 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     drain = _number("drain_timeout", config["drain_timeout"], 1, 600)
     grace = _number("stop_grace_period", config["stop_grace_period"], 1, 3600)
     _check_drain_budget(drain, grace)
+    project = _text("project", config["project"], _PROJECT_NAME,
+                    "a compose project name: lowercase letters, digits, '-' or '_'")
     return Settings(
-        project=_text("project", config["project"], _PROJECT_NAME,
-                      "a compose project name: lowercase letters, digits, '-' or '_'"),
+        project=project,
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
         source_subdir=_optional_text("source_subdir", config.get("source_subdir"), _SUBDIR,
                                      "a relative directory name such as 'current'"),
@@ -186,7 +205,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         http_bind=_ipv4("http_bind", config["http_bind"]),
         http_port=_integer("http_port", config["http_port"], 1, 65535),
         replicas=_integer("replicas", config["replicas"], 1, 16),
-        app_image=_text("app_image", config["app_image"], _IMAGE_NAME, "an image name without a tag"),
+        app_image=_app_image(config.get("app_image"), project),
         base_image=_text("base_image", config["base_image"], _IMAGE_REF, "an image reference"),
         proxy_base_image=_text("proxy_base_image", config["proxy_base_image"], _IMAGE_REF, "an image reference"),
         health_timeout=_number("health_timeout", config["health_timeout"], 1, 3600),

@@ -35,7 +35,8 @@ def test_host_entry_overrides_and_connection_keys() -> None:
     web1, prod, other = rc.targets
     assert (web1.name, web1.host, web1.user, web1.port) == ("web1:2222", "web1", "root", 2222)
     assert web1.settings.project == "shop" and web1.settings.http_port == 9000
-    assert web1.settings.source_subdir == "current" and web1.settings.deploy_dir == "/srv/handover"
+    assert web1.settings.source_subdir == "current" and web1.settings.deploy_dir == "/srv/shop"  # its project's
+    assert other.settings.deploy_dir == "/srv/handover"
     assert (prod.host, prod.user, prod.port) == ("203.0.113.10", "deploy", 2200)
     assert other.settings.project == "handover" and rc.parallel == 1
 
@@ -46,7 +47,7 @@ def test_host_entry_overrides_and_connection_keys() -> None:
         (section(hosts={"web1": {"http_port": "eighty"}}), ["web1"], "deploy.hosts.web1.http_port"),
         (section(hosts={"web1": {"colour": "blue"}}), ["web1"], "deploy.hosts.web1.colour"),
         (section(deploy_dir="srv/rel"), ["web1"], "deploy.deploy_dir"),
-        (section(deploy_dir=None), ["web1"], "deploy.deploy_dir"),
+        (section(deploy_dir=None, project="../etc"), ["web1"], "deploy.project"),
         (section(hosts={"web1": {"deploy_dir": "/srv/../etc"}}), ["web1"], "deploy.hosts.web1.deploy_dir"),
         (section(parallel=0), ["web1"], "deploy.parallel"),
         (section(), [], "-H"),
