@@ -93,7 +93,7 @@ class StatusView:
         """The text form; ``host`` names the host in the first lines (for runs over several)."""
         proxy = self.proxy or NOT_RUNNING
         head = f"{host}: proxy {proxy}" if host else f"proxy: {proxy}"
-        lock = [f"{host}: lock {self.lock.text}" if host else f"lock: {self.lock.text}"] if self.lock else []
+        lock = [f"{host}: " * bool(host) + f"lock: {self.lock.text}"] if self.lock else []
         return [f"{head}   live version: {self.live_version or NO_VERSION}", *lock, *(r.line() for r in self.rows)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from handover import cli, images, ops
 from handover.errors import PreflightError
 from handover.lock import DeployLock, lock_info
 from handover.progress import Progress
+from handover.record import RunRecord
 
 from .fakehost import FakeHost
 
@@ -49,6 +51,11 @@ def inv(*args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FABRIC_"))}
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env={**clean, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL)
+
+
+def without_age(description: str) -> str:
+    """The lock's description without its age (which moves on between two calls)."""
+    return re.sub(r" \(([^()]*)\): ", " (AGE): ", description, count=1)
 
 
 def manual_lock(host: FakeHost) -> DeployLock:
@@ -162,7 +169,8 @@ def test_status_shows_the_lock(host: FakeHost, capsys: pytest.CaptureFixture[str
     tasks.status(Context(), json=True)
     lock = json.loads(capsys.readouterr().out)["lock"]
     assert lock["held"] is True and lock["reason"] == REASON and lock["action"] == "lock"
-    assert lock["description"] == line.removeprefix("lock: ") and lock["age"].endswith(" s")
+    assert without_age(lock["description"]) == without_age(line.removeprefix("lock: "))
+    assert lock["age"].endswith(" s")
     assert "token" not in lock and "boot_id" not in lock
 
 
@@ -191,7 +199,7 @@ def test_lock_state_and_unlock_sentence_are_the_lock_description() -> None:
     holder = {"holder": "ann@desk", "since": "2026-01-01T00:00:00+00:00", "action": "deploy", "version": "v7",
               "token": "secretish", "keeper_pid": "77"}
     view = ops.StatusView((), "p", "v1", ops.LockState(holder))
-    assert view.lines(host="web1")[1].startswith("web1: lock held by ann@desk since 2026-01-01T00:00:00+00:00 (")
+    assert view.lines(host="web1")[1].startswith("web1: lock: held by ann@desk since 2026-01-01T00:00:00+00:00 (")
     assert view.lines(host="web1")[1].endswith("): deploy v7")
     assert ops.unlock_message(holder) == "lock released; it was " + ops.LockState(holder).text
     assert set(view.to_dict()["lock"]) == {"held", "description", "holder", "since", "action", "version",  # type: ignore[arg-type]
@@ -215,3 +223,19 @@ def test_local_follow_ends_on_one_interrupt(tmp_path: Path) -> None:
     assert runner.interrupted and time.monotonic() - started < STOP_WITHIN
     pid = int(pid_file.read_text())
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_fab_reports_a_refusal_as_the_lock_words_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from fabfile import hostconfig, rollout
+    from handover.errors import LockHeld
+
+    section = {**cli.defaults()["deploy"], **cli.defaults(hostconfig.REMOTE_DEFAULTS_FILE)["deploy"]}
+    targets = hostconfig.load(section, ["web1"]).targets
+    refusal = f"deploys to this host are stopped: the lock at /srv/handover/.state/lock is held by ann: {REASON}"
+
+    def refused(target: hostconfig.Target) -> RunRecord:
+        raise LockHeld(refusal)
+
+    [outcome] = rollout.roll(targets, refused, 1, rollout._print_failure)
+    assert outcome.state == rollout.FAILED and outcome.error == refusal
+    assert capsys.readouterr().err == f"error: [web1] {refusal}\n"

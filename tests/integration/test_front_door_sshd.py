@@ -1,13 +1,17 @@
-"""`fab logs --follow` against a real sshd (no Docker): one Ctrl-C ends it, nothing stays on the host.
+"""`fab` against a real sshd (no Docker): one Ctrl-C ends `logs --follow` and nothing of it stays on
+the host; `lock`, `status` and `unlock` show the lock as the lock describes it.
 
-The sshd session's PATH starts with a fake ``docker`` that records its pid and then waits as
-``docker compose logs --follow`` does (``exec sleep``), so the test can look for that process on the
-"host" (loopback: the same machine) after `fab` is interrupted or killed.
+The sshd session's PATH starts with a fake ``docker``: ``... logs ...`` records its pid and then
+waits as ``docker compose logs --follow`` does (``exec sleep``), so the test can look for that
+process on the "host" (loopback: the same machine) after `fab` is interrupted or killed; anything
+else answers as an empty Docker host (no containers).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -33,6 +37,8 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0  # one Ctrl-C must end `fab` well within this
 GONE_TIMEOUT = 10.0  # ... and the remote follow within this
 POLL = 0.05
+RUN_TIMEOUT = 60
+REASON = "payments freeze until monday"
 
 
 def free_port(address: str) -> int:
@@ -49,16 +55,19 @@ class FollowLab:
     pids: Path  # the fake docker appends its pid here
     config: Path
 
+    def argv(self, *args: str) -> list[str]:
+        return [FAB, "-f", str(self.config), "-i", str(self.ssh.client_key), "-H", self.server.spec, *args]
+
+    def fab(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), cwd=ROOT, env=fab_env(), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
     def start_follow(self) -> tuple[subprocess.Popen[str], int]:
         """`fab logs --follow` in a session of its own (as a terminal's foreground job), and the pid
         of the remote follow once it runs."""
         self.pids.write_text("")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_"))}
-        env["PYTHONPATH"] = str(ROOT)  # this checkout's fabfile and handover
-        fab = subprocess.Popen(
-            [FAB, "-f", str(self.config), "-i", str(self.ssh.client_key), "-H", self.server.spec, "logs", "--follow"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+        fab = subprocess.Popen(self.argv("logs", "--follow"), cwd=ROOT, env=fab_env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             text = self.pids.read_text().split()
@@ -70,6 +79,17 @@ class FollowLab:
             time.sleep(POLL)
         os.killpg(fab.pid, signal.SIGKILL)
         raise AssertionError("the remote follow did not start")
+
+
+def fab_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_"))}
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's fabfile and handover
+    return env
+
+
+def without_age(description: str) -> str:
+    """The lock's description without its age (which moves on between two calls)."""
+    return re.sub(r" \(([^()]*)\): ", " (AGE): ", description, count=1)
 
 
 def alive(pid: int) -> bool:
@@ -101,9 +121,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FollowLab]:
     pids = root / "follow.pids"
     docker = bin_dir / "docker"
     docker.write_text("#!/bin/sh\n"
-                      f'echo "$$" >> {shlex.quote(str(pids))}\n'
-                      'echo "following: $*"\n'
-                      f"exec sleep {FOLLOW_SECONDS}\n")
+                      'case " $* " in *" logs "*)\n'
+                      f'    echo "$$" >> {shlex.quote(str(pids))}\n'
+                      '    echo "following: $*"\n'
+                      f"    exec sleep {FOLLOW_SECONDS};;\n"
+                      "esac\n")
     docker.chmod(0o755)
     ssh = SshLab(root / "ssh")
     try:
@@ -146,3 +168,30 @@ def test_a_killed_fab_leaves_no_follow_on_the_host(lab: FollowLab) -> None:
     finally:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_lock_status_and_unlock_show_the_lock(lab: FollowLab) -> None:
+    status = lab.fab("status")
+    assert status.returncode == 0, status.stderr
+    prefix = f"{lab.server.label}: lock: "
+    assert f"{prefix}unlocked" in status.stdout.splitlines()
+
+    taken = lab.fab("lock", "--reason", REASON)
+    assert taken.returncode == 0, taken.stderr
+    status = lab.fab("status")
+    line = next(x for x in status.stdout.splitlines() if x.startswith(prefix))
+    assert line.startswith(f"{prefix}held by ") and line.endswith(f"): {REASON}")
+    data = json.loads(lab.fab("status", "--json").stdout)
+    assert data["host"] == lab.server.label and data["lock"]["held"] is True
+    assert data["lock"]["reason"] == REASON and data["lock"]["via"] == "fab"
+    assert without_age(data["lock"]["description"]) == without_age(line.removeprefix(prefix))
+
+    again = lab.fab("lock")
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "deploys to this host are stopped: the lock at " in again.stderr and f"{REASON}. Release it" in again.stderr
+
+    released = lab.fab("unlock")
+    assert released.returncode == 0, released.stderr
+    assert f"{lab.server.label}: lock released; it was held by " in released.stdout
+    assert released.stdout.rstrip().endswith(f": {REASON}") and "{" not in released.stdout
+    assert f"{prefix}unlocked" in lab.fab("status").stdout.splitlines()
