@@ -2,8 +2,9 @@
 
 Hosts come from ``-H`` (``[user@]host[:port]``, a name from ssh_config, or a name under
 ``deploy.hosts`` in the config); ``-i``, ``-S`` and ``-t`` work as in any Fabric run. Host keys are
-checked against ~/.ssh/known_hosts (or ``deploy.known_hosts``) and unknown ones are refused.
-The configuration is validated for every host before anything connects (exit 2 on an error).
+checked on every hop and unknown ones are refused (see :mod:`fabfile.connect` and
+:mod:`fabfile.hostkeys`). The configuration is validated for every host before anything connects
+(exit 2 on an error).
 """
 
 from __future__ import annotations
