@@ -4,6 +4,10 @@ Containers are always addressed by ID. The app service is scaled up for a deploy
 (compose would remove the newest container, not the old one): old containers are stopped and
 removed by ID. The ``docker compose`` command line is built in one place, :func:`compose_argv`,
 and its environment in :func:`compose_env`, both pure.
+
+The app's secrets file reaches the containers through Compose only (``APP_ENV_FILE``). What a
+failing ``docker compose`` says is scrubbed of the file's values before anyone sees it
+(:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .. import envfile
 from ..checks import Check, first_line, require
-from ..errors import BuildFailed, CommandError, PreflightError
+from ..errors import BuildFailed, CommandError, HandoverError, PreflightError
 from ..settings import Settings
-from ..shell import Result, Runner, run
+from ..shell import Result, Runner, read_file, run
 from . import Instance
 
 APP_SERVICE = "app"
@@ -29,6 +34,7 @@ DOWN_EXTRA_SECONDS = 120.0
 STOP_EXTRA_SECONDS = 60.0
 BUILD_LOG_LINES = 30
 COMPOSE_MAJOR = "2"
+ENV_FILE_VARIABLE = "APP_ENV_FILE"  # the secrets file, read by Compose with `format: raw`
 COMMAND_NOT_FOUND = 127
 DOCKER_INSTALL_HINT = "install Docker Engine (https://docs.docker.com/engine/install/)"
 COMPOSE_INSTALL_HINT = ("install the docker-compose-plugin package (or the docker-compose v2 binary in "
@@ -84,7 +90,7 @@ def compose_env(settings: Settings, version: str | None = None,
         "STOP_GRACE_PERIOD": f"{s.stop_grace_period:g}s",
     }
     if s.env_file:
-        env["APP_ENV_FILE"] = s.env_file
+        env[ENV_FILE_VARIABLE] = s.env_file
     if version is not None:
         env["APP_VERSION"] = version
     env.update(extra or {})
@@ -138,7 +144,23 @@ class ComposeBackend:
     def compose(self, *args: str, version: str | None = None, extra: Mapping[str, str] | None = None,
                 timeout: float | None = None) -> str:
         command = compose_argv(self.settings, *args)
-        return run(self.runner, command, env=self.env(version, extra), timeout=timeout).stdout
+        env = self.env(version, extra)
+        try:
+            return run(self.runner, command, env=env, timeout=timeout).stdout
+        except CommandError as exc:
+            raise self._scrubbed(exc, env.get(ENV_FILE_VARIABLE, "")) from None
+
+    def _scrubbed(self, exc: CommandError, path: str) -> CommandError:
+        """``exc`` without anything of the secrets file at ``path`` that Compose may have quoted."""
+        if not path:
+            return exc
+        try:
+            text = read_file(self.runner, path) or ""
+        except HandoverError:
+            text = ""  # unreadable here: what names the file is still cut off below
+        secrets = envfile.fragments(text)
+        return CommandError(exc.command, exc.exited, envfile.scrub(exc.output, secrets, path),
+                            stdout=envfile.scrub(exc.stdout, secrets, path))
 
     def check(self) -> None:
         try:
