@@ -13,6 +13,7 @@ failing ``docker compose`` says is scrubbed of the file's values before anyone s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ DOWN_EXTRA_SECONDS = 120.0
 STOP_EXTRA_SECONDS = 60.0
 BUILD_LOG_LINES = 30
 COMPOSE_MAJOR = "2"
+COMPOSE_MINIMUM = (2, 30)  # env_file `format: raw`
 ENV_FILE_VARIABLE = "APP_ENV_FILE"  # the secrets file, read by Compose with `format: raw`
 COMMAND_NOT_FOUND = 127
 DOCKER_INSTALL_HINT = "install Docker Engine (https://docs.docker.com/engine/install/)"
@@ -168,7 +170,17 @@ class ComposeBackend:
             self.compose("config", "--quiet")
         except CommandError as exc:
             self.diagnose()
-            raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}") from exc
+            raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}"
+                                 f"{self._too_old()}") from exc
+
+    def _too_old(self) -> str:
+        """A hint when Compose is older than the compose file needs (asked only after a failure)."""
+        found = run(self.runner, ["docker", "compose", "version", "--short"], check=False).stdout.strip().lstrip("v")
+        parts = tuple(int(p) for p in re.findall(r"\d+", found)[:2])
+        if len(parts) == 2 and parts < COMPOSE_MINIMUM:
+            return (f"\nDocker Compose v{'.'.join(map(str, COMPOSE_MINIMUM))} or newer is needed (the app's secrets "
+                    f"file is read with `format: raw`); this host has v{found}: {COMPOSE_INSTALL_HINT}")
+        return ""
 
     def host_checks(self) -> list[Check]:
         """The Docker engine reachable and Compose v2 present, each with what to do when not."""
