@@ -104,7 +104,8 @@ def exists(secrets: Secrets, release: str) -> bool:
 
 
 def prune(secrets: Secrets, releases: Iterable[str]) -> list[str]:
-    """Remove the secrets of every release that is not among ``releases`` (the kept directories)."""
+    """Remove the secrets of every release that is not among ``releases`` (the kept directories),
+    and the single shared copy older versions of this tool wrote (``<project>.env``)."""
     if secrets.directory is None:
         return []
     sftp = secrets.remote.conn.sftp()
@@ -116,6 +117,13 @@ def prune(secrets: Secrets, releases: Iterable[str]) -> list[str]:
     stale = sorted(n for n in names if n not in keep and n.endswith((SECRETS_SUFFIX, f"{SECRETS_SUFFIX}{TMP_SUFFIX}")))
     for name in stale:
         sftp.remove(f"{secrets.directory}/{name}")
+    # The one copy for every release that earlier versions of this tool kept beside the directory.
+    for legacy in (f"{secrets.directory}{SECRETS_SUFFIX}", f"{secrets.directory}{SECRETS_SUFFIX}{TMP_SUFFIX}"):
+        try:
+            sftp.remove(legacy)
+        except FileNotFoundError:
+            continue
+        stale.append(legacy.rpartition("/")[2])
     return stale
 
 

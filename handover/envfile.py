@@ -8,7 +8,8 @@ here first, and a problem is named by its LINE NUMBER only, never by any of the 
 
 What Compose says anyway (any failing ``docker compose`` command) goes through :func:`scrub` before
 it is shown or recorded: every value of the file, and every malformed line, is replaced by
-:data:`HIDDEN`, and any line of the output that names the file itself is withheld.
+:data:`HIDDEN` (values shorter than :data:`MIN_HIDDEN_LENGTH` excepted), and a line of the output
+that names the file itself is cut after its path.
 """
 
 from __future__ import annotations

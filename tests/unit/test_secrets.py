@@ -346,8 +346,12 @@ def test_fab_secrets_go_with_their_release_and_a_rollback_uses_its_own(
     local = remote.target.env_file
     assert local is not None
     quiet = Progress(quiet=True)
+    legacy = _secrets_dir(home, remote).with_suffix(".env")  # the one shared copy of earlier versions
+    legacy.parent.mkdir(parents=True)
+    _write(legacy, f"TOKEN={SECRET}-old\n")
     assert hostrun.deploy(remote, "v1", force=False, progress=quiet).result == "success"
     assert [c.env["TOKEN"] for c in host.app_containers()] == [f"{SECRET}-one"]
+    assert not legacy.exists()
     _write(local, f"TOKEN={SECRET}-two\n")
     assert hostrun.deploy(remote, "v2", force=False, progress=quiet).result == "success"
     assert [c.env["TOKEN"] for c in host.app_containers()] == [f"{SECRET}-two"]
