@@ -202,7 +202,7 @@ def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0
     """Constant-rate HTTP + WebSocket load that reports every failure (non-zero exit on any)."""
     from handover.probe import Probe, ProbeSettings
 
-    s = _settings(c)
+    s = cli.guarded(lambda: _settings(c))  # e.g. a missing env_file: a message, not a traceback
     base = url or f"http://{s.http_bind}:{s.http_port}"
     load = Probe(ProbeSettings(base_url=base, rate=rate, ws_clients=ws_clients))
     load.start()
