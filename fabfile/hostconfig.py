@@ -18,6 +18,7 @@ from typing import Any
 
 from fabric import Connection
 
+from handover import envfile
 from handover import settings as settings_mod
 from handover.errors import ConfigError
 from handover.settings import PROJECT_ROOT, Settings
@@ -103,12 +104,14 @@ def _deploy_dir(key: str, value: object) -> None:
 
 
 def _env_file(key: str, value: object) -> Path | None:
+    """The local secrets file, checked whole (readable, every line well-formed) before any
+    connection; a relative path is taken from the project root."""
     if value in (None, ""):
         return None
-    path = Path(str(value)).expanduser()
-    path = path if path.is_absolute() else PROJECT_ROOT / path
-    if not path.is_file():
-        raise ConfigError(f"config key {key}: expected a readable file of KEY=VALUE lines, {path} is not a file")
+    if not isinstance(value, str) or "\n" in value or "\0" in value:
+        raise ConfigError(f"config key {key}: expected a path without newlines, got {value!r}")
+    path = envfile.resolve(value, PROJECT_ROOT)
+    envfile.read(path, key)
     return path
 
 

@@ -1,10 +1,11 @@
 """One host's deploy and rollback: the engine's steps, with the release files as steps of their own.
 
-A deploy adds a ``sync`` step right after the engine's lock: the app's secrets file and the
-sources go to the host into a new release directory, and ``current`` is swapped to it (undone if a
-later step fails). A rollback adds a ``files`` step instead, pointing ``current`` at the newest
-kept release of the version it goes back to. Everything else — the plan, the recovery, the one
-record per run — is the engine's. A host with nothing serving yet gets the engine's first start.
+A deploy adds a ``sync`` step right after the engine's lock: the sources go to the host into a new
+release directory, the app's secrets file beside it as that release's own copy, and ``current`` is
+swapped to it (undone if a later step fails). A rollback adds a ``files`` step instead, pointing
+``current`` (and the app's secrets) at the newest kept release of the version it goes back to.
+Everything else — the plan, the recovery, the one record per run — is the engine's. A host with
+nothing serving yet gets the engine's first start.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from handover import ops
 from handover.backends import make_backend
 from handover.checks import require
 from handover.engine import DeployOptions, Engine
-from handover.errors import PreflightError
+from handover.errors import HandoverError, PreflightError
 from handover.progress import Progress
 from handover.record import RunRecord
 from handover.settings import Settings, check_version
+from handover.shell import run
 from handover.steps import Run, Step
 
 from . import hostready, secrets, sync
@@ -26,39 +28,51 @@ FRONT_DOOR = "fab"
 
 
 class Sync(Step):
-    """The secrets file and the sources into a new release directory; ``current`` swapped to it."""
+    """The sources into a new release directory with its own copy of the secrets file; ``current``
+    swapped to it, and the run's compose commands pointed at that release's secrets."""
 
     name = "sync"
 
-    def __init__(self, remote: Remote, settings: Settings) -> None:
-        self.remote, self.settings = remote, settings
+    def __init__(self, remote: Remote, settings: Settings, secrets_of: secrets.Secrets) -> None:
+        self.remote, self.settings, self.secrets = remote, settings, secrets_of
         self.swap: sync.Swap | None = None
 
     def describe(self, run: Run) -> str:
         dirs = ", ".join(f"{d}/" for d in sync.source_dirs(run.engine.proxy.source_dirs))
-        return f"{dirs} -> {self.remote.name}:{sync.releases_path(self.settings)}/, then swap current to it"
+        with_secrets = " with its secrets file" if self.secrets.directory else ""
+        return (f"{dirs} -> {self.remote.name}:{sync.releases_path(self.settings)}/{with_secrets}, "
+                "then swap current to it")
 
     def run(self, run: Run) -> str:
-        if self.remote.target.env_file is not None:
-            secrets.push(self.remote, self.settings, self.remote.target.env_file)
         name = sync.upload(self.remote, self.settings, run.version, run.engine.progress,
                            sync.source_dirs(run.engine.proxy.source_dirs))
+        local = self.remote.target.env_file
+        if local is not None:
+            try:
+                secrets.push(self.secrets, local, name)
+            except BaseException:
+                # A release without its secrets must never be used (a rollback would find it).
+                run_quietly(self.remote, ["rm", "-rf", f"{sync.releases_path(self.settings)}/{name}"])
+                raise
         self.swap = sync.activate(self.remote, self.settings, name)
+        run.engine.backend.set_env(self.secrets.env(name))
         return f"current -> {sync.RELEASES_DIR}/{name}"
 
     def undo(self, run: Run) -> None:
         if self.swap is not None:
             sync.undo(self.remote, self.settings, self.swap)
+            run.engine.backend.set_env(self.secrets.env(secrets.release_of(self.swap.previous)))
             run.engine.progress.say(f"    current -> {self.swap.previous or '(none)'} again")
 
 
 class Files(Step):
-    """A rollback uses the files that went with the version it goes back to, when they are kept."""
+    """A rollback uses the files and the secrets that went with the version it goes back to, when
+    they are kept."""
 
     name = "files"
 
-    def __init__(self, remote: Remote, settings: Settings) -> None:
-        self.remote, self.settings = remote, settings
+    def __init__(self, remote: Remote, settings: Settings, secrets_of: secrets.Secrets) -> None:
+        self.remote, self.settings, self.secrets = remote, settings, secrets_of
         self.swap: sync.Swap | None = None
 
     def _release(self, version: str) -> str | None:
@@ -71,20 +85,39 @@ class Files(Step):
         release = self._release(run.version)
         return f"current -> {sync.RELEASES_DIR}/{release}" if release else None
 
+    def check(self, run: Run) -> None:
+        if self.secrets.directory is None:
+            return
+        release = self._release(run.version) or secrets.release_of(sync.current_release(self.remote, self.settings))
+        if release is None or not secrets.exists(self.secrets, release):
+            raise HandoverError(
+                f"{self.remote.name}: the secrets file of release {release or '(none)'} is not on the host "
+                f"({self.secrets.path(release or '<release>')}): it was deployed without deploy.env_file or before "
+                f"each release kept its own; deploy version {run.version} instead of rolling back to it")
+
     def run(self, run: Run) -> None:
         release = self._release(run.version)
         if release:
             self.swap = sync.activate(self.remote, self.settings, release)
+            run.engine.backend.set_env(self.secrets.env(release))
 
     def undo(self, run: Run) -> None:
         if self.swap is not None:
             sync.undo(self.remote, self.settings, self.swap)
+            run.engine.backend.set_env(self.secrets.env(secrets.release_of(self.swap.previous)))
 
 
-def _engine(remote: Remote, progress: Progress) -> tuple[Engine, Settings]:
-    # The secrets file's path on the host (it is written by the sync step, under the lock).
-    s = secrets.with_secrets(remote, remote.target.settings, upload=False)
-    return Engine(remote.conn, s, progress), s
+def run_quietly(remote: Remote, argv: list[str]) -> None:
+    run(remote.conn, argv, check=False)
+
+
+def _engine(remote: Remote, progress: Progress) -> tuple[Engine, Settings, secrets.Secrets]:
+    """The host's engine, its compose commands pointed at the secrets of the release in use (the
+    sync or files step points them at another release's)."""
+    s = remote.target.settings
+    secrets_of = secrets.of(remote, s)
+    current = secrets.release_of(sync.current_release(remote, s)) if secrets_of.directory else None
+    return Engine(remote.conn, s, progress, extra_env=secrets_of.env(current)), s, secrets_of
 
 
 def _ready(remote: Remote) -> None:
@@ -100,13 +133,14 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
     version = check_version(version)
     if not dry_run:
         _ready(remote)
-    engine, s = _engine(remote, progress)
+    engine, s, secrets_of = _engine(remote, progress)
     rec = engine.deploy(DeployOptions(version=version, force=force, dry_run=dry_run, host=remote.name,
-                                      via=FRONT_DOOR, after_lock=[Sync(remote, s)]))
+                                      via=FRONT_DOOR, after_lock=[Sync(remote, s, secrets_of)]))
     if rec.result == "success":
         removed = sync.prune(remote, s)
+        secrets.prune(secrets_of, sync.list_releases(remote, s))
         if removed:
-            progress.say(f"    removed {len(removed)} old release dir(s); kept {s.releases_kept}")
+            progress.say(f"    removed {len(removed)} old release dir(s) and their secrets; kept {s.releases_kept}")
     return rec
 
 
@@ -117,8 +151,8 @@ def dry_run(remote: Remote, version: str, *, force: bool, progress: Progress) ->
 
 def rollback(remote: Remote, to: str | None, progress: Progress) -> RunRecord:
     """Swap back to an earlier image with the zero-downtime sequence: no sync, no build."""
-    engine, s = _engine(remote, progress)
+    engine, s, secrets_of = _engine(remote, progress)
     version = check_version(to) if to else ops.previous_version(remote.conn, s)
     return engine.deploy(DeployOptions(version=version, build=False, action="rollback", host=remote.name,
-                                       via=FRONT_DOOR, after_lock=[Files(remote, s)]))
+                                       via=FRONT_DOOR, after_lock=[Files(remote, s, secrets_of)]))
 

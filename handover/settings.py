@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import envfile
 from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,18 @@ def _app_image(value: object, project: str) -> str:
     return derived
 
 
+def _env_file(key: str, value: object) -> str:
+    """The secrets file: optional, but when set it must be a readable file of well-formed lines
+    (Compose would otherwise run the app without it, or quote it in an error). A relative path is
+    taken from the project root; the absolute one is kept."""
+    text = _optional_text(key, value, None, "a path without newlines")
+    if not text:
+        return ""
+    path = envfile.resolve(text, PROJECT_ROOT)
+    envfile.read(path, f"deploy.{key}")
+    return str(path)
+
+
 def app_stop_seconds(drain_timeout: float) -> float:
     """The longest the app may take to exit after SIGTERM (see the constants above)."""
     spread = min(APP_DRAIN_SPREAD, drain_timeout / 2)
@@ -215,7 +228,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         reload_timeout=_number("reload_timeout", config["reload_timeout"], 1, 600),
         post_switch_check=_number("post_switch_check", config["post_switch_check"], 0, 600),
         releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
-        env_file=_optional_text("env_file", config.get("env_file"), None, path_expected),
+        env_file=_env_file("env_file", config.get("env_file")),
     )
 
 

@@ -52,6 +52,11 @@ def names(instances: Sequence[Instance]) -> str:
     return ", ".join(c.name for c in instances) or "nothing"
 
 
+def keeps_serving(run: Run) -> bool:
+    """A first start that finds healthy containers routed to (``up`` again) starts only what is missing."""
+    return run.options.action == "up" and bool(run.facts.healthy_live)
+
+
 def plural(n: int, word: str = "new container") -> str:
     return f"{n} {word}" + ("s" if n != 1 else "")
 
@@ -201,7 +206,7 @@ class Start(Step):
     def describe(self, run: Run) -> str | None:
         n = plural(run.engine.settings.replicas)
         if self.fresh:
-            return None if run.facts.healthy_live else f"{n} of {run.version}"
+            return None if keeps_serving(run) else f"{n} of {run.version}"
         return f"{n} of {run.version} beside {len(run.old)} live"
 
     def run(self, run: Run) -> str:
@@ -234,7 +239,7 @@ class Health(Step):
         self.fresh = fresh
 
     def describe(self, run: Run) -> str | None:
-        if self.fresh and run.facts.healthy_live:
+        if self.fresh and keeps_serving(run):
             return None
         return (f"wait until the new containers are healthy (up to {run.engine.settings.health_timeout:g} s), "
                 "else remove them")
@@ -255,7 +260,7 @@ class Switch(Step):
 
     def describe(self, run: Run) -> str | None:
         if self.fresh:
-            return None if run.facts.healthy_live else "route the proxy to them"
+            return None if keeps_serving(run) else "route the proxy to them"
         return f"route the proxy to them ({run.engine.proxy.switch_words})"
 
     def run(self, run: Run) -> str | None:

@@ -4,18 +4,24 @@ Containers are always addressed by ID. The app service is scaled up for a deploy
 (compose would remove the newest container, not the old one): old containers are stopped and
 removed by ID. The ``docker compose`` command line is built in one place, :func:`compose_argv`,
 and its environment in :func:`compose_env`, both pure.
+
+The app's secrets file reaches the containers through Compose only (``APP_ENV_FILE``). What a
+failing ``docker compose`` says is scrubbed of the file's values before anyone sees it
+(:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .. import envfile
 from ..checks import Check, first_line, require
-from ..errors import BuildFailed, CommandError, PreflightError
+from ..errors import BuildFailed, CommandError, HandoverError, PreflightError
 from ..settings import Settings
-from ..shell import Result, Runner, run
+from ..shell import Result, Runner, read_file, run
 from . import Instance
 
 APP_SERVICE = "app"
@@ -29,6 +35,8 @@ DOWN_EXTRA_SECONDS = 120.0
 STOP_EXTRA_SECONDS = 60.0
 BUILD_LOG_LINES = 30
 COMPOSE_MAJOR = "2"
+COMPOSE_MINIMUM = (2, 30)  # env_file `format: raw`
+ENV_FILE_VARIABLE = "APP_ENV_FILE"  # the secrets file, read by Compose with `format: raw`
 COMMAND_NOT_FOUND = 127
 DOCKER_INSTALL_HINT = "install Docker Engine (https://docs.docker.com/engine/install/)"
 COMPOSE_INSTALL_HINT = ("install the docker-compose-plugin package (or the docker-compose v2 binary in "
@@ -84,7 +92,7 @@ def compose_env(settings: Settings, version: str | None = None,
         "STOP_GRACE_PERIOD": f"{s.stop_grace_period:g}s",
     }
     if s.env_file:
-        env["APP_ENV_FILE"] = s.env_file
+        env[ENV_FILE_VARIABLE] = s.env_file
     if version is not None:
         env["APP_VERSION"] = version
     env.update(extra or {})
@@ -138,7 +146,23 @@ class ComposeBackend:
     def compose(self, *args: str, version: str | None = None, extra: Mapping[str, str] | None = None,
                 timeout: float | None = None) -> str:
         command = compose_argv(self.settings, *args)
-        return run(self.runner, command, env=self.env(version, extra), timeout=timeout).stdout
+        env = self.env(version, extra)
+        try:
+            return run(self.runner, command, env=env, timeout=timeout).stdout
+        except CommandError as exc:
+            raise self._scrubbed(exc, env.get(ENV_FILE_VARIABLE, "")) from None
+
+    def _scrubbed(self, exc: CommandError, path: str) -> CommandError:
+        """``exc`` without anything of the secrets file at ``path`` that Compose may have quoted."""
+        if not path:
+            return exc
+        try:
+            text = read_file(self.runner, path) or ""
+        except HandoverError:
+            text = ""  # unreadable here: what names the file is still cut off below
+        secrets = envfile.fragments(text)
+        return CommandError(exc.command, exc.exited, envfile.scrub(exc.output, secrets, path),
+                            stdout=envfile.scrub(exc.stdout, secrets, path))
 
     def check(self) -> None:
         try:
@@ -146,7 +170,17 @@ class ComposeBackend:
             self.compose("config", "--quiet")
         except CommandError as exc:
             self.diagnose()
-            raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}") from exc
+            raise PreflightError(f"the compose file {self.settings.compose_path} is invalid:\n{exc.output}"
+                                 f"{self._too_old()}") from exc
+
+    def _too_old(self) -> str:
+        """A hint when Compose is older than the compose file needs (asked only after a failure)."""
+        found = run(self.runner, ["docker", "compose", "version", "--short"], check=False).stdout.strip().lstrip("v")
+        parts = tuple(int(p) for p in re.findall(r"\d+", found)[:2])
+        if len(parts) == 2 and parts < COMPOSE_MINIMUM:
+            return (f"\nDocker Compose v{'.'.join(map(str, COMPOSE_MINIMUM))} or newer is needed (the app's secrets "
+                    f"file is read with `format: raw`); this host has v{found}: {COMPOSE_INSTALL_HINT}")
+        return ""
 
     def host_checks(self) -> list[Check]:
         """The Docker engine reachable and Compose v2 present, each with what to do when not."""

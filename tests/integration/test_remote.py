@@ -168,7 +168,8 @@ def web1(lab: Lab) -> tuple[Path, HostSetup]:
     assert [s["name"] for s in record["steps"]][:3] == ["lock", "sync", "preflight"]
     assert all(isinstance(s["seconds"], float) for s in record["steps"])
     assert host.version() == "r1"
-    env_copy = lab.ssh.home / ".config" / "handover" / f"{host.project}.env"
+    release = os.readlink(host.deploy_dir / "current").rpartition("/")[2]
+    env_copy = lab.ssh.home / ".config" / "handover" / host.project / f"{release}.env"  # the release's own
     assert env_copy.read_text() == secrets.read_text()
     assert stat.S_IMODE(env_copy.stat().st_mode) == 0o600
     assert PRIVATE_VALUE not in first.stdout + first.stderr

@@ -116,6 +116,7 @@ SCENARIOS = {
     "first-start": (engine_for, DeployOptions(version=OLD, action="up")),
     "deploy-on-an-empty-host": (engine_for, DeployOptions(version=OLD)),
     "up-with-the-proxy-down": (_proxy_down, DeployOptions(version=OLD, action="up")),
+    "deploy-with-the-proxy-down": (_proxy_down, DeployOptions(version=NEW)),
     "unchanged": (serving, DeployOptions(version=OLD)),
 }
 
