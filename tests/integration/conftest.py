@@ -22,6 +22,11 @@ INV = [sys.executable, "-m", "invoke"]
 TEST_PROJECT = os.environ.get("HANDOVER_TEST_PROJECT", "handover-it")
 TEST_PORT = int(os.environ.get("HANDOVER_TEST_PORT", "18080"))
 TEST_STATE = f".state-{TEST_PROJECT}"
+# The sshd labs' loopback network (127.0.0.x) and a tag for their compose projects and ports:
+# overridable too, so a second session's labs keep off the first's addresses, names and ports.
+SSH_NET = os.environ.get("HANDOVER_TEST_SSH_NET", "127.0.0")
+LAB_TAG = os.environ.get("HANDOVER_TEST_LAB_TAG", "")
+LAB_PORT_SHIFT = int(os.environ.get("HANDOVER_TEST_LAB_PORT_SHIFT", "0"))
 # A second stack for tests that break their own copy of the sources.
 SCRATCH_PROJECT = f"{TEST_PROJECT}-scratch"
 SCRATCH_PORT = TEST_PORT + 1
@@ -61,6 +66,21 @@ class StackHandle:
              "--filter", f"label=com.docker.compose.service={service}"],
             capture_output=True, text=True, check=True).stdout
         return out.split()
+
+
+def loopback(last: int) -> str:
+    """An sshd lab's address: ``last`` on the test network (127.0.0.<last> by default)."""
+    return f"{SSH_NET}.{last}"
+
+
+def docker_events(project: str, since: float, until: float, event: str = "create") -> list[str]:
+    """IDs of the ``project``'s containers that had ``event`` between two times (Unix seconds)."""
+    out = subprocess.run(
+        ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--format", "{{.Actor.ID}}",
+         "--filter", "type=container", "--filter", f"event={event}",
+         "--filter", f"label=com.docker.compose.project={project}"],
+        capture_output=True, text=True, check=True, timeout=60).stdout
+    return out.split()
 
 
 def stack_env(project: str, port: int, state_dir: str) -> dict[str, str]:

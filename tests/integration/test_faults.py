@@ -28,7 +28,9 @@ from .test_deploy import app_containers, assert_one_live_container, assert_unloc
 
 pytestmark = pytest.mark.integration
 
-SLOW_SECONDS = 5
+# Long enough to outlast the health wait and reach past the switch; short enough for the old
+# server's graceful HTTP shutdown (ceil(drain_timeout) s after its drain starts).
+SLOW_SECONDS = 8
 # exit-after: the new app passes its health check (about 1-2 s), is switched to, then dies
 # inside the post-switch check window.
 EXIT_AFTER_SECONDS = 4
@@ -159,38 +161,50 @@ def test_ctrl_c_leaves_one_whole_version(stack: StackHandle, at: str) -> None:
 
 
 def test_slow_request_in_flight_completes_on_the_old_server(stack: StackHandle) -> None:
-    """#11: a 5 s request under way when the deploy starts finishes with 200 from the old server."""
+    """#11: a slow request sent before the switch is still in flight when "==> switch" is printed,
+    and ends after it with 200 from the old server."""
     before = stack.info()
     outcome: list[requests.Response | BaseException] = []
+    returned: list[float] = []
 
     def slow() -> None:
         try:
             outcome.append(requests.get(f"{stack.url}/api/slow", params={"seconds": SLOW_SECONDS}, timeout=60))
         except requests.RequestException as exc:
             outcome.append(exc)
+        returned.append(time.monotonic())
 
+    version = unique("slow")
     probe = probe_for(stack.url)
     probe.start()
     try:
+        process = start_deploy(stack, "--version", version)
+        seen = read_until(process, "==> health")  # the new container runs; nginx routes to the old only
         thread = threading.Thread(target=slow)
         thread.start()
-        time.sleep(0.3)  # it has reached the old server
-        version = unique("slow")
-        stack.inv("local.deploy", "--version", version)
+        seen += read_until(process, "==> switch")
+        switched = time.monotonic()
+        in_flight_at_switch = thread.is_alive()
+        output = finish(process, seen)
         thread.join(timeout=60)
     finally:
         report = probe.stop()
+    assert process.returncode == 0, output
+    assert in_flight_at_switch, "the slow request returned before the switch: it proves nothing"
     [response] = outcome
     assert isinstance(response, requests.Response), f"the in-flight request failed: {response!r}"
+    assert returned[0] > switched
     assert response.status_code == 200
     assert response.json()["server_id"] == before["server_id"]
     assert report.ok, report.format_table()
     data = report.to_dict()["ws"]
     assert data["messages_sent"] == data["messages_acked"], report.format_table()  # type: ignore[index]
     assert stack.info()["version"] == version
+    assert stack.info()["server_id"] != before["server_id"]
     assert_one_live_container(stack, version)
-    note("#11", f"slow request: {response.status_code} from {response.json()['server_id']} (old: "
-                f"{before['server_id']}); {probe_line(report)}")
+    note("#11", f"slow request: in flight at the switch, ended {returned[0] - switched:.1f} s after it with "
+                f"{response.status_code} from {response.json()['server_id']} (old: {before['server_id']}); "
+                f"{probe_line(report)}")
 
 
 @pytest.mark.parametrize("value", ["v1;touch /tmp/handover-pwned-marker", "$(touch /tmp/handover-pwned-marker)"])

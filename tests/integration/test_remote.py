@@ -24,19 +24,20 @@ import pytest
 import requests
 import yaml
 
-from .conftest import docker_ready
+from .conftest import LAB_PORT_SHIFT, LAB_TAG, docker_ready, loopback
 from .sshd import SshLab, SshServer
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
-ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-PORT_BASE = 28100
+ADDRESSES = [loopback(2), loopback(3), loopback(4)]
+PORT_BASE = 28100 + LAB_PORT_SHIFT
 FAB_TIMEOUT = 300
 PRIVATE_VALUE = "private-value-never-printed-42"
 PWNED = Path("/tmp/handover-pwned-marker")  # noqa: S108 - what an injected `touch` would create
 TIMINGS: dict[str, float] = {}
+CONCURRENT_POST_SWITCH_CHECK = 4
 
 
 @dataclass
@@ -124,6 +125,18 @@ def fab_env(root: Path = ROOT) -> dict[str, str]:
     return env
 
 
+def assert_one_healthy_app(host: HostSetup, version: str) -> None:
+    """One app container (stopped ones counted), healthy, of ``version``."""
+    ids = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={host.project}",
+         "--filter", "label=com.docker.compose.service=app"], capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert len(ids) == 1, ids
+    health, image = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}} {{.Config.Image}}",
+                                    ids[0]], capture_output=True, text=True, check=True).stdout.split()
+    assert health == "healthy" and image.endswith(f":{version}"), (health, image)
+
+
 def remove_project(project: str) -> None:
     subprocess.run(["docker", "compose", "--project-name", project, "down", "--timeout", "1", "--remove-orphans"],
                    capture_output=True, check=False)
@@ -138,7 +151,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     docker_ready()
     root = tmp_path_factory.mktemp("remote")
     ssh = SshLab(root / "ssh")
-    the_lab = Lab(ssh, root / "work")
+    the_lab = Lab(ssh, root / "work", prefix=f"hrt{LAB_TAG}")
     the_lab.work.mkdir()
     PWNED.unlink(missing_ok=True)
     try:
@@ -195,6 +208,8 @@ def test_deploy_under_load_has_zero_failures(lab: Lab, web1: tuple[Path, HostSet
     assert current.startswith("releases/") and current.endswith("Z-r2")  # relative, swapped
     assert len(list((host.deploy_dir / "releases").iterdir())) == 2
     assert PRIVATE_VALUE not in result.stdout + result.stderr
+    assert_one_healthy_app(host, "r2")  # the old container drained and removed
+    assert not (host.deploy_dir / ".state" / "lock").exists()
 
 
 def test_rollback_restores_previous_version(lab: Lab, web1: tuple[Path, HostSetup]) -> None:
@@ -226,6 +241,45 @@ def test_lock_refuses_a_second_deploy_until_unlocked(lab: Lab, web1: tuple[Path,
     assert sorted((host.deploy_dir / "releases").iterdir()) == releases  # nothing synced either
     freed = lab.fab(config, [host], "unlock")
     assert "lock released" in freed.stdout
+    assert not (host.deploy_dir / ".state" / "lock").exists()
+
+
+def test_two_deploys_at_once_one_is_refused(lab: Lab, web1: tuple[Path, HostSetup]) -> None:
+    """Two real `fab deploy`s to one host: the second, started while the first waits for health, is
+    refused naming the first; the first finishes; one version serves, one container, no lock."""
+    from handover.probe import Probe, ProbeSettings
+
+    _, host = web1
+    # A post-switch check keeps the first deploy's lock held well past the second's start.
+    config = lab.config("web1-slow", [host], env_file=str(lab.work / "app.env"),
+                        post_switch_check=CONCURRENT_POST_SWITCH_CHECK)
+    probe = Probe(ProbeSettings(base_url=host.url, rate=50, ws_clients=10))
+    probe.start()
+    try:
+        first = subprocess.Popen(lab.fab_command(config, [host], "deploy", "--version", "c1"), cwd=ROOT,
+                                 env=fab_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 stdin=subprocess.DEVNULL)
+        assert first.stdout is not None
+        seen = []
+        for line in first.stdout:
+            seen.append(line)
+            if line.startswith("==> health"):
+                break
+        second = lab.fab(config, [host], "deploy", "--version", "c2", check=False)
+        rest, _ = first.communicate(timeout=FAB_TIMEOUT)
+        output = "".join(seen) + rest
+    finally:
+        report = probe.stop()
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "another deploy holds the lock" in second.stderr, second.stderr
+    assert ": deploy c1 (" in second.stderr and "held by " in second.stderr, second.stderr
+    assert first.returncode == 0, output
+    assert "deploy success: " in output and "-> c1" in output, output
+    assert report.ok, report.format_table()
+    assert host.version() == "c1"
+    assert os.readlink(host.deploy_dir / "current").endswith("Z-c1")
+    assert not any(p.name.endswith("Z-c2") for p in (host.deploy_dir / "releases").iterdir())  # c2 synced nothing
+    assert_one_healthy_app(host, "c1")
     assert not (host.deploy_dir / ".state" / "lock").exists()
 
 

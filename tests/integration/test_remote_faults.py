@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,20 +28,24 @@ import yaml
 
 from handover.probe import ProbeReport
 
-from .conftest import docker_ready, probe_for
+from .conftest import LAB_PORT_SHIFT, LAB_TAG, docker_events, docker_ready, loopback, probe_for
 from .faultlog import first_error, note, probe_line
 from .sshd import SshLab, SshServer
 from .test_remote import PWNED, ROOT, HostSetup, Lab, fab_env, remove_project
 
 pytestmark = pytest.mark.integration
 
-ADDRESSES = ["127.0.0.5", "127.0.0.6", "127.0.0.7"]
-PORT_BASE = 28300
+ADDRESSES = [loopback(5), loopback(6), loopback(7)]
+PORT_BASE = 28300 + LAB_PORT_SHIFT
 KILL_POINTS = ["==> sync", "==> health", "==> switch", "==> drain"]
 TMPFS_SIZE = "5m"
 FILLER_BYTES = 6 * 1024 * 1024  # more than the whole tmpfs
 BIG_SYNC_BYTES = 96 * 1024 * 1024  # random, so rsync's compression cannot shrink it: a few seconds
+ROOMY_TMPFS_SIZE = "160m"  # the first release and the space check's BIG_SYNC_BYTES fit, with room over
+FILL_RESERVE_BYTES = 512 * 1024  # left free by the filler: enough for the record, far from the big file
+FILL_POLL_SECONDS = 0.02
 FAB_KILL_WAIT = 120
+BROKEN_CONFIG_REPLICAS = 2  # another count than the host's: the upstream file is rewritten
 PROJECT_PARTS = ("handover", "fabfile", "config", "compose", "nginx", "server")
 
 
@@ -140,7 +145,7 @@ def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     docker_ready()
     root = tmp_path_factory.mktemp("remote-faults")
     ssh = SshLab(root / "ssh")
-    the_lab = Lab(ssh, root / "work", prefix="hrf", port_base=PORT_BASE)
+    the_lab = Lab(ssh, root / "work", prefix=f"hrf{LAB_TAG}", port_base=PORT_BASE)
     the_lab.work.mkdir()
     no_plugins = root / "home-without-compose"
     (no_plugins / ".docker" / "cli-plugins").mkdir(parents=True)
@@ -166,16 +171,25 @@ def web(flab: Lab) -> tuple[Path, HostSetup]:
     return config, host
 
 
+@pytest.mark.parametrize("replicas", [None, BROKEN_CONFIG_REPLICAS])
 def test_broken_nginx_config_in_the_sync_changes_nothing(flab: Lab, web: tuple[Path, HostSetup],
-                                                         tmp_path: Path) -> None:
-    """#4: the synced nginx.conf fails `nginx -t`: nothing reloaded or started, `current` as before."""
+                                                         tmp_path: Path, replicas: int | None) -> None:
+    """#4: the synced nginx.conf fails `nginx -t`: nothing reloaded or started, `current` as before.
+    With a new replica count the upstream file is rewritten first: the previous one comes back."""
     config, host = web
+    if replicas is not None:
+        config = flab.config(f"web-replicas-{replicas}", [host], replicas=replicas)
     before, link, containers, workers = host.version(), current(host), app_containers(host), nginx_processes(host)
+    upstream = host.deploy_dir / ".state" / "nginx" / "upstream.conf"
+    upstream_before = upstream.read_bytes()
     count = len(records(host))
     root = project_copy(tmp_path)
     conf = root / "nginx" / "nginx.conf"
     conf.write_text(conf.read_text().replace("server_tokens off;", "server_tokens off;\n    this_is_not_nginx;"))
+    started = time.time()
     result, report = deploy_under_probe(flab, config, host, "broken1", root)
+    assert docker_events(host.project, started, time.time()) == []  # no container was ever created
+    assert upstream.read_bytes() == upstream_before
     assert result.returncode == 1, result.stdout + result.stderr
     assert "nginx -t failed" in result.stderr and "this_is_not_nginx" in result.stderr, result.stderr
     assert f"current -> {link} again" in result.stdout
@@ -354,12 +368,11 @@ def test_setup_names_a_missing_docker_or_compose_plugin(flab: Lab) -> None:
                 f"      deploy, no compose: exit {deploy.returncode}; {first_error(deploy.stderr)}")
 
 
-@pytest.fixture
-def small_disk(flab: Lab) -> Iterator[HostSetup]:
-    """A host whose deploy directory is a small tmpfs."""
-    [host] = flab.hosts("full", flab.ssh.servers[:1])
+def mounted_tmpfs(flab: Lab, tag: str, size: str) -> Iterator[HostSetup]:
+    """A host whose deploy directory is a tmpfs of ``size``."""
+    [host] = flab.hosts(tag, flab.ssh.servers[:1])
     host.deploy_dir.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(host.deploy_dir)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(host.deploy_dir)], check=True)
     try:
         yield host
     finally:
@@ -367,24 +380,103 @@ def small_disk(flab: Lab) -> Iterator[HostSetup]:
         subprocess.run(["umount", str(host.deploy_dir)], check=False)
 
 
-def test_disk_full_during_the_sync_changes_nothing(flab: Lab, small_disk: HostSetup, tmp_path: Path) -> None:
-    """#13b: rsync runs out of space: the error says so, `current` and the containers are as before."""
+@pytest.fixture
+def small_disk(flab: Lab) -> Iterator[HostSetup]:
+    """A host whose deploy directory is a tmpfs too small for the sync."""
+    yield from mounted_tmpfs(flab, "full", TMPFS_SIZE)
+
+
+@pytest.fixture
+def roomy_disk(flab: Lab) -> Iterator[HostSetup]:
+    """A host whose deploy directory has room for the sync, until something else fills it."""
+    yield from mounted_tmpfs(flab, "fills", ROOMY_TMPFS_SIZE)
+
+
+def test_disk_full_before_the_sync_is_refused_and_changes_nothing(flab: Lab, small_disk: HostSetup,
+                                                                  tmp_path: Path) -> None:
+    """#13b: too little space for what the sync sends: refused before rsync starts, nothing changed."""
     host = small_disk
     config = flab.config("full", [host])
     flab.fab(config, [host], "setup")
     flab.fab(config, [host], "deploy", "--version", "d1")
     before, link, containers = host.version(), current(host), app_containers(host)
+    count = len(records(host))
     root = project_copy(tmp_path)
     (root / "server" / "static" / "filler.bin").write_bytes(os.urandom(FILLER_BYTES))
     result, report = deploy_under_probe(flab, config, host, "d2", root)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "rsync to" in result.stderr and "No space left on device" in result.stderr, result.stderr
+    assert "rsync to" in result.stderr and "not started: No space left on device" in result.stderr, result.stderr
     assert "the files in use are unchanged" in result.stderr
     assert report.ok, report.format_table()
     assert current(host) == link
     assert host.version() == before
     assert app_containers(host) == containers
     assert not lock_dir(host).exists() and staging_dirs(host) == []
+    assert len(records(host)) == count + 1
+    record = records(host)[-1]
+    assert (record["version"], record["result"], record["failed_step"]) == ("d2", "failed", "sync")
     space = next((line.strip() for line in result.stderr.splitlines() if "No space left" in line), "")
     note("#13b", f"exit {result.returncode}; {first_error(result.stderr)} ... {space}; current -> {current(host)}; "
                  f"serves {host.version()}; {probe_line(report)}")
+
+
+def fill_while_rsync_runs(host: HostSetup, filler: Path, stop: threading.Event) -> list[int]:
+    """Once rsync to ``host`` runs (the space check passed), fill its disk but FILL_RESERVE_BYTES.
+
+    Returns how many bytes it allocated (none if rsync never showed up)."""
+    pattern = f"^rsync --archive .*{host.server.address}"
+    while not stop.is_set():
+        if subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False).returncode == 0:
+            room = os.statvfs(host.deploy_dir)
+            size = room.f_bavail * room.f_frsize - FILL_RESERVE_BYTES
+            with filler.open("wb") as out:
+                os.posix_fallocate(out.fileno(), 0, size)
+            return [size]
+        time.sleep(FILL_POLL_SECONDS)
+    return []
+
+
+def test_disk_full_during_the_sync_changes_nothing(flab: Lab, roomy_disk: HostSetup, tmp_path: Path) -> None:
+    """#13c: the space check passes, then the disk fills while rsync writes: rsync fails on it, the
+    staging directory goes, `current` and the containers are as before, one record says so."""
+    host = roomy_disk
+    config = flab.config("fills", [host])
+    flab.fab(config, [host], "setup")
+    flab.fab(config, [host], "deploy", "--version", "f1")
+    before, link, count = host.version(), current(host), len(records(host))
+    containers = set(app_containers(host))
+    root = project_copy(tmp_path)
+    (root / "server" / "static" / "big.bin").write_bytes(os.urandom(BIG_SYNC_BYTES))  # keeps rsync busy
+    filler = host.deploy_dir / "filler.bin"  # on the same tmpfs, outside what the deploy owns
+    stop = threading.Event()
+    filled: list[int] = []
+    filling = threading.Thread(target=lambda: filled.extend(fill_while_rsync_runs(host, filler, stop)))
+    started = time.time()
+    filling.start()
+    try:
+        result, report = deploy_under_probe(flab, config, host, "f2", root)
+    finally:
+        stop.set()
+        filling.join(timeout=30)
+    ended = time.time()
+    assert filled, "rsync never ran: the space check refused or the sync was over before the disk filled"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not started" not in result.stderr, result.stderr  # the up-front check passed
+    assert "rsync to" in result.stderr and "failed (exit" in result.stderr, result.stderr
+    # rsync's own "No space left on device" comes from the far side and may be lost with the
+    # connection: not required here (the filler's size shows the disk was full).
+    assert "the files in use are unchanged" in result.stderr
+    assert report.ok, report.format_table()
+    assert staging_dirs(host) == [], staging_dirs(host)
+    assert current(host) == link and host.version() == before
+    assert set(app_containers(host)) == containers
+    assert docker_events(host.project, started, ended) == []  # no container was ever created
+    assert not lock_dir(host).exists()
+    assert len(records(host)) == count + 1
+    record = records(host)[-1]
+    assert (record["version"], record["result"], record["failed_step"]) == ("f2", "failed", "sync")
+    filler.unlink()
+    space = next((line.strip() for line in result.stderr.splitlines() if "No space left" in line), "(no ENOSPC line)")
+    note("#13c", f"filled {filled[0] // 1024} KiB during rsync; exit {result.returncode}; {space}; "
+                 f"current -> {current(host)}; serves {host.version()}; record {record['result']} at "
+                 f"{record['failed_step']}; {probe_line(report)}")
