@@ -28,9 +28,12 @@ from .test_deploy import app_containers, assert_one_live_container, assert_unloc
 
 pytestmark = pytest.mark.integration
 
-# Long enough to outlast the health wait and reach past the switch; short enough for the old
-# server's graceful HTTP shutdown (ceil(drain_timeout) s after its drain starts).
+# Sent when the health wait begins: long enough to outlast it (a few seconds on a busy machine) and
+# reach past the switch. The old server promises an in-flight request ceil(drain_timeout) = 5 s of
+# graceful shutdown from its drain; a post-switch check of SLOW_POST_SWITCH_CHECK s puts the drain
+# late enough that the request ends inside that promise.
 SLOW_SECONDS = 8
+SLOW_POST_SWITCH_CHECK = 5
 # exit-after: the new app passes its health check (about 1-2 s), is switched to, then dies
 # inside the post-switch check window.
 EXIT_AFTER_SECONDS = 4
@@ -178,7 +181,8 @@ def test_slow_request_in_flight_completes_on_the_old_server(stack: StackHandle) 
     probe = probe_for(stack.url)
     probe.start()
     try:
-        process = start_deploy(stack, "--version", version)
+        process = start_deploy(with_env(stack, INVOKE_DEPLOY_POST_SWITCH_CHECK=str(SLOW_POST_SWITCH_CHECK)),
+                               "--version", version)
         seen = read_until(process, "==> health")  # the new container runs; nginx routes to the old only
         thread = threading.Thread(target=slow)
         thread.start()
