@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ SCRATCH_SOURCES = ("compose", "nginx", "server")
 # The load the deploy tests run under: modest, so a 2-core machine still has room for the deploy.
 PROBE_RATE = 50.0
 PROBE_WS_CLIENTS = 10
+EVENTS_SETTLE_SECONDS = 1.0
 
 
 @dataclass
@@ -73,14 +75,32 @@ def loopback(last: int) -> str:
     return f"{SSH_NET}.{last}"
 
 
-def docker_events(project: str, since: float, until: float, event: str = "create") -> list[str]:
-    """IDs of the ``project``'s containers that had ``event`` between two times (Unix seconds)."""
-    out = subprocess.run(
-        ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--format", "{{.Actor.ID}}",
-         "--filter", "type=container", "--filter", f"event={event}",
-         "--filter", f"label=com.docker.compose.project={project}"],
-        capture_output=True, text=True, check=True, timeout=60).stdout
-    return out.split()
+class ContainerCreations:
+    """The IDs of the containers Docker creates for ``project`` while this is open.
+
+    A live `docker events` subscription: the engine keeps only a short buffer of past events,
+    which health checks on a busy machine overrun within seconds, so asking afterwards with
+    --since/--until may miss what happened."""
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.ids: list[str] = []
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> ContainerCreations:
+        self._process = subprocess.Popen(
+            ["docker", "events", "--since", f"{time.time():.3f}", "--format", "{{.Actor.ID}}",
+             "--filter", "type=container", "--filter", "event=create",
+             "--filter", f"label=com.docker.compose.project={self.project}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._process is not None
+        time.sleep(EVENTS_SETTLE_SECONDS)  # the last events reach the subscription
+        self._process.terminate()
+        out, _ = self._process.communicate(timeout=10)
+        self.ids = out.split()
 
 
 def stack_env(project: str, port: int, state_dir: str) -> dict[str, str]:

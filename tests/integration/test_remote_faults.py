@@ -28,7 +28,7 @@ import yaml
 
 from handover.probe import ProbeReport
 
-from .conftest import LAB_PORT_SHIFT, LAB_TAG, docker_events, docker_ready, loopback, probe_for
+from .conftest import LAB_PORT_SHIFT, LAB_TAG, ContainerCreations, docker_ready, loopback, probe_for
 from .faultlog import first_error, note, probe_line
 from .sshd import SshLab, SshServer
 from .test_remote import PWNED, ROOT, HostSetup, Lab, fab_env, remove_project
@@ -186,9 +186,9 @@ def test_broken_nginx_config_in_the_sync_changes_nothing(flab: Lab, web: tuple[P
     root = project_copy(tmp_path)
     conf = root / "nginx" / "nginx.conf"
     conf.write_text(conf.read_text().replace("server_tokens off;", "server_tokens off;\n    this_is_not_nginx;"))
-    started = time.time()
-    result, report = deploy_under_probe(flab, config, host, "broken1", root)
-    assert docker_events(host.project, started, time.time()) == []  # no container was ever created
+    with ContainerCreations(host.project) as created:
+        result, report = deploy_under_probe(flab, config, host, "broken1", root)
+    assert created.ids == []  # no container was ever created
     assert upstream.read_bytes() == upstream_before
     assert result.returncode == 1, result.stdout + result.stderr
     assert "nginx -t failed" in result.stderr and "this_is_not_nginx" in result.stderr, result.stderr
@@ -451,14 +451,13 @@ def test_disk_full_during_the_sync_changes_nothing(flab: Lab, roomy_disk: HostSe
     stop = threading.Event()
     filled: list[int] = []
     filling = threading.Thread(target=lambda: filled.extend(fill_while_rsync_runs(host, filler, stop)))
-    started = time.time()
     filling.start()
     try:
-        result, report = deploy_under_probe(flab, config, host, "f2", root)
+        with ContainerCreations(host.project) as created:
+            result, report = deploy_under_probe(flab, config, host, "f2", root)
     finally:
         stop.set()
         filling.join(timeout=30)
-    ended = time.time()
     assert filled, "rsync never ran: the space check refused or the sync was over before the disk filled"
     assert result.returncode == 1, result.stdout + result.stderr
     assert "not started" not in result.stderr, result.stderr  # the up-front check passed
@@ -470,7 +469,7 @@ def test_disk_full_during_the_sync_changes_nothing(flab: Lab, roomy_disk: HostSe
     assert staging_dirs(host) == [], staging_dirs(host)
     assert current(host) == link and host.version() == before
     assert set(app_containers(host)) == containers
-    assert docker_events(host.project, started, ended) == []  # no container was ever created
+    assert created.ids == []  # no container was ever created
     assert not lock_dir(host).exists()
     assert len(records(host)) == count + 1
     record = records(host)[-1]
