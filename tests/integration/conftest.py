@@ -24,7 +24,7 @@ TEST_PROJECT = os.environ.get("HANDOVER_TEST_PROJECT", "handover-it")
 TEST_PORT = int(os.environ.get("HANDOVER_TEST_PORT", "18080"))
 TEST_STATE = f".state-{TEST_PROJECT}"
 # The sshd labs' loopback network (127.0.0.x) and a tag for their compose projects and ports:
-# overridable too, so a second session's labs keep off the first's addresses, names and ports.
+# overridable too, so a second test run's labs keep off the first's addresses, names and ports.
 SSH_NET = os.environ.get("HANDOVER_TEST_SSH_NET", "127.0.0")
 LAB_TAG = os.environ.get("HANDOVER_TEST_LAB_TAG", "")
 LAB_PORT_SHIFT = int(os.environ.get("HANDOVER_TEST_LAB_PORT_SHIFT", "0"))

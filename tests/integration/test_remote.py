@@ -1,4 +1,4 @@
-"""`fab` end to end: real sshd on 127.0.0.2-4, rsync, and the real Docker engine.
+"""`fab` end to end: real sshd on 127.0.0.2-4 (HANDOVER_TEST_SSH_NET moves them), rsync, and the real Docker engine.
 
 Each "host" is an sshd on its own loopback address with its own host key; each gets its own deploy
 directory, compose project, port and app image name, as separate machines would have. `fab` runs

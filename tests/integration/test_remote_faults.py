@@ -1,5 +1,6 @@
-"""Faults during `fab` runs against real sshd hosts (127.0.0.5-7), with the probe running where a
-stack serves: the old version keeps serving, nothing is lost, no lock is left, the error names the cause.
+"""Faults during `fab` runs against real sshd hosts (127.0.0.5-7; HANDOVER_TEST_SSH_NET moves them),
+with the probe running where a stack serves: the old version keeps serving, nothing is lost, no lock
+is left, the error names the cause.
 
 127.0.0.5 is an ordinary host. 127.0.0.6 gives its sessions a PATH without docker, and 127.0.0.7 a
 `docker` that answers `compose` as a docker without the Compose v2 plugin does (the plugin may sit in
