@@ -12,13 +12,15 @@ Usage (from the repository root or anywhere inside it)::
 
 Each module is measured in a scratch copy of the working tree under ``.mutation/`` (git-ignored),
 removed afterwards unless ``--keep`` is given. Every test has a wall-clock limit; a test that hits
-it fails and the mutant counts as a timeout.
+it fails and the mutant counts as a timeout. Mutants in functions no unit test calls count as
+"no tests" and, like survivors, lower the score. Only code inside functions and methods is mutated.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from pathlib import Path
 
 SCRATCH_DIR_NAME = ".mutation"
 WORK_DIR_NAME = "work"
+OWNER_FILE_NAME = "owner.pid"
 MUTANTS_DIR_NAME = "mutants"
 UNIT_TESTS = "tests/unit"
 TIMEOUT_PLUGIN = "_mutation_test_timeout"
@@ -169,10 +172,13 @@ def check_module(root: Path, name: str) -> str:
 
 def project_files(root: Path) -> list[str]:
     """Tracked files plus new, not ignored ones: the working tree as a commit of it would be."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True, check=True, cwd=root,
-    ).stdout
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True, check=True, cwd=root,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise HarnessError(f"cannot list the files of {root}: {exc}") from None
     return [name for name in out.decode().split("\0") if name and (root / name).is_file()]
 
 
@@ -213,6 +219,26 @@ def prepare_work_dir(root: Path, work: Path, module: str, test_timeout: float) -
     # Everything the tests may import, except the source root (mutmut copies and mutates that itself).
     also_copy = sorted({entry.name for entry in work.iterdir()} - {source_root, "pyproject.toml"})
     pyproject.write_text(text + mutmut_config(module, also_copy, test_timeout))
+
+
+def claim_scratch(scratch: Path) -> None:
+    """Make the scratch directory ours; refuse if a live run in this checkout is using it."""
+    scratch.mkdir(exist_ok=True)
+    owner_file = scratch / OWNER_FILE_NAME
+    try:
+        owner = int(owner_file.read_text())
+    except (FileNotFoundError, ValueError):
+        owner = None
+    if owner is not None and owner != os.getpid():
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            pass  # left behind by a run that died: reuse it
+        except PermissionError:
+            raise HarnessError(f"{scratch} is held by process {owner}; remove it if no mutation run is going") from None
+        else:
+            raise HarnessError(f"another mutation run (process {owner}) is using {scratch}")
+    owner_file.write_text(str(os.getpid()))
 
 
 def exit_codes(work: Path, module: str) -> dict[str, int | None]:
@@ -294,12 +320,14 @@ def main(argv: list[str] | None = None) -> int:
         print("mutation: --jobs must be >= 1 and --test-timeout > 0", file=sys.stderr)
         return EXIT_ERROR
     scratch: Path | None = None
+    results: list[ModuleResult] = []
+    status = EXIT_OK
     try:
         root = repo_root()
         modules = [check_module(root, name) for name in args.modules]
         mutmut_executable()
+        claim_scratch(root / SCRATCH_DIR_NAME)
         scratch = root / SCRATCH_DIR_NAME
-        results: list[ModuleResult] = []
         for module in modules:
             print(f"mutating {module} ...", flush=True)
             result = run_module(root, scratch, module, args.jobs, args.test_timeout, args.show_survivors)
@@ -307,16 +335,20 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     except HarnessError as exc:
         print(f"mutation: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        status = EXIT_ERROR
     except KeyboardInterrupt:
         print("mutation: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+        status = EXIT_ERROR
     finally:
-        if scratch is not None and not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
-    print()
-    print(format_results(results))
-    return EXIT_OK
+        if scratch is not None:
+            if args.keep:
+                (scratch / OWNER_FILE_NAME).unlink(missing_ok=True)
+            else:
+                shutil.rmtree(scratch, ignore_errors=True)
+    if results:
+        print()
+        print(format_results(results))
+    return status
 
 
 if __name__ == "__main__":
