@@ -19,9 +19,11 @@ it fails and the mutant counts as a timeout. Mutants in functions no unit test c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +44,7 @@ MUTMUT_TIMEOUT_MULTIPLIER = 3.0
 MUTMUT_TIMEOUT_CONSTANT_SECONDS = 5.0
 EXIT_OK = 0
 EXIT_ERROR = 2
+STOP_WAIT_SECONDS = 10.0
 
 # Exit codes mutmut records per mutant (see mutmut.stats.status_by_exit_code).
 KILLED_CODES = frozenset({1, 3})
@@ -250,6 +253,20 @@ def exit_codes(work: Path, module: str) -> dict[str, int | None]:
     return codes
 
 
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # Workers whose parent is gone are still in the group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def run_module(
     root: Path, scratch: Path, module: str, jobs: int, test_timeout: float, show_survivors: bool
 ) -> ModuleResult:
@@ -258,17 +275,23 @@ def run_module(
     log_path = scratch / (module.replace("/", "_") + ".log")
     started = time.monotonic()
     with log_path.open("w") as log:
-        finished = subprocess.run(
+        # A session of its own, so an interrupted run can stop mutmut's workers and the servers tests start.
+        process = subprocess.Popen(
             [str(mutmut_executable()), "run", "--max-children", str(jobs)],
-            cwd=work, stdout=log, stderr=subprocess.STDOUT, check=False,
+            cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        try:
+            returncode = process.wait()
+        except BaseException:
+            stop_process_group(process)
+            raise
     seconds = time.monotonic() - started
     codes = exit_codes(work, module)
     log_text = log_path.read_text(errors="replace")
-    if finished.returncode != 0:
+    if returncode != 0:
         if NO_COVERING_TESTS_MESSAGE not in log_text:
             tail = "\n".join(log_text.splitlines()[-20:])
-            raise HarnessError(f"{module}: mutmut exited {finished.returncode}; last lines of its log:\n{tail}")
+            raise HarnessError(f"{module}: mutmut exited {returncode}; last lines of its log:\n{tail}")
         print("  no unit test calls any function of this module", flush=True)
         return ModuleResult(module=module, counts=Counter(no_tests=len(codes)), seconds=seconds)
     counts = Counter(classify(code) for code in codes.values())
@@ -314,8 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT is ignored
     if args.jobs < 1 or args.test_timeout <= 0:
         print("mutation: --jobs must be >= 1 and --test-timeout > 0", file=sys.stderr)
         return EXIT_ERROR
@@ -331,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             print(f"mutating {module} ...", flush=True)
             result = run_module(root, scratch, module, args.jobs, args.test_timeout, args.show_survivors)
-            print(f"  {result.total} mutants in {result.seconds:.0f} s", flush=True)
             results.append(result)
+            print(format_results([result]).splitlines()[-1], flush=True)
     except HarnessError as exc:
         print(f"mutation: {exc}", file=sys.stderr)
         status = EXIT_ERROR
