@@ -12,14 +12,18 @@ Usage (from the repository root or anywhere inside it)::
 
 Each module is measured in a scratch copy of the working tree under ``.mutation/`` (git-ignored),
 removed afterwards unless ``--keep`` is given. Every test has a wall-clock limit; a test that hits
-it fails and the mutant counts as a timeout.
+it fails and the mutant counts as a timeout. Mutants in functions no unit test calls count as
+"no tests" and, like survivors, lower the score. Only code inside functions and methods is mutated.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +33,7 @@ from pathlib import Path
 
 SCRATCH_DIR_NAME = ".mutation"
 WORK_DIR_NAME = "work"
+OWNER_FILE_NAME = "owner.pid"
 MUTANTS_DIR_NAME = "mutants"
 UNIT_TESTS = "tests/unit"
 TIMEOUT_PLUGIN = "_mutation_test_timeout"
@@ -39,6 +44,7 @@ MUTMUT_TIMEOUT_MULTIPLIER = 3.0
 MUTMUT_TIMEOUT_CONSTANT_SECONDS = 5.0
 EXIT_OK = 0
 EXIT_ERROR = 2
+STOP_WAIT_SECONDS = 10.0
 
 # Exit codes mutmut records per mutant (see mutmut.stats.status_by_exit_code).
 KILLED_CODES = frozenset({1, 3})
@@ -169,10 +175,13 @@ def check_module(root: Path, name: str) -> str:
 
 def project_files(root: Path) -> list[str]:
     """Tracked files plus new, not ignored ones: the working tree as a commit of it would be."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True, check=True, cwd=root,
-    ).stdout
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True, check=True, cwd=root,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise HarnessError(f"cannot list the files of {root}: {exc}") from None
     return [name for name in out.decode().split("\0") if name and (root / name).is_file()]
 
 
@@ -215,6 +224,26 @@ def prepare_work_dir(root: Path, work: Path, module: str, test_timeout: float) -
     pyproject.write_text(text + mutmut_config(module, also_copy, test_timeout))
 
 
+def claim_scratch(scratch: Path) -> None:
+    """Make the scratch directory ours; refuse if a live run in this checkout is using it."""
+    scratch.mkdir(exist_ok=True)
+    owner_file = scratch / OWNER_FILE_NAME
+    try:
+        owner = int(owner_file.read_text())
+    except (FileNotFoundError, ValueError):
+        owner = None
+    if owner is not None and owner != os.getpid():
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            pass  # left behind by a run that died: reuse it
+        except PermissionError:
+            raise HarnessError(f"{scratch} is held by process {owner}; remove it if no mutation run is going") from None
+        else:
+            raise HarnessError(f"another mutation run (process {owner}) is using {scratch}")
+    owner_file.write_text(str(os.getpid()))
+
+
 def exit_codes(work: Path, module: str) -> dict[str, int | None]:
     """mutmut's recorded exit code per mutant of the module (none if nothing in it could be mutated)."""
     meta = work / MUTANTS_DIR_NAME / f"{module}.meta"
@@ -222,6 +251,20 @@ def exit_codes(work: Path, module: str) -> dict[str, int | None]:
         return {}
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     return codes
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # Workers whose parent is gone are still in the group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_module(
@@ -232,17 +275,23 @@ def run_module(
     log_path = scratch / (module.replace("/", "_") + ".log")
     started = time.monotonic()
     with log_path.open("w") as log:
-        finished = subprocess.run(
+        # A session of its own, so an interrupted run can stop mutmut's workers and the servers tests start.
+        process = subprocess.Popen(
             [str(mutmut_executable()), "run", "--max-children", str(jobs)],
-            cwd=work, stdout=log, stderr=subprocess.STDOUT, check=False,
+            cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        try:
+            returncode = process.wait()
+        except BaseException:
+            stop_process_group(process)
+            raise
     seconds = time.monotonic() - started
     codes = exit_codes(work, module)
     log_text = log_path.read_text(errors="replace")
-    if finished.returncode != 0:
+    if returncode != 0:
         if NO_COVERING_TESTS_MESSAGE not in log_text:
             tail = "\n".join(log_text.splitlines()[-20:])
-            raise HarnessError(f"{module}: mutmut exited {finished.returncode}; last lines of its log:\n{tail}")
+            raise HarnessError(f"{module}: mutmut exited {returncode}; last lines of its log:\n{tail}")
         print("  no unit test calls any function of this module", flush=True)
         return ModuleResult(module=module, counts=Counter(no_tests=len(codes)), seconds=seconds)
     counts = Counter(classify(code) for code in codes.values())
@@ -288,35 +337,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT is ignored
     if args.jobs < 1 or args.test_timeout <= 0:
         print("mutation: --jobs must be >= 1 and --test-timeout > 0", file=sys.stderr)
         return EXIT_ERROR
     scratch: Path | None = None
+    results: list[ModuleResult] = []
+    status = EXIT_OK
     try:
         root = repo_root()
         modules = [check_module(root, name) for name in args.modules]
         mutmut_executable()
+        claim_scratch(root / SCRATCH_DIR_NAME)
         scratch = root / SCRATCH_DIR_NAME
-        results: list[ModuleResult] = []
         for module in modules:
             print(f"mutating {module} ...", flush=True)
             result = run_module(root, scratch, module, args.jobs, args.test_timeout, args.show_survivors)
-            print(f"  {result.total} mutants in {result.seconds:.0f} s", flush=True)
             results.append(result)
+            print(format_results([result]).splitlines()[-1], flush=True)
     except HarnessError as exc:
         print(f"mutation: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        status = EXIT_ERROR
     except KeyboardInterrupt:
         print("mutation: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+        status = EXIT_ERROR
     finally:
-        if scratch is not None and not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
-    print()
-    print(format_results(results))
-    return EXIT_OK
+        if scratch is not None:
+            if args.keep:
+                (scratch / OWNER_FILE_NAME).unlink(missing_ok=True)
+            else:
+                shutil.rmtree(scratch, ignore_errors=True)
+    if results:
+        print()
+        print(format_results(results))
+    return status
 
 
 if __name__ == "__main__":

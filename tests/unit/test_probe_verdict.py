@@ -1,10 +1,11 @@
 """The probe's verdict: every failure kind alone fails the run and is named; a clean run and a drain pass.
 
-Two layers. The first builds report sections from raw request records and WebSocket counters (the
+Three parts. The first builds report sections from raw request records and WebSocket counters (the
 same path the probe takes at stop) and checks ``ProbeReport.ok`` and ``failure_reasons`` for every
 kind the probe knows. The second drives the real HTTP scheduler and WebSocket client against
 in-process servers that misbehave in exactly one way, so the classification that feeds the
-verdict (status codes, timeouts, close codes, lost messages) is covered too.
+verdict (status codes, timeouts, close codes, lost messages) is covered too. The last pins the
+JSON form of the report (``--json``), which carries the verdict and the counts behind it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from handover.probe import HttpSummary, ProbeReport, ProbeSettings, WsSummary
+from handover.probe import HttpSummary, HttpWindowStats, LatencySummary, ProbeReport, ProbeSettings, WsSummary
 from handover.probe.http_client import HttpFailureKind
 from handover.probe.http_load import HttpLoad, RequestRecord
 from handover.probe.report import FAILURE_KINDS
@@ -483,3 +484,64 @@ def test_unacknowledged_message_alone_fails_the_run() -> None:
     assert n >= MESSAGES_BEFORE_STOP and ws.messages_acked == 0 and ws.abnormal_total == 0
     assert ws.lost == n and ws.lost_sample == tuple(f"c0-{i}" for i in range(1, n + 1))
     _assert_fails_with(_ws_report(ws), f"ws lost messages: {n}")
+
+
+# ---------------------------------------------------------------- the verdict and its counts as JSON (--json)
+
+
+def _latency(base: float) -> LatencySummary:
+    return LatencySummary(count=int(base), p50_ms=base + 0.5, p99_ms=base + 0.9, max_ms=base + 1.0)
+
+
+def _latency_dict(base: float) -> dict[str, object]:
+    return {"count": int(base), "p50_ms": base + 0.5, "p99_ms": base + 0.9, "max_ms": base + 1.0}
+
+
+def test_json_report_carries_the_verdict_and_every_count() -> None:
+    failures = {**dict.fromkeys(FAILURE_KINDS, 0), "reset": 2, "http_status": 1}
+    steady = HttpWindowStats("steady", _latency(10), dict.fromkeys(FAILURE_KINDS, 0))
+    window = HttpWindowStats("deploy-1", _latency(20), failures)
+    http = HttpSummary(
+        target_rate=200.0, achieved_rate=199.5, duration_s=3.25, scheduled=30, sent=29, completed_ok=27,
+        connections_opened=4, peak_connections_in_use=3, steady=steady, windows=(window,),
+        all_windows=HttpWindowStats("all-windows", _latency(20), failures),
+        overall=HttpWindowStats("overall", _latency(30), failures), service_time=_latency(40),
+        scheduler_lag=_latency(50), send_lag=_latency(60), status_codes={200: 28, 503: 1},
+        server_ids={"a": 20, "b": 9}, error_samples=("request 3: reset: boom",),
+    )
+    ws = WsSummary(
+        clients=2, connects=3, reconnects=1, drain_notices=1, abnormal_closes={"close_1006": 1},
+        close_codes={1000: 2, 1006: 1}, reconnect_gap=_latency(70), messages_sent=11, messages_acked=9,
+        messages_resent=2, duplicate_acks=1, unknown_acks=3, lost=2, lost_sample=("c0-4", "c1-5"),
+        server_ids={"a": 2, "b": 1}, error_samples=("c0: close_1006",),
+    )
+    window_dict = {"name": "deploy-1", "count": 20, "latency": _latency_dict(20), "failures": failures,
+                   "failure_total": 3}
+    expected = {
+        "ok": False,
+        "failure_reasons": ["http http_status: 1", "http reset: 2", "ws abnormal close_1006: 1",
+                            "ws lost messages: 2"],
+        "http": {
+            "target_rate": 200.0, "achieved_rate": 199.5, "duration_s": 3.25, "scheduled": 30, "sent": 29,
+            "completed_ok": 27, "connections_opened": 4, "peak_connections_in_use": 3, "failure_total": 3,
+            "failures": failures, "failed_status_codes": {"503": 1}, "status_codes": {"200": 28, "503": 1},
+            "steady": {"name": "steady", "count": 10, "latency": _latency_dict(10),
+                       "failures": dict.fromkeys(FAILURE_KINDS, 0), "failure_total": 0},
+            "windows": [window_dict],
+            "all_windows": {**window_dict, "name": "all-windows"},
+            "overall": {**window_dict, "name": "overall", "count": 30, "latency": _latency_dict(30)},
+            "max_latency_ms": 31.0, "service_time": _latency_dict(40), "scheduler_lag": _latency_dict(50),
+            "send_lag": _latency_dict(60), "max_send_lag_ms": 61.0, "probe_lagged": False,
+            "server_ids": {"a": 20, "b": 9}, "error_samples": ["request 3: reset: boom"],
+        },
+        "ws": {
+            "clients": 2, "connects": 3, "reconnects": 1, "drain_notices": 1, "abnormal_total": 1,
+            "abnormal_closes": {"close_1006": 1}, "close_codes": {"1000": 2, "1006": 1},
+            "reconnect_gap": _latency_dict(70), "messages_sent": 11, "messages_acked": 9, "messages_resent": 2,
+            "duplicate_acks": 1, "unknown_acks": 3, "lost": 2, "lost_sample": ["c0-4", "c1-5"],
+            "server_ids": {"a": 2, "b": 1}, "error_samples": ["c0: close_1006"],
+        },
+    }
+    as_dict = ProbeReport(http=http, ws=ws).to_dict()
+    assert as_dict == expected
+    assert json.loads(json.dumps(as_dict)) == expected
