@@ -82,6 +82,7 @@ ROLLBACK_STEPS = tuple("image" if step == "build" else step for step in DEPLOY_S
 TAKEOVER_WORDS = "took over the deploy lock"
 UNWRITTEN_RECORD_WORDS = "could not write the run record"
 CLEAN = "clean"
+STOPPED = ("exited", "dead")
 
 
 class FaultRunError(RuntimeError):
@@ -285,6 +286,10 @@ class Stack:
 
     def facts(self) -> Facts:
         return self.engine.facts()
+
+    def live_stopped(self) -> bool:
+        """A live container is stopped for good (``docker kill`` is a manual stop: no restart policy)."""
+        return any(c.status in STOPPED for c in self.facts().live)
 
     def app_ids(self) -> list[str]:
         out = sh("docker", "ps", "--all", "--no-trunc", "--quiet", "--filter",
@@ -580,7 +585,7 @@ class FaultRun:
         deadline = time.monotonic() + HEALTH_WAIT_SECONDS
         while time.monotonic() < deadline:
             live = self.stack.facts().live
-            if live and all(c.is_healthy for c in live):
+            if (live and all(c.is_healthy for c in live)) or self.stack.live_stopped():
                 return
             time.sleep(POLL_SECONDS * 4)
 
@@ -620,6 +625,8 @@ class FaultRun:
         interrupted = plan.fault == SIGINT and applied.startswith("SIGINT")
         checks.append(self._record_check(plan, killed, interrupted, new_lines, last, live, exit_code, output))
         if plan.fault == CLEAN and lock_was_stale:
+            taken = TAKEOVER_WORDS in output
+            applied += "; the lock's holder was dead: " + ("taken over" if taken else "NOT taken over")
             checks.append(Check("lock-taken-over", TAKEOVER_WORDS in output,
                                 "the run after a killed one did not say it took over the lock"))
         if report is None:
@@ -636,7 +643,7 @@ class FaultRun:
         """The version /api/info answers with, waiting a little for a proxy that is coming back."""
         deadline = time.monotonic() + SERVE_WAIT_SECONDS
         served = self.stack.served_version()
-        while served.startswith("(") and time.monotonic() < deadline:
+        while served.startswith("(") and time.monotonic() < deadline and not self.stack.live_stopped():
             time.sleep(POLL_SECONDS * 4)
             served = self.stack.served_version()
         return served

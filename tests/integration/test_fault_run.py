@@ -10,7 +10,7 @@ from tests.faultrun import FAULTS, run_faults
 pytestmark = pytest.mark.integration
 
 SEED = 20261126
-FAULTED_RUNS = 16  # and as many clean deploys after them: 32 deploys and rollbacks
+FAULTED_RUNS = 15  # and as many clean deploys after them: 30 deploys and rollbacks
 
 
 def test_fault_run_keeps_every_invariant() -> None:
