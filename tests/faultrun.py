@@ -55,6 +55,7 @@ PROBE_RATE = 20.0
 PROBE_WS_CLIENTS = 5
 PROBE_SETTLE_SECONDS = 0.2
 PROBE_SAMPLES = 2
+OUTPUT_LINES = 40  # of a failed run's output, printed with its line
 HEALTH_WAIT_SECONDS = 30.0
 RUN_TIMEOUT = 180.0
 SETUP_TIMEOUT = 600.0
@@ -79,9 +80,11 @@ APP_FAULTS = (APP_KILL, APP_OOM, APP_PAUSE)
 DEPLOY_STEPS = ("lock", "preflight", "proxy config", "build", "start", "health", "switch", "verify", "drain",
                 "prune")
 ROLLBACK_STEPS = tuple("image" if step == "build" else step for step in DEPLOY_STEPS)
+FORWARD_STEPS = ("drain", "prune")  # from the drain on a run finishes instead of undoing
 TAKEOVER_WORDS = "took over the deploy lock"
 UNWRITTEN_RECORD_WORDS = "could not write the run record"
 CLEAN = "clean"
+BEFORE_RUN = "(before the run)"  # a disk may be full before the tool even starts
 STOPPED = ("exited", "dead")
 
 
@@ -108,7 +111,7 @@ class FaultPlan:
         if self.fault in APP_FAULTS:
             when = f"new container +{self.delay:.2f} s"
             return when + (f" for {self.hold:.1f} s" if self.hold else "")
-        return f"{self.step} +{self.delay:.2f} s"
+        return self.step if self.step == BEFORE_RUN else f"{self.step} +{self.delay:.2f} s"
 
 
 @dataclass
@@ -203,7 +206,7 @@ def plan_runs(seed: int, count: int) -> list[FaultPlan]:
             plan.delay = round(rng.uniform(0.0, APP_DELAY_MAX), 2)
             plan.hold = round(rng.uniform(PAUSE_MIN, PAUSE_MAX), 1) if kind == APP_PAUSE else 0.0
         else:
-            plan.step = rng.choice(steps)
+            plan.step = rng.choice((BEFORE_RUN, *steps) if kind == DISK_FULL else steps)
             plan.delay = round(rng.uniform(0.0, STEP_DELAY_MAX), 2)
         plans.append(plan)
     return plans
@@ -238,8 +241,7 @@ def sh(*argv: str, check: bool = False, timeout: float = 60.0) -> subprocess.Com
 class Stack:
     """The fault run's own stack: `inv local.*` in subprocesses, facts read in this process."""
 
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say = say
+    def __init__(self) -> None:
         self.env = stack_env()
         self.settings = stack_settings()
         self.state = Path(self.settings.state_path)
@@ -422,24 +424,28 @@ class FaultRun:
         self.seed = seed
         self.count = count
         self.say = say
-        self.stack = Stack(say)
+        self.stack = Stack()
         self.rng = random.Random(seed ^ 0x5EED)  # the clean runs' versions; independent of the plans
         self.hit_serving = False  # the fault struck a process that served traffic (the proxy, a switched-to app)
         self.committed = False  # the fault struck after the drain began: the new version alone serves
         self.outage = False  # the last run left nothing serving, as its fault had to
+        self.filled = ""  # what a disk-full fault before the run did
 
     def run(self) -> FaultRunReport:
         self.say(f"fault run: seed {self.seed} ({self.count} faulted runs, each followed by a clean deploy); "
                  f"replay with: inv faults --deploys {self.count} --seed {self.seed}")
         t0 = time.monotonic()
         results: list[RunResult] = []
-        self.stack.setup()
         try:
+            self.say(f"setting up {PROJECT} on port {PORT} with the images {', '.join(VERSIONS)}")
+            self.stack.setup()
             for plan in plan_runs(self.seed, self.count):
                 for one in (plan, self._clean_plan(plan.number)):
                     result = self.one(one)
                     results.append(result)
                     self.say(self._line(result))
+                    if not result.ok:  # what the tool said, to see where the fault struck
+                        self.say("\n".join("    | " + line for line in result.output.splitlines()[-OUTPUT_LINES:]))
                     if not result.ok and one.fault == CLEAN:
                         self._repair()
         finally:
@@ -483,6 +489,8 @@ class FaultRun:
             probe = Probe(ProbeSettings(base_url=stack.url, rate=PROBE_RATE, ws_clients=PROBE_WS_CLIENTS))
             probe.start()
         self.outage = False
+        if plan.fault == DISK_FULL and plan.step == BEFORE_RUN:
+            self.filled = f"state filesystem filled ({fill_disk(stack.state / FILL_FILE) >> 20} MiB)"
         try:
             process = subprocess.Popen([*INV, *args], cwd=ROOT, env=stack.env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
@@ -510,6 +518,8 @@ class FaultRun:
             return "no fault"
         if plan.fault in APP_FAULTS:
             return self._app_fault(plan, process, watcher, known)
+        if plan.step == BEFORE_RUN:
+            return self.filled  # done before the run started
         if not watcher.wait_step(plan.step, RUN_TIMEOUT):
             return f"not applied: the run never reached {plan.step}"
         time.sleep(plan.delay)
@@ -529,8 +539,7 @@ class FaultRun:
             os.kill(pid, signal.SIGKILL)  # its main process dies; Docker's restart policy brings it back
             return f"proxy's main process {pid} killed"
         if plan.fault == DISK_FULL:
-            written = fill_disk(self.stack.state / FILL_FILE)
-            return f"state filesystem filled ({written >> 20} MiB)"
+            return f"state filesystem filled ({fill_disk(self.stack.state / FILL_FILE) >> 20} MiB)"
         raise AssertionError(plan.fault)
 
     def _app_fault(self, plan: FaultPlan, process: subprocess.Popen[str], watcher: Watcher, known: set[str]) -> str:
@@ -675,7 +684,11 @@ class FaultRun:
             return Check(name, False, f"the last line is for {version}, not {plan.version}")
         if result == "success" and live != version:
             return Check(name, False, f"says success for {version} but {live or 'nothing'} is live")
-        if result in ("failed", "rolled-back") and live != previous:
+        if result == "failed" and last.get("failed_step") in FORWARD_STEPS:
+            if live != version:  # past the commit point nothing is undone: the new version is the live one
+                return Check(name, False, f"says failed at {last.get('failed_step')} (after the commit point) but "
+                                          f"{live or 'nothing'} is live, not {version}")
+        elif result in ("failed", "rolled-back") and live != previous:
             return Check(name, False, f"says {result} but {live or 'nothing'} is live, not {previous}")
         if result not in ("success", "failed", "rolled-back"):
             return Check(name, False, f"unexpected result {result!r}")
