@@ -281,6 +281,7 @@ class Stack:
         if self.mounted:
             sh("umount", str(self.state))
             with contextlib.suppress(OSError):
+                (self.state / FLOCK_FILE).unlink(missing_ok=True)  # made by a look at the lock while unmounted
                 self.state.rmdir()
         images = sh("docker", "image", "ls", APP_IMAGE, "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
         if images:
