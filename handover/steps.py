@@ -230,7 +230,6 @@ class Start(Step):
                                       "keeps serving" if run.old else "remove the new containers"):
                 engine.discard(run.new)
 
-
     @staticmethod
     def _started_so_far(run: Run) -> list[Instance]:
         """A compose call cut short (Ctrl-C reaches it too) may leave the engine creating a container
