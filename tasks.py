@@ -340,3 +340,25 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
 local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock)
 ns = Collection(local, probe, bench)
 ns.configure(cli.defaults())
+
+
+@task(help={"deploys": "faulted runs (each followed by a clean deploy)", "seed": "replay a run (default: random)"})
+def faults(c: Context, deploys: int = 100, seed: int = -1) -> None:
+    """Deploys and rollbacks under the probe, one random fault each, invariants checked after every run."""
+    import random
+
+    from tests.faultrun import FaultRunError, run_faults
+
+    if deploys < 1:
+        raise Exit("error: --deploys must be at least 1", code=2)
+    chosen = seed if seed >= 0 else random.SystemRandom().randrange(1 << 32)
+    try:
+        report = run_faults(chosen, deploys)
+    except FaultRunError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    print(report.format())
+    if not report.ok:
+        raise Exit(code=1)
+
+
+ns.add_task(faults)

@@ -12,13 +12,17 @@ the release record and the recovery all come from the same list.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .backends import Instance
+from .backends import STOPPED_STATES, Instance
 from .errors import HandoverError, HealthCheckFailed, LockHeld
 from .lock import lock_info
+
+# After an interrupted start, how many looks (one health poll interval apart) for what it created.
+START_SETTLE_POLLS = 8
 
 if TYPE_CHECKING:
     from .engine import DeployOptions, Engine, Facts
@@ -225,11 +229,22 @@ class Start(Step):
     def undo(self, run: Run) -> None:
         engine = run.engine
         if not run.new:  # interrupted inside the start: find what it started so far
-            run.new = engine.backend.started_since(c.id for c in run.facts.instances)
+            run.new = self._started_so_far(run)
         if run.new:
             with engine.progress.step(run.record, "rollback", "remove the new containers; the old version "
                                       "keeps serving" if run.old else "remove the new containers"):
                 engine.discard(run.new)
+
+    @staticmethod
+    def _started_so_far(run: Run) -> list[Instance]:
+        """A compose call cut short (Ctrl-C reaches it too) may leave the engine creating a container
+        after compose has exited: look again for a short while, or that container would be left over."""
+        engine, known = run.engine, [c.id for c in run.facts.instances]
+        found: dict[str, Instance] = {}
+        for _ in range(START_SETTLE_POLLS):
+            found.update((c.id, c) for c in engine.backend.started_since(known))
+            time.sleep(engine.settings.health_poll_interval)
+        return list(found.values())
 
 
 class Health(Step):
@@ -305,6 +320,13 @@ class Drain(Step):
 
     def run(self, run: Run) -> None:
         run.engine.drain(run.old)
+        # The verify passed before the drain; a new container stopped since then (killed, crashed for
+        # good) leaves nothing serving, and the run must not be recorded as a success.
+        current = {c.id: c for c in run.engine.backend.refresh(run.new)}
+        gone = [current.get(c.id, c) for c in run.new if c.id not in current or current[c.id].status in STOPPED_STATES]
+        if gone:
+            raise HealthCheckFailed(f"the new containers stopped during the drain: {names(gone)}; the old "
+                                    "version is drained already, nothing may be serving. Deploy again.")
 
     def complete(self, run: Run) -> None:
         run.engine.progress.warn("interrupted during the drain; the new version serves, finishing the drain of "
