@@ -199,8 +199,8 @@ class Engine:
         finally:
             for step in reversed(started):
                 self._guarded(f"release of {step.name}", lambda step=step: step.release(run))  # type: ignore[misc]
-            self._store(run.options, rec)
-            self.progress.say(f"    record appended to {self.settings.state_path}/{record.RELEASE_LOG}")
+            if self._store(run.options, rec):
+                self.progress.say(f"    record appended to {self.settings.state_path}/{record.RELEASE_LOG}")
 
     def _recover(self, run: Run, started: list[Step], exc: BaseException) -> None:
         rec, failed = run.record, started[-1]
@@ -229,13 +229,16 @@ class Engine:
         except BaseException as exc:  # a second Ctrl-C or a lost connection must not stop the recovery
             self.progress.warn(f"{what} failed: {_first_line(exc) or type(exc).__name__}")
 
-    def _store(self, options: DeployOptions, rec: RunRecord) -> None:
+    def _store(self, options: DeployOptions, rec: RunRecord) -> bool:
+        """Append the run's record; say so and go on when it cannot be written (e.g. a full disk)."""
         if options.before_record is not None:
             options.before_record(rec)
         try:
             record.append(self.runner, self.settings.state_path, rec)
         except HandoverError as exc:
             self.progress.warn(f"could not write the run record: {exc}")
+            return False
+        return True
 
     # -- what the steps share ----------------------------------------------------------------------
     def use_base_images(self, *, with_proxy: bool = False) -> None:

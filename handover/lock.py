@@ -184,8 +184,9 @@ class DeployLock:
         persistent = info.get("action") == MANUAL_ACTION
         run(self.runner, ["mkdir", "-p", self.state_path])
         keeper = self._start_keeper()
-        created = False
+        created = tried = False
         try:
+            tried = True
             made = run(self.runner, ["mkdir", self.path], check=False)
             created = made.exited == 0
             previous = None
@@ -205,7 +206,9 @@ class DeployLock:
                 record["keeper_pid"] = keeper.pid
             write_file(self.runner, f"{self.path}/{HOLDER_FILE}", json.dumps(record, sort_keys=True))
         except BaseException:
-            if created:
+            # Interrupted inside the mkdir, we cannot know it succeeded; but while this run holds the
+            # flock, a lock directory without a holder file can only be one left half-made: ours.
+            if created or (tried and self._half_made()):
                 run(self.runner, ["rm", "-rf", self.path], check=False)
             self._stop_keeper(keeper)
             raise
@@ -218,6 +221,10 @@ class DeployLock:
         notice = self._takeover_notice(previous, keeper.boot_id)
         self.notify(notice)
         return notice
+
+    def _half_made(self) -> bool:
+        script = 'test -d "$1" && ! test -e "$1/$2"'
+        return run(self.runner, ["sh", "-c", script, "half-made", self.path, HOLDER_FILE], check=False).exited == 0
 
     def release(self) -> None:
         """Remove the lock and stop the keeper. The run that took the lock removes it only while it is

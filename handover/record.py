@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from .errors import CommandError
 from .shell import Runner, read_file, run
 
 RELEASE_LOG = "releases.jsonl"
@@ -86,7 +87,10 @@ def append(runner: Runner, state_path: str, record: RunRecord) -> None:
     line = json.dumps(record.to_dict(), sort_keys=True)
     run(runner, ["mkdir", "-p", state_path])
     # The line and the path are arguments of sh: no quoting of the JSON by hand.
-    run(runner, ["sh", "-c", _APPEND_SCRIPT, "append", line, f"{state_path}/{RELEASE_LOG}"])
+    path = f"{state_path}/{RELEASE_LOG}"
+    result = run(runner, ["sh", "-c", _APPEND_SCRIPT, "append", line, path], check=False)
+    if result.exited != 0:  # name the file, not the command (it carries the whole record)
+        raise CommandError(f"appending to {path}", result.exited, result.stderr or result.stdout)
 
 
 def _parse_line(line: str) -> dict[str, object] | None:

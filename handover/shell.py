@@ -118,7 +118,9 @@ def write_file(runner: Runner, path: str, content: str, mode: str = "0644") -> N
         f"umask 077 && printf '%s' {shlex.quote(encoded)} | base64 -d > {shlex.quote(tmp)}"
         f" && chmod {shlex.quote(mode)} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
     )
-    run(runner, ["sh", "-c", script])
+    result = run(runner, ["sh", "-c", script], check=False)
+    if result.exited != 0:  # name the file, not the command (it carries the whole content)
+        raise CommandError(f"writing {path}", result.exited, result.stderr or result.stdout)
 
 
 def read_file(runner: Runner, path: str) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backends import STOPPED_STATES, Instance
-from .errors import HandoverError, HealthCheckFailed, LockHeld
+from .errors import HandoverError, HealthCheckFailed
 from .lock import lock_info
 
 # After an interrupted start, how many looks (one health poll interval apart) for what it created.
@@ -105,13 +105,9 @@ class Lock(Step):
     def run(self, run: Run) -> None:
         rec = run.record
         host = rec.host if rec.host != "local" else ""
-        try:
-            run.engine.lock.acquire(lock_info(rec.action, rec.version, via=run.options.via, host=host))
-        except LockHeld:
-            raise  # someone else's: never released by this run
-        except BaseException:
-            self.taken = True  # interrupted part-way: what was taken is ours to release
-            raise
+        # acquire() undoes its own partial work when it fails or is interrupted, and a refused lock
+        # is someone else's: only a lock this run holds is released at its end.
+        run.engine.lock.acquire(lock_info(rec.action, rec.version, via=run.options.via, host=host))
         self.taken = True
 
     def release(self, run: Run) -> None:

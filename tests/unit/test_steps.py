@@ -20,7 +20,7 @@ from handover.lock import DeployLock
 from handover.progress import Progress
 from handover.steps import Run, Step
 
-from .fakehost import Behaviour, FakeHost, Killed, compose, docker, fake_settings
+from .fakehost import Behaviour, Command, FakeHost, Killed, compose, docker, fake_settings
 
 OLD, NEW = "v1", "v2"
 DEPLOY = [type(step) for step in plans.deploy()]
@@ -387,3 +387,36 @@ def test_two_replicas_reload_the_proxy_at_the_switch(tmp_path: object) -> None:
 def _no_background(host: FakeHost) -> Iterator[None]:
     yield
     host._end_background()
+
+
+def test_a_new_container_that_dies_during_the_drain_fails_the_run(host: FakeHost) -> None:
+    engine = serving(host)
+
+    def crash_the_new_one(command: Command) -> bool:
+        if command.argv[:2] == ["docker", "stop"]:
+            host.crash_container(host.app_containers()[-1].id)
+        return False
+
+    host.fail_on(crash_the_new_one)
+
+    with pytest.raises(HandoverError, match="stopped during the drain"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"]) == ("failed", "drain")
+    assert not host.lock_held()
+
+
+def test_an_interrupted_lock_is_not_left_held(host: FakeHost) -> None:
+    engine = serving(host)
+    lock_dir = str(host.state_path / "lock")
+    host.interrupt_on(lambda command: command.argv == ["mkdir", lock_dir], after=True)
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.deploy(DeployOptions(version=NEW))
+
+    assert not host.lock_held()
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"]) == ("failed", "lock")
+    only(host, OLD)
+    assert engine_for(host).deploy(DeployOptions(version=NEW)).result == "success"
