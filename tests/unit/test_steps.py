@@ -65,8 +65,13 @@ def at(monkeypatch: pytest.MonkeyPatch, cls: type[Step], make: type[BaseExceptio
        host: FakeHost | None = None) -> list[str]:
     """Make ``cls``'s run raise ``make`` before doing anything; return the list that undos append to."""
     undone: list[str] = []
+    original_run = cls.run
+    fired: list[bool] = []
 
-    def fail(self: Step, run: Run) -> None:
+    def fail(self: Step, run: Run) -> str | None:
+        if fired:  # once: a forward step interrupted part-way is finished by running it again
+            return original_run(self, run)
+        fired.append(True)
         if make is Killed and host is not None:
             host.killed = True
             host._end_background()
@@ -171,7 +176,10 @@ def test_a_failure_before_the_drain_undoes_every_step_before_it(host: FakeHost, 
     started = TAKEN.index(cls) > START_AT  # the new container had started and was removed
     assert (record["result"], record["failed_step"]) == ("rolled-back" if started else "failed", cls.name)
     assert record["error"] == f"injected at {cls.name}"
-    assert [s["name"] for s in record["steps"]].count(cls.name) == 1
+    names = [s["name"] for s in record["steps"]]
+    assert names.count(cls.name) == 1
+    assert ("rollback" in names) == started  # the new container's removal is a step of the record
+    assert ("switch back" in names) == (TAKEN.index(cls) > TAKEN.index(steps.Switch))
 
 
 @pytest.mark.parametrize("cls", TAKEN[DRAIN_AT:], ids=[c.name for c in TAKEN[DRAIN_AT:]])
@@ -198,11 +206,8 @@ def test_a_failure_from_the_drain_on_keeps_the_new_version(host: FakeHost, monke
 def test_ctrl_c_at_each_step_leaves_one_whole_version(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
                                                       cls: type[Step]) -> None:
     engine = serving(host)
-    original = cls.run
     index = TAKEN.index(cls)
     at(monkeypatch, cls, KeyboardInterrupt())
-    if cls in (steps.Drain, steps.Prune):  # an interrupted forward step is finished: let it really run then
-        monkeypatch.setattr(cls, "complete", lambda self, run: original(self, run))
 
     with pytest.raises(KeyboardInterrupt):
         engine.deploy(DeployOptions(version=NEW))
@@ -420,3 +425,58 @@ def test_an_interrupted_lock_is_not_left_held(host: FakeHost) -> None:
     assert (record["result"], record["failed_step"]) == ("failed", "lock")
     only(host, OLD)
     assert engine_for(host).deploy(DeployOptions(version=NEW)).result == "success"
+
+
+def test_a_changed_proxy_configuration_is_put_back_and_reloaded_back(tmp_path: object) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    host = FakeHost(root, fake_settings(root, replicas=1))
+    serving(host)
+    upstream = (host.state_path / "nginx" / "upstream.conf").read_text()
+    reloads = host.nginx_reloads
+    host.behave(NEW, Behaviour(dies_after=1))
+    two = Engine(host.runner, dataclasses.replace(host.settings, replicas=2), Progress(quiet=True))
+
+    with pytest.raises(HandoverError, match="after the switch"):
+        two.deploy(DeployOptions(version=NEW))
+
+    assert (host.state_path / "nginx" / "upstream.conf").read_text() == upstream
+    assert host.nginx_reloads == reloads + 2  # loaded at the switch, loaded back after the switch back
+    only(host, OLD)
+    host._end_background()
+
+
+def test_a_changed_proxy_configuration_is_put_back_without_a_reload_before_the_switch(tmp_path: object) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    host = FakeHost(root, fake_settings(root, replicas=1))
+    serving(host)
+    upstream = (host.state_path / "nginx" / "upstream.conf").read_text()
+    reloads = host.nginx_reloads
+    host.behave(NEW, Behaviour(never_healthy=True))
+    two = Engine(host.runner, dataclasses.replace(host.settings, replicas=2), Progress(quiet=True))
+
+    with pytest.raises(HandoverError):
+        two.deploy(DeployOptions(version=NEW))
+
+    assert (host.state_path / "nginx" / "upstream.conf").read_text() == upstream
+    assert host.nginx_reloads == reloads  # validated only; never loaded
+    only(host, OLD)
+    host._end_background()
+
+
+def test_prune_keeps_the_newest_releases_and_what_runs(host: FakeHost) -> None:
+    engine = engine_for(host)
+    kept = 2
+    engine = Engine(host.runner, dataclasses.replace(host.settings, releases_kept=kept), Progress(quiet=True))
+    engine.up("r0")
+    for n in range(1, 5):
+        engine.deploy(DeployOptions(version=f"r{n}"))
+    tags = host.image_tags(host.settings.app_image)
+    assert "r4" in tags and "r3" in tags  # the live one and the one before it
+    assert not {"r0", "r1", "r2"} & set(tags)  # older releases pruned
+    rec = engine.deploy(DeployOptions(version="r5"))
+    assert [s.detail for s in rec.steps if s.name == "prune"] == ["removed 1"]
+    assert engine.prune_images(keep={"r5"}) == []  # nothing more to prune: a rerun converges
