@@ -50,7 +50,8 @@ def _attempt(target: Target, work: Callable[[Target], RunRecord]) -> Outcome:
     try:
         return Outcome(target.name, DONE, record=work(target))
     except HandoverError as exc:
-        return Outcome(target.name, FAILED, error=str(exc), exit_code=exc.exit_code)
+        record = exc.record if isinstance(exc.record, RunRecord) else None
+        return Outcome(target.name, FAILED, record=record, error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # an SSH or protocol error must stop the rollout like any other failure
         return Outcome(target.name, FAILED, error=f"{type(exc).__name__}: {exc}", exit_code=GENERIC_FAILURE)
 

@@ -149,6 +149,7 @@ class Engine:
             rec.fail("preflight", _error_text(exc))
             if not options.dry_run:
                 self._store(options, rec)
+            exc.record = rec
             raise
         if options.dry_run:
             self.progress.say("==> plan (dry run: nothing changes)")
@@ -180,6 +181,8 @@ class Engine:
             except (HandoverError, KeyboardInterrupt) as exc:
                 rec.fail(step.name, INTERRUPTED if isinstance(exc, KeyboardInterrupt) else _error_text(exc))
                 self._store(run.options, rec)
+                if isinstance(exc, HandoverError):
+                    exc.record = rec
                 raise
         started: list[Step] = []
         try:
@@ -193,9 +196,14 @@ class Engine:
             return rec
         except BaseException as exc:
             self._recover(run, started, exc)
-            if isinstance(exc, HandoverError | KeyboardInterrupt):
+            if isinstance(exc, KeyboardInterrupt):
                 raise
-            raise HandoverError(f"{started[-1].name} failed: {type(exc).__name__}: {exc}") from exc
+            error = exc if isinstance(exc, HandoverError) else HandoverError(
+                f"{started[-1].name} failed: {type(exc).__name__}: {exc}")
+            error.record = rec
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             for step in reversed(started):
                 self._guarded(f"release of {step.name}", lambda step=step: step.release(run))  # type: ignore[misc]

@@ -5,6 +5,7 @@ class HandoverError(Exception):
     """Base class: a failure the user should read, not a traceback."""
 
     exit_code = 1
+    record: object = None  # the run's record, when a run was recorded (set by the engine)
 
 
 class ConfigError(HandoverError):

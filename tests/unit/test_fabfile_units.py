@@ -126,3 +126,18 @@ def test_remote_config_reads_the_host_list_of_the_run() -> None:
     assert hostconfig.host_specs(Connection("web3", user="ops", port=2222)) == ["ops@web3:2222"]
     with pytest.raises(ConfigError, match="missing config section 'deploy'"):
         hostconfig.remote_config(Context(Config(overrides={HOSTS_KEY: ["web1"]})))
+
+
+def test_a_failed_host_keeps_its_run_record() -> None:
+    """`fab deploy --json` shows the failed host's record, not null."""
+    failed = RunRecord(action="deploy", version="v2", project="p", host="h0")
+    failed.fail("health", "not healthy", rolled_back=True)
+
+    def work(target: hostconfig.Target) -> RunRecord:
+        error = HandoverError("not healthy")
+        error.record = failed
+        raise error
+
+    [outcome] = rollout.roll(_targets(1), work, 1, lambda o: None)
+    assert outcome.state == rollout.FAILED and outcome.record is failed
+    assert rollout.served_version(outcome) is None  # a failed run does not tell what serves

@@ -7,6 +7,7 @@ directory are normalised; everything else must read exactly as here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 
@@ -113,10 +114,8 @@ def run(host: FakeHost, options: DeployOptions) -> str:
     assert Engine(host.runner, host.settings, Progress(quiet=True)).up("v1").result == "success"
     stream = io.StringIO()
     engine = Engine(host.runner, host.settings, Progress(stream=stream))
-    try:
+    with contextlib.suppress(HealthCheckFailed):
         engine.deploy(options)
-    except HealthCheckFailed:
-        pass
     return normalised(stream.getvalue(), host)
 
 
