@@ -574,6 +574,8 @@ class FaultRun:
             if sh("docker", "pause", new).returncode != 0:
                 return f"not applied: {short} could not be paused"
             time.sleep(plan.hold)
+            # A switch during the pause sent traffic to a frozen process: what was in it could not finish.
+            self.hit_serving = self.hit_serving or serving()
             sh("docker", "unpause", new)
             return f"{short} paused {plan.hold:.1f} s"
         raise AssertionError(plan.fault)

@@ -53,6 +53,8 @@ class Instance:
         if self.restarts:  # running again: Docker no longer reports the exit status of the crash
             return (f"{self.name} crashed: it exited and was restarted {self.restarts} time(s), now "
                     f"{self.health or self.status} (its logs tell why)")
+        if self.status != "running":  # e.g. paused: its last health report no longer holds
+            return f"{self.name} is {self.status}"
         return f"{self.name} is {self.health or self.status}"
 
     @property

@@ -87,7 +87,7 @@ from handover.settings import PROJECT_ROOT, Settings
 DOCKER_VERSION = "27.3.1"
 COMPOSE_VERSION = "2.29.7"
 DEFAULT_HEALTHY_AFTER = 2  # inspections reporting "starting" before "healthy"
-DEFAULT_DIES_AFTER = 1  # for APP_FAULT=exit-after: inspections after the first healthy one
+DEFAULT_DIES_AFTER = 2  # for APP_FAULT=exit-after: inspections after the first healthy one (the switch reads one)
 DEFAULT_RELOAD_DELAY = 1  # process listings after a reload before the new workers show
 DRAINING_LISTINGS = 2  # listings an old worker stays "shutting down" after new ones appear
 NGINX_WORKERS = 2

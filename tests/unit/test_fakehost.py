@@ -57,7 +57,7 @@ def test_deploy_moves_the_live_link_and_removes_the_old_container(fake_host: Fak
     [
         (Behaviour(never_healthy=True), {}, False),
         (None, {"APP_FAULT": "crash"}, False),
-        (Behaviour(dies_after=1), {}, True),  # healthy, switched to, then dies: switched back
+        (Behaviour(dies_after=2), {}, True),  # healthy, switched to, then dies: switched back
     ],
     ids=["never-healthy", "crash", "dies-after-switch"],
 )

@@ -125,7 +125,7 @@ def run(host: FakeHost, options: DeployOptions) -> str:
         (None, DeployOptions(version="v2", dry_run=True), DRY_RUN),
         (None, DeployOptions(version="v2"), SUCCESS),
         (Behaviour(never_healthy=True), DeployOptions(version="v2"), HEALTH),
-        (Behaviour(dies_after=1), DeployOptions(version="v2"), VERIFY),
+        (Behaviour(dies_after=2), DeployOptions(version="v2"), VERIFY),
     ],
     ids=["dry-run", "success", "health-fails", "dies-after-the-switch"],
 )
