@@ -113,6 +113,19 @@ def _rolled_forward(host: FakeHost) -> Engine:
     return engine
 
 
+DEPLOY_STEPS = ["lock", "preflight", "proxy config", "build", "start", "health", "switch", "verify", "drain", "prune"]
+FIRST_START = ["lock", "preflight", "build", "start", "health", "switch", "proxy"]
+EXPECTED = {
+    "deploy": DEPLOY_STEPS,
+    "deploy-after-a-killed-run": [*DEPLOY_STEPS[:2], "converge", *DEPLOY_STEPS[2:]],
+    "converge-only": ["lock", "converge"],
+    "rollback": [*DEPLOY_STEPS[:3], "image", *DEPLOY_STEPS[4:]],
+    "first-start": FIRST_START,
+    "deploy-on-an-empty-host": FIRST_START,
+    "up-with-the-proxy-down": ["lock", "preflight", "build", "proxy"],
+    "deploy-with-the-proxy-down": FIRST_START,
+    "unchanged": [],
+}
 SCENARIOS = {
     "deploy": (serving, DeployOptions(version=NEW)),
     "deploy-after-a-killed-run": (_leftover, DeployOptions(version=NEW)),
@@ -136,6 +149,11 @@ def test_dry_run_lists_exactly_the_steps_a_real_run_takes(host: FakeHost, scenar
     plan = engine.deploy(dataclasses.replace(options, dry_run=True))
 
     assert plan.result == "planned" and snapshot(host) == before and len(host.records()) == records
+    assert [s.name for s in plan.steps] == EXPECTED[scenario]
+    if "build" in EXPECTED[scenario]:
+        (build,) = [s.detail for s in plan.steps if s.name == "build"]
+        assert build.endswith("and the proxy's image") == (EXPECTED[scenario] is FIRST_START or "proxy" in
+                                                            EXPECTED[scenario])
     rec = engine.deploy(options)
     assert [s.name for s in rec.steps] == [s.name for s in plan.steps]
     assert rec.result == ("unchanged" if not plan.steps else "success")
@@ -204,7 +222,7 @@ def test_a_failure_from_the_drain_on_keeps_the_new_version(host: FakeHost, monke
 # -- Ctrl-C at each step -----------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", TAKEN, ids=[c.name for c in TAKEN])
 def test_ctrl_c_at_each_step_leaves_one_whole_version(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
-                                                      cls: type[Step]) -> None:
+                                                      capsys: pytest.CaptureFixture[str], cls: type[Step]) -> None:
     engine = serving(host)
     index = TAKEN.index(cls)
     at(monkeypatch, cls, KeyboardInterrupt())
@@ -220,6 +238,9 @@ def test_ctrl_c_at_each_step_leaves_one_whole_version(host: FakeHost, monkeypatc
     else:
         only(host, NEW)
         assert record["result"] == "success" and "interrupted by the user" in record["error"]
+        if cls is steps.Drain:
+            said = capsys.readouterr().err
+            assert "interrupted during the drain; the new version serves, finishing the drain of handover-app-1" in said
 
 
 # -- SIGKILL at each step, then a rerun --------------------------------------------------------------
@@ -482,3 +503,38 @@ def test_prune_keeps_the_newest_releases_and_what_runs(host: FakeHost) -> None:
     rec = engine.deploy(DeployOptions(version="r5"))
     assert [s.detail for s in rec.steps if s.name == "prune"] == ["removed 1"]
     assert engine.prune_images(keep={"r5"}) == []  # nothing more to prune: a rerun converges
+
+
+@pytest.mark.parametrize(("where", "via", "named"), [("local", "", {}), ("web1", "fab", {"host": "web1", "via": "fab"})])
+def test_the_lock_names_the_run_that_holds_it(host: FakeHost, where: str, via: str, named: dict[str, str]) -> None:
+    import json
+
+    from handover.record import operator
+
+    engine = serving(host)
+    seen: dict[str, str] = {}
+
+    def peek(command: Command) -> bool:  # read the holder file while the new container starts
+        if command.argv[:2] == ["docker", "compose"] and "up" in command.argv:
+            seen.update(json.loads((host.state_path / "lock" / "holder.json").read_text()))
+        return False
+
+    host.fail_on(peek)
+    engine.deploy(DeployOptions(version=NEW, host=where, via=via))
+
+    assert (seen["holder"], seen["action"], seen["version"]) == (operator(), "deploy", NEW)
+    assert {k: seen[k] for k in ("host", "via") if k in seen} == named
+
+
+def test_plan_lines_count_the_containers(tmp_path: object) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    host = FakeHost(root, fake_settings(root, replicas=2))
+    engine = serving(host)
+    plan = engine.deploy(DeployOptions(version=NEW, dry_run=True))
+    lines = {s.name: s.detail for s in plan.steps}
+    assert lines["start"] == f"2 new containers of {NEW} beside 2 live"
+    assert lines["drain"] == "stop handover-app-1, handover-app-2 (grace 25 s), remove by ID"
+    assert lines["build"] == f"image handover-app:{NEW}"
+    host._end_background()
