@@ -505,7 +505,8 @@ def test_prune_keeps_the_newest_releases_and_what_runs(host: FakeHost) -> None:
     assert engine.prune_images(keep={"r5"}) == []  # nothing more to prune: a rerun converges
 
 
-@pytest.mark.parametrize(("where", "via", "named"), [("local", "", {}), ("web1", "fab", {"host": "web1", "via": "fab"})])
+@pytest.mark.parametrize(("where", "via", "named"),
+                         [("local", "", {}), ("web1", "fab", {"host": "web1", "via": "fab"})])
 def test_the_lock_names_the_run_that_holds_it(host: FakeHost, where: str, via: str, named: dict[str, str]) -> None:
     import json
 
