@@ -1,0 +1,126 @@
+"""The engine's own checks and words, against the fake Docker host: the post-switch check's whole
+window, a restart behind a healthy face, the logs shown with a failure, what a no-op says, `down`."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+
+from handover.engine import MAX_ERROR_CHARS, DeployOptions, Engine
+from handover.errors import HandoverError, HealthCheckFailed, LockHeld
+from handover.lock import DeployLock
+from handover.progress import Progress
+
+from .fakehost import Behaviour, Command, FakeHost, docker
+
+OLD, NEW = "v1", "v2"
+
+
+def engine_for(host: FakeHost, **settings: object) -> Engine:
+    return Engine(host.runner, dataclasses.replace(host.settings, **settings), Progress(quiet=True))
+
+
+@pytest.fixture
+def host(fake_host: FakeHost) -> FakeHost:
+    assert engine_for(fake_host).up(OLD).result == "success"
+    yield fake_host  # type: ignore[misc]
+    fake_host._end_background()
+
+
+def test_the_post_switch_check_watches_its_whole_window(host: FakeHost) -> None:
+    host.behave(NEW, Behaviour(dies_after=6))  # dies well after the first checks
+
+    with pytest.raises(HealthCheckFailed) as failed:
+        engine_for(host, post_switch_check=5.0).deploy(DeployOptions(version=NEW))
+
+    assert str(failed.value).startswith("after the switch: handover-app-2 crashed: exited with status 1")
+    assert host.records()[-1]["error"].startswith("after the switch: handover-app-2 crashed")
+    assert host.live_versions() == {OLD}
+
+
+def test_a_restart_after_the_switch_is_caught_though_healthy_again(host: FakeHost) -> None:
+    bumped: list[bool] = []
+    mark = len(host.commands)
+
+    def restart_once_switched(command: Command) -> bool:
+        switched = host.matching(lambda c: c.argv[:2] == ["sh", "-c"] and "point" in c.argv, since=mark)
+        if switched and not bumped and command.argv[:2] == ["docker", "inspect"]:
+            new = host.app_containers()[-1]
+            new.restarts += 1  # it died and Docker restarted it; it answers healthy again
+            bumped.append(True)
+        return False
+
+    host.fail_on(restart_once_switched)
+
+    with pytest.raises(HealthCheckFailed, match="after the switch: handover-app-2 crashed: it exited and was "
+                                                "restarted 1 time"):
+        engine_for(host, post_switch_check=0.05).deploy(DeployOptions(version=NEW))
+
+    assert bumped and host.live_versions() == {OLD}
+
+
+def test_a_failure_shows_the_new_containers_logs(host: FakeHost) -> None:
+    host.behave(NEW, Behaviour(never_healthy=True, log=("boom: cannot reach the database",)))
+
+    with pytest.raises(HealthCheckFailed) as failed:
+        engine_for(host).deploy(DeployOptions(version=NEW))
+
+    text = str(failed.value)
+    assert "--- last 40 log lines of handover-app-2 (" in text
+    assert "boom: cannot reach the database" in text
+
+
+def test_a_container_without_logs_says_so(host: FakeHost) -> None:
+    host.behave(NEW, Behaviour(never_healthy=True))
+    host.fail_on(docker("logs"), exited=0)  # docker logs prints nothing
+
+    with pytest.raises(HealthCheckFailed) as failed:
+        engine_for(host).deploy(DeployOptions(version=NEW))
+
+    assert str(failed.value).rstrip().endswith("(no output)")
+
+
+def test_a_long_error_is_kept_bounded_in_the_record(host: FakeHost) -> None:
+    host.fail_on(lambda c: c.argv[:3] == ["docker", "compose", "--project-name"] and "build" in c.argv,
+                 stdout="x" * (3 * MAX_ERROR_CHARS))
+
+    with pytest.raises(HandoverError):
+        engine_for(host).deploy(DeployOptions(version=NEW))
+
+    error = host.records()[-1]["error"]
+    assert len(error) == MAX_ERROR_CHARS + 2 and error.endswith(" …")
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    (DeployOptions(version=OLD), f"==> version {OLD} is already live; nothing to do (use --force to redeploy)\n"),
+    (DeployOptions(version=OLD, action="up"), f"==> already up: handover-app-1 ({OLD})\n"),
+])
+def test_a_run_with_nothing_to_do_says_so(host: FakeHost, options: DeployOptions, said: str) -> None:
+    stream = io.StringIO()
+    records = len(host.records())
+
+    rec = Engine(host.runner, host.settings, Progress(stream=stream)).deploy(options)
+
+    assert rec.result == "unchanged" and stream.getvalue() == said
+    assert len(host.records()) == records + (0 if options.action == "up" else 1)
+
+
+def test_down_removes_the_stack_and_its_state(host: FakeHost) -> None:
+    engine_for(host).down()
+
+    assert host.app_containers() == [] and host.containers_of("nginx") == []
+    assert not (host.state_path / "nginx").exists() and not (host.state_path / "sockets").exists()
+    assert not host.lock_held()
+
+
+def test_down_is_refused_while_a_deploy_holds_the_lock(host: FakeHost) -> None:
+    other = DeployLock(host.runner, str(host.state_path), notify=lambda _text: None)
+    other.acquire({"holder": "ann@box", "since": "2026-01-01T00:00:00+00:00", "action": "deploy", "version": "v9"})
+    try:
+        with pytest.raises(LockHeld, match="ann@box"):
+            engine_for(host).down()
+        assert len(host.app_containers()) == 1 and host.lock_held()
+    finally:
+        other.release()
