@@ -620,7 +620,11 @@ class FaultRun:
                                                                  f"{RUN_TIMEOUT:g} s"))
         one_version = bool(facts.serving) and len({c.version for c in facts.live}) == 1 and served == live
         what = f"live {live or '(none)'}, /api/info says {served}, proxy {'up' if facts.proxy else 'down'}"
-        if not one_version and plan.fault == APP_KILL and self.committed:
+        # The engine's own record tells best whether the new version died past the commit point (the
+        # progress line "==> drain" reaches the watcher a moment after the drain began).
+        recorded = stack.records()[records_before:]
+        committed = self.committed or any(r.get("failed_step") == "drain" for r in recorded)
+        if not one_version and plan.fault == APP_KILL and committed:
             # docker kill is a manual stop: no restart policy brings back the one version left serving.
             self.outage = True
             checks.append(Check("one-version-serving", True, f"expected: the new version was killed after the "
