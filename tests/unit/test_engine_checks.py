@@ -124,3 +124,57 @@ def test_down_is_refused_while_a_deploy_holds_the_lock(host: FakeHost) -> None:
         assert len(host.app_containers()) == 1 and host.lock_held()
     finally:
         other.release()
+
+
+@pytest.mark.parametrize(("behaviour", "starts"), [
+    (Behaviour(crash=True, listens=False), "handover-app-2 crashed: exited with status 1, restarted"),
+    (Behaviour(never_healthy=True), "handover-app-2 is unhealthy\n"),
+    (Behaviour(healthy_after=None), "not healthy within 2 s: handover-app-2 is starting\n"),
+], ids=["crash", "unhealthy", "stuck-starting"])
+def test_health_says_at_once_what_is_wrong(host: FakeHost, behaviour: Behaviour, starts: str) -> None:
+    host.behave(NEW, behaviour)
+
+    with pytest.raises(HealthCheckFailed) as failed:
+        engine_for(host).deploy(DeployOptions(version=NEW))
+
+    assert str(failed.value).startswith(starts)
+
+
+def test_a_container_that_vanishes_while_starting_is_named(host: FakeHost) -> None:
+    host.behave(NEW, Behaviour(healthy_after=5))
+    gone: list[str] = []
+    seen: list[str] = []
+
+    def remove_it(command: Command) -> bool:  # on the health wait's second look at the new container
+        new = [c for c in host.app_containers() if c.version == NEW]
+        if new and not gone and command.argv == ["docker", "inspect", new[0].id]:
+            seen.append(new[0].id)
+            if len(seen) == 2:
+                gone.append(new[0].id)
+                del host.containers[new[0].id]  # removed by someone else meanwhile
+        return False
+
+    host.fail_on(remove_it)
+
+    with pytest.raises(HealthCheckFailed, match=r"containers vanished: \['[0-9a-f]{64}'\]"):
+        engine_for(host).deploy(DeployOptions(version=NEW))
+
+    assert gone and host.live_versions() == {OLD}
+
+
+def test_builds_use_the_base_images_found_on_the_host(fake_host: FakeHost) -> None:
+    engine_for(fake_host).up(OLD)
+    builds = [c for c in fake_host.calls if c.command.argv[3:4] and "build" in c.command.argv]
+    first = builds[0].command.env
+    assert first["BASE_IMAGE"] == fake_host.settings.base_image
+    assert first["PROXY_BASE_IMAGE"] == fake_host.settings.proxy_base_image
+    assert first["PROXY_IMAGE"] == f"{fake_host.settings.project}-nginx"
+    fake_host._end_background()
+
+
+def test_prune_never_removes_what_runs(host: FakeHost) -> None:
+    engine = engine_for(host, releases_kept=1)
+    engine.deploy(DeployOptions(version=NEW))
+
+    assert engine.prune_images(keep=set()) == []  # NEW runs; nothing else is known and present
+    assert NEW in host.image_tags(host.settings.app_image)

@@ -212,7 +212,8 @@ def test_a_failure_from_the_drain_on_keeps_the_new_version(host: FakeHost, monke
     assert undone == []  # the new version serves: nothing is undone
     assert host.live_versions() == {NEW} and not host.lock_held()
     record = host.records()[-1]
-    assert (record["result"], record["failed_step"]) == ("failed", cls.name)
+    assert (record["result"], record["failed_step"], record["error"]) == ("failed", cls.name,
+                                                                          f"injected at {cls.name}")
     # The next run finishes the job: the old container, if still there, is drained.
     monkeypatch.undo()
     engine_for(host).deploy(DeployOptions(version=NEW))
@@ -231,6 +232,7 @@ def test_ctrl_c_at_each_step_leaves_one_whole_version(host: FakeHost, monkeypatc
         engine.deploy(DeployOptions(version=NEW))
 
     record = host.records()[-1]
+    assert f"! interrupted at {cls.name}" in capsys.readouterr().err if cls is not steps.Drain else True
     if index < DRAIN_AT:
         only(host, OLD)
         assert record["result"] == ("rolled-back" if index > START_AT else "failed")
