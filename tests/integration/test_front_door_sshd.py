@@ -114,7 +114,7 @@ def wait_gone(pid: int, timeout: float) -> bool:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FollowLab]:
     if not Path(SSHD).exists():
-        pytest.skip(f"{SSHD} is not installed")
+        pytest.fail(f"{SSHD} is not installed (scripts/bootstrap.sh installs it)")
     root = tmp_path_factory.mktemp("follow")
     bin_dir = root / "bin"
     bin_dir.mkdir()

@@ -52,7 +52,7 @@ def free_port(address: str) -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshLab, SshServer]]:
     if not Path(SSHD).exists():
-        pytest.skip(f"{SSHD} is not installed")
+        pytest.fail(f"{SSHD} is not installed (scripts/bootstrap.sh installs it)")
     lab = SshLab(tmp_path_factory.mktemp("lock-sshd"))
     try:
         lab.start([ADDRESS], port=free_port(ADDRESS))
