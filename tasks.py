@@ -24,7 +24,7 @@ from handover.engine import DeployOptions, Engine
 from handover.errors import ConfigError, HandoverError
 from handover.progress import Progress
 from handover.record import RunRecord, history
-from handover.settings import Settings, check_version, default_app_image
+from handover.settings import Settings, default_app_image
 from handover.shell import command_line
 from handover.version import source_version
 
@@ -48,7 +48,8 @@ def _engine(c: Context) -> Engine:
     return Engine(c, _settings(c), Progress())
 
 
-@task(help={"version": "version tag for the app image (default: derived from server/ sources)"})
+@task(help={"version": "version tag for the app image (default: src-<hash> of deploy.app_build; required for "
+                        "a ready-made image)"})
 def up(c: Context, version: str | None = None) -> None:
     """Build and start the stack (proxy + app) and wait until it is healthy; rerunning converges."""
 
@@ -56,8 +57,9 @@ def up(c: Context, version: str | None = None) -> None:
         s = _settings(c)
         progress = Progress()
         t0 = time.monotonic()
-        images.build_wheelhouse(cli.SERVER_DIR, progress)
-        Engine(c, s, progress).up(version or source_version(cli.SERVER_DIR))
+        target = cli.target_version(s, version)
+        cli.prepare_build(s, progress)
+        Engine(c, s, progress).up(target)
         progress.say(f"==> serving on http://{s.http_bind}:{s.http_port}/  (total {time.monotonic() - t0:.1f} s)")
 
     cli.guarded(go)
@@ -65,7 +67,7 @@ def up(c: Context, version: str | None = None) -> None:
 
 @task(
     help={
-        "version": "version to deploy (default: derived from server/ sources)",
+        "version": "version to deploy (default: src-<hash> of deploy.app_build; required for a ready-made image)",
         "dry-run": "print the plan from the real state and change nothing",
         "force": "deploy even if this version is already live",
         "probe": "run the load probe during the deploy and report what it saw",
@@ -92,10 +94,10 @@ def deploy(
     def go() -> RunRecord:
         s = _settings(c)
         progress = Progress(quiet=quiet or json)
-        target = check_version(version or source_version(cli.SERVER_DIR))
+        target = cli.target_version(s, version)
         stored.append(RunRecord(action="deploy", version=target, project=s.project, host=LOCAL_HOST))
         if not dry_run:
-            images.build_wheelhouse(cli.SERVER_DIR, progress)
+            cli.prepare_build(s, progress)
         engine = Engine(c, s, progress)
         options = DeployOptions(
             version=target,

@@ -15,8 +15,10 @@ from invoke.vendor import yaml
 
 from . import settings as settings_mod
 from .errors import ConfigError, HandoverError
+from .progress import Progress
 from .record import RunRecord
-from .settings import DEFAULTS_FILE, PROJECT_ROOT, Settings
+from .settings import DEFAULTS_FILE, DEMO_APP_DIR, PROJECT_ROOT, Settings, check_version
+from .version import source_version
 
 T = TypeVar("T")
 SERVER_DIR = PROJECT_ROOT / "server"
@@ -39,6 +41,26 @@ def settings_from(config: Any, deploy_dir: str | None = None) -> Settings:
     if section is None:
         raise HandoverError("missing config section 'deploy'")
     return settings_mod.load(dict(section), deploy_dir=deploy_dir)
+
+
+def target_version(s: Settings, version: str | None) -> str:
+    """The version to deploy: given, or ``src-<hash>`` of the build directory. A ready-made image
+    (``app_build`` empty) has no sources to derive it from: its tag must be given."""
+    if version:
+        return check_version(version)
+    if not s.app_build:
+        raise ConfigError(f"deploy.app_build is empty, so {s.app_image}:<version> is ready-made: give --version, "
+                          "the tag of the image to deploy")
+    return check_version(source_version(Path(s.app_build)))
+
+
+def prepare_build(s: Settings, progress: Progress) -> None:
+    """What a build needs before anything runs: the demo app's wheels (an app of your own installs its
+    dependencies in its own Dockerfile)."""
+    from . import images
+
+    if s.app_build == str(DEMO_APP_DIR):
+        images.build_wheelhouse(DEMO_APP_DIR, progress)
 
 
 @contextmanager

@@ -17,6 +17,8 @@ from .steps import (
     Preflight,
     ProxyConfig,
     Prune,
+    Pull,
+    Services,
     Start,
     StartProxy,
     Step,
@@ -26,7 +28,19 @@ from .steps import (
 )
 
 
-def deploy(*, build: bool = True, after_lock: Sequence[Step] = ()) -> list[Step]:
+def image_step(*, build: bool = True, source: str = "build", ship: Step | None = None) -> Step:
+    """How this run gets the app's image: a rollback uses the one on the host; else it is built from
+    ``app_build`` (``source`` "build"), pulled from its registry ("pull"), or sent from this machine by the
+    front door (``ship``, e.g. ``docker save | ssh docker load``)."""
+    if not build:
+        return UseImage()
+    if ship is not None:
+        return ship
+    return {"pull": Pull, "local": UseImage}.get(source, Build)()
+
+
+def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), source: str = "build",
+           ship: Step | None = None) -> list[Step]:
     """Start the new version beside the old, wait until healthy, switch, drain the old, prune."""
     return [
         Lock(),
@@ -34,7 +48,7 @@ def deploy(*, build: bool = True, after_lock: Sequence[Step] = ()) -> list[Step]
         Preflight(),
         Converge(),
         ProxyConfig(),
-        Build() if build else UseImage(),
+        image_step(build=build, source=source, ship=ship),
         Start(),
         Health(),
         Switch(),
@@ -49,13 +63,17 @@ def converge() -> list[Step]:
     return [Lock(), Converge()]
 
 
-def first_start(*, after_lock: Sequence[Step] = ()) -> list[Step]:
-    """Nothing serves yet (or only failed containers are left): build everything and start it."""
+def first_start(*, after_lock: Sequence[Step] = (), source: str = "build", ship: Step | None = None) -> list[Step]:
+    """Nothing serves yet (or only failed containers are left): build everything and start it, the
+    user's other services first."""
+    ready_made = source != "build" or ship is not None
     return [
         Lock(),
         *after_lock,
         Preflight(),
-        Build(with_proxy=True),
+        *([image_step(source=source, ship=ship)] if ready_made else []),
+        Build(with_proxy=True, app=not ready_made),
+        Services(),
         Start(fresh=True),
         Health(fresh=True),
         Switch(fresh=True),

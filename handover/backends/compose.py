@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .. import envfile
 from ..checks import Check, first_line, require
-from ..errors import BuildFailed, CommandError, HandoverError, PreflightError
+from ..errors import BuildFailed, CommandError, CommandTimeout, HandoverError, PreflightError
 from ..settings import Settings
 from ..shell import Result, Runner, read_file, run
 from . import Instance
@@ -34,6 +34,8 @@ UP_TIMEOUT = 300.0
 DOWN_EXTRA_SECONDS = 120.0
 STOP_EXTRA_SECONDS = 60.0
 BUILD_LOG_LINES = 30
+PULL_TIMEOUT = 900.0
+PULL_LOG_LINES = 5
 COMPOSE_MAJOR = "2"
 COMPOSE_MINIMUM = (2, 30)  # env_file `format: raw`
 ENV_FILE_VARIABLE = "APP_ENV_FILE"  # the secrets file, read by Compose with `format: raw`
@@ -72,8 +74,10 @@ def check_compose(runner: Runner) -> Check:
 
 
 def compose_argv(settings: Settings, *args: str) -> list[str]:
-    """``docker compose`` for this project and compose file, followed by ``args``."""
-    return ["docker", "compose", "--project-name", settings.project, "--file", settings.compose_path, *args]
+    """``docker compose`` for this project and compose file (and the user's own, with their other
+    services, when set), followed by ``args``."""
+    extra = ["--file", settings.extra_compose_path] if settings.extra_compose_path else []
+    return ["docker", "compose", "--project-name", settings.project, "--file", settings.compose_path, *extra, *args]
 
 
 def compose_env(settings: Settings, version: str | None = None,
@@ -90,13 +94,23 @@ def compose_env(settings: Settings, version: str | None = None,
         "BASE_IMAGE": s.base_image,
         "DRAIN_TIMEOUT": f"{s.drain_timeout:g}",
         "STOP_GRACE_PERIOD": f"{s.stop_grace_period:g}s",
+        "APP_STOP_SIGNAL": s.app_stop_signal,
     }
+    if s.build_dir:
+        env["APP_BUILD_DIR"] = s.build_dir
     if s.env_file:
         env[ENV_FILE_VARIABLE] = s.env_file
     if version is not None:
         env["APP_VERSION"] = version
     env.update(extra or {})
     return env
+
+
+def build_services(settings: Settings) -> list[str]:
+    """What the first start builds: handover's own services (the app only when it has a build directory)."""
+    from ..proxies.nginx import SERVICE as PROXY_SERVICE
+
+    return ([APP_SERVICE] if settings.app_build else []) + [PROXY_SERVICE]
 
 
 def parse_container(raw: Mapping[str, object]) -> Instance:
@@ -224,8 +238,24 @@ class ComposeBackend:
         return running[-1] if running else None
 
     def has_image(self, version: str) -> bool:
+        return bool(self.image_id(version))
+
+    def image_id(self, version: str) -> str:
         image = f"{self.settings.app_image}:{version}"
-        return run(self.runner, ["docker", "image", "inspect", image], check=False).exited == 0
+        result = run(self.runner, ["docker", "image", "inspect", "--format", "{{.Id}}", image], check=False)
+        return result.stdout.strip() if result.exited == 0 else ""
+
+    def pull(self, version: str) -> None:
+        image = f"{self.settings.app_image}:{version}"
+        try:
+            run(self.runner, ["docker", "pull", "--quiet", image], timeout=PULL_TIMEOUT)
+        except CommandError as exc:
+            said = "\n".join(f"{exc.stdout}\n{exc.output}".strip().splitlines()[-PULL_LOG_LINES:])
+            raise BuildFailed(f"the image {image} cannot be pulled (exit {exc.exited}); no container was started "
+                              f"or stopped:\n{said}") from None
+        except CommandTimeout:
+            raise BuildFailed(f"the pull of {image} took longer than {PULL_TIMEOUT:g} s; no container was started "
+                              "or stopped") from None
 
     def image_versions(self) -> set[str]:
         out = run(self.runner, ["docker", "image", "ls", self.settings.app_image, "--format", "{{.Tag}}"]).stdout
@@ -237,8 +267,13 @@ class ComposeBackend:
                 check=False)
 
     # -- operations ------------------------------------------------------------------------------
-    def build(self, version: str, *, with_proxy: bool = False) -> None:
-        services = [] if with_proxy else [APP_SERVICE]
+    def build(self, version: str, *, with_proxy: bool = False, app: bool = True) -> None:
+        # Named, never "all": the user's own services (deploy.extra_compose_file) are not built here.
+        services = [APP_SERVICE] if app else []
+        if with_proxy:
+            services += [s for s in build_services(self.settings) if s != APP_SERVICE]
+        if not services:
+            return
         try:
             self.compose("build", *services, version=version, timeout=BUILD_TIMEOUT)
         except CommandError as exc:
@@ -259,6 +294,21 @@ class ComposeBackend:
         """The app containers that are not among ``known`` IDs (what a start created)."""
         seen = set(known)
         return [c for c in self.instances() if c.id not in seen]
+
+    def pre_stop(self, instance: Instance, argv: Sequence[str], timeout: float) -> str:
+        try:
+            result = run(self.runner, ["docker", "exec", instance.id, *argv], check=False, timeout=timeout)
+        except CommandTimeout:
+            return f"did not finish within {timeout:g} s"
+        if result.exited == 0:
+            return ""
+        said = first_line(result.stderr or result.stdout)
+        return f"exited {result.exited}" + (f": {said}" if said else "")
+
+    def start_services(self, services: Sequence[str]) -> None:
+        if services:
+            # --no-recreate: a running service stays as it is, whatever changed in its definition.
+            self.compose("up", "--detach", "--no-recreate", *services, timeout=UP_TIMEOUT)
 
     def stop(self, instances: Sequence[Instance], grace: float) -> None:
         ids = [c.id for c in instances]

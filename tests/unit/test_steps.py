@@ -166,8 +166,12 @@ def test_the_plans_read_as_the_sequence() -> None:
         "lock", "preflight", "converge", "proxy config", "build", "start", "health", "switch", "verify", "drain",
         "prune"]
     assert [s.name for s in plans.deploy(build=False)][4] == "image"
+    assert [s.name for s in plans.deploy(source="pull")][4] == "pull"
+    assert [s.name for s in plans.deploy(source="local")][4] == "image"
     assert [s.name for s in plans.first_start()] == [
-        "lock", "preflight", "build", "start", "health", "switch", "proxy"]
+        "lock", "preflight", "build", "services", "start", "health", "switch", "proxy"]
+    assert [s.name for s in plans.first_start(source="pull")] == [
+        "lock", "preflight", "pull", "build", "services", "start", "health", "switch", "proxy"]
     extra = steps.Converge()
     assert plans.deploy(after_lock=[extra])[1] is extra
 
