@@ -17,7 +17,7 @@ from . import settings as settings_mod
 from .errors import ConfigError, HandoverError
 from .progress import Progress
 from .record import RunRecord
-from .settings import DEFAULTS_FILE, DEMO_APP_DIR, PROJECT_ROOT, Settings, check_version
+from .settings import DEFAULTS_FILE, PROJECT_ROOT, Settings, check_version
 from .version import source_version
 
 T = TypeVar("T")
@@ -55,12 +55,13 @@ def target_version(s: Settings, version: str | None) -> str:
 
 
 def prepare_build(s: Settings, progress: Progress) -> None:
-    """What a build needs before anything runs: the demo app's wheels (an app of your own installs its
-    dependencies in its own Dockerfile)."""
+    """What a build needs before anything runs: the wheels of a build directory that installs its Python
+    dependencies from ``wheelhouse/`` (the demo app's way, so hosts need no package index). Any other
+    app installs its dependencies in its own Dockerfile."""
     from . import images
 
-    if s.app_build == str(DEMO_APP_DIR):
-        images.build_wheelhouse(DEMO_APP_DIR, progress)
+    if s.app_build and images.uses_wheelhouse(Path(s.app_build)):
+        images.build_wheelhouse(Path(s.app_build), progress)
 
 
 @contextmanager

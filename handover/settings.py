@@ -43,9 +43,9 @@ APP_EXIT_MARGIN = 1.0  # lifespan shutdown and interpreter exit after the drain
 APP_IMAGE_SUFFIX = "-app"  # app_image defaults to <project>-app
 # The compose services that are handover's own: the user's compose file must not define them.
 OWN_SERVICES = ("app", "nginx")
-# What a synced release holds besides the build directory: a build directory may not take these names.
-RELEASE_NAMES = ("compose", "nginx", "extra-compose")
-EXTRA_COMPOSE_DIR = "extra-compose"  # the user's compose file in a synced release
+# What a synced release holds besides the build directory and the user's compose file (each under its
+# own name): neither may take these names.
+RELEASE_NAMES = ("compose", "nginx")
 _SIGNAL = re.compile(r"SIG[A-Z0-9]{2,10}|SIGRTMIN\+[0-9]{1,2}|[0-9]{1,2}")
 
 
@@ -97,7 +97,7 @@ class Settings:
         if not self.extra_compose_file:
             return ""
         name = PurePosixPath(self.extra_compose_file).name
-        return _join(self.source_path, f"{EXTRA_COMPOSE_DIR}/{name}") if self.synced else self.extra_compose_file
+        return _join(self.source_path, name) if self.synced else self.extra_compose_file
 
     @property
     def source_path(self) -> str:
@@ -312,13 +312,16 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     _check_drain_budget(drain, grace)
     project = _text("project", config["project"], _PROJECT_NAME,
                     "a compose project name: lowercase letters, digits, '-' or '_'")
-    extra_file, extra_services = _extra_compose("extra_compose_file", config.get("extra_compose_file"))
     app_build = _app_build(config.get("app_build"))
     app_ship = _flag("app_ship", config.get("app_ship", False))
     if app_ship and app_build:
         raise ConfigError(f"config keys deploy.app_ship and deploy.app_build: app_ship sends a ready-made image to "
                           f"the hosts, but app_build is set ({app_build}); set app_build to \"\" to ship "
                           "<app_image>:<version> from this machine, or app_ship to false to build on the hosts")
+    extra_file, extra_services = _extra_compose("extra_compose_file", config.get("extra_compose_file"))
+    if extra_file and (Path(extra_file).name in RELEASE_NAMES or Path(extra_file).name == Path(app_build).name):
+        raise ConfigError(f"config key deploy.extra_compose_file: {extra_file} would take the name of a directory "
+                          "of the synced release (compose/, nginx/, the build directory); rename the file")
     return Settings(
         project=project,
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
