@@ -80,13 +80,13 @@ def registry_up() -> None:
         pytest.fail(f"no image registry on {REGISTRY} ({exc}): run scripts/bootstrap.sh (CI does, in .ci/run)")
 
 
-def forget_in_registry(tag: str) -> None:
-    """Delete ``IMAGE:tag`` from the registry (its manifest), so nothing of the test stays there."""
-    head = requests.head(f"http://{REGISTRY}/v2/{REPOSITORY}/manifests/{tag}", timeout=5,
+def forget_in_registry(repository: str, tag: str) -> None:
+    """Delete ``repository:tag`` from the registry (its manifest), so nothing of the test stays there."""
+    head = requests.head(f"http://{REGISTRY}/v2/{repository}/manifests/{tag}", timeout=5,
                          headers={"Accept": MANIFEST_TYPES})
     digest = head.headers.get("Docker-Content-Digest")
     if head.status_code == 200 and digest:
-        requests.delete(f"http://{REGISTRY}/v2/{REPOSITORY}/manifests/{digest}", timeout=5)
+        requests.delete(f"http://{REGISTRY}/v2/{repository}/manifests/{digest}", timeout=5)
 
 
 def containers(project: str, service: str) -> list[str]:
@@ -132,7 +132,7 @@ def img(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImgStack]:
         if tags:
             docker("image", "rm", *tags, check=False)
         for version in (*VERSIONS, "built"):
-            forget_in_registry(version)
+            forget_in_registry(REPOSITORY, version)
         assert left == [], "the stack's containers outlived `local.down`"
 
 
