@@ -319,7 +319,7 @@ class Engine:
         if not s.app_pre_stop:
             return []
         warnings = []
-        for c in old:
+        for c in self.backend.refresh(old):  # only those still running (a finished drain's rerun skips the rest)
             if c.status != "running":
                 continue
             wrong = self.backend.pre_stop(c, s.app_pre_stop, s.app_pre_stop_timeout)

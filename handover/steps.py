@@ -205,7 +205,11 @@ class UseImage(Step):
 
     def check(self, run: Run) -> None:
         if not run.engine.backend.has_image(run.version):
-            raise HandoverError(f"image {run.image} is not on the host; it cannot be deployed without a build")
+            source = run.engine.image_source()
+            how = {"build": "it cannot be deployed without a build",
+                   "pull": f"deploy version {run.version} instead (it is pulled from its registry again)",
+                   "local": "build or pull it on this machine first"}[source]
+            raise HandoverError(f"image {run.image} is not on the host; {how}")
 
     def run(self, run: Run) -> None:
         self.check(run)

@@ -164,6 +164,8 @@ def test_a_registry_image_is_deployed_by_reference_and_the_worker_is_never_touch
     assert report.ok, report.format_table()
     assert len(set(servers)) == 4, servers
     assert containers(PROJECT, WORKER) == [worker] and started_at(worker) == worker_state
+    (app,) = containers(PROJECT, "app")
+    assert docker("inspect", "--format", "{{.Config.StopSignal}}", app) == "SIGTERM"  # app_stop_signal, via compose
     record = img.last_record()
     assert record["result"] == "success" and "pull" in [s["name"] for s in record["steps"]]  # type: ignore[attr-defined]
     assert docker("image", "inspect", "--format", "{{.Id}}", f"{IMAGE}:{VERSIONS[2]}")  # pulled, kept for rollback

@@ -380,3 +380,15 @@ def test_the_stream_is_docker_save_into_ssh_docker_load(tmp_path: Path) -> None:
     assert load_argv[0] == "ssh" and load_argv[-3:] == ["--", "web1", "docker load --quiet"]
     assert "StrictHostKeyChecking=yes" in load_argv and "BatchMode=yes" in load_argv
     assert os.fspath(tmp_path / "known_hosts") in " ".join(load_argv)
+
+
+def test_a_rollback_to_a_pruned_registry_image_says_to_deploy_it_again(tmp_path: Path) -> None:
+    host = pulling_host(tmp_path)
+    assert engine_for(host).up(OLD).result == "success"
+    assert engine_for(host).deploy(DeployOptions(version=NEW)).result == "success"
+    del host.images[f"{REGISTRY_IMAGE}:{OLD}"]
+    before = state(host)
+    with pytest.raises(HandoverError, match=rf"image {REGISTRY_IMAGE}:{OLD} is not on the host; deploy version "
+                                            rf"{OLD} instead \(it is pulled from its registry again\)"):
+        engine_for(host).deploy(DeployOptions(version=OLD, build=False, action="rollback"))
+    assert state(host) == before and host.live_versions() == {NEW} and not host.lock_held()
