@@ -9,6 +9,7 @@ file of the user's beside handover's, holding a ``worker`` service that must nev
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -133,6 +134,7 @@ def img(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImgStack]:
             docker("image", "rm", *tags, check=False)
         for version in (*VERSIONS, "built"):
             forget_in_registry(REPOSITORY, version)
+        shutil.rmtree(handle.state_dir, ignore_errors=True)
         assert left == [], "the stack's containers outlived `local.down`"
 
 
