@@ -5,6 +5,11 @@ Containers are always addressed by ID. The app service is scaled up for a deploy
 removed by ID. The ``docker compose`` command line is built in one place, :func:`compose_argv`,
 and its environment in :func:`compose_env`, both pure.
 
+The user's own compose file (``extra_compose_file``, their database, redis, workers) is a second
+``--file`` of every command; only the first start names its services (``up --no-recreate``), every
+other ``up`` names the app's service alone with ``--no-deps``, so a deploy never restarts, recreates
+or scales them.
+
 The app's secrets file reaches the containers through Compose only (``APP_ENV_FILE``). What a
 failing ``docker compose`` says is scrubbed of the file's values before anyone sees it
 (:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors.

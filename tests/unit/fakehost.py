@@ -50,6 +50,11 @@ Queries: ``host.commands`` (argv lists), ``host.calls`` (with env and outcome),
 ``host.nginx_reloads``. ``APP_FAULT`` in a compose command's environment overrides a version's
 behaviour, as the real app obeys it.
 
+Compose commands may carry more ``--file``s: the services of the later ones (the user's own compose
+file) are modelled too, each one container of its image, without sockets or health scripts.
+``docker exec`` in an app container (a ``pre_stop``) is kept in ``container.execs`` and succeeds
+unless a rule says otherwise; ``container.stop_signal`` is the ``APP_STOP_SIGNAL`` it was created with.
+
 Other settings: ``FakeHost(tmp_path, fake_settings(tmp_path, replicas=2))``. The engine runs
 ``nginx -t`` only when nginx's files change: edit ``tmp_path/deploy/nginx/nginx.conf`` for that.
 
