@@ -65,9 +65,13 @@ def stream_image(remote: Remote, ref: str) -> None:
     save_err = (save.stderr.read() if save.stderr else b"").decode(errors="replace")
     save.wait()
     if save.returncode != 0 or load.returncode != 0:
-        words = save_err.strip() or load.stderr.strip() or load.stdout.strip()
+        # The end that failed first speaks: a failed save leaves the load an empty stream, a failed ssh or
+        # load leaves the save only a broken pipe to report.
+        save_first = save.returncode != 0 and (load.returncode == 0 or "broken pipe" not in save_err.lower())
+        words = save_err.strip() if save_first else load.stderr.strip() or load.stdout.strip()
         said = "\n".join(words.splitlines()[-SHIP_LOG_LINES:])
-        end = f"docker save exited {save.returncode}" if save.returncode else f"docker load exited {load.returncode}"
+        end = (f"docker save exited {save.returncode}" if save_first
+               else f"ssh {remote.name} docker load exited {load.returncode}")
         raise HandoverError(f"sending {ref} to {remote.name} failed ({end}); no container was started or "
                             f"stopped:\n{said}")
 

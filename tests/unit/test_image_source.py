@@ -392,3 +392,37 @@ def test_a_rollback_to_a_pruned_registry_image_says_to_deploy_it_again(tmp_path:
                                             rf"{OLD} instead \(it is pulled from its registry again\)"):
         engine_for(host).deploy(DeployOptions(version=OLD, build=False, action="rollback"))
     assert state(host) == before and host.live_versions() == {NEW} and not host.lock_held()
+
+
+@pytest.mark.parametrize(("fault", "words"), [
+    ("", None),
+    ("save", r"\(docker save exited 1\); no container was started or stopped:\nError: No such image: img-shop:v1"),
+    ("ssh", r"\(ssh web1 docker load exited 255\); no container was started or stopped:\nHost key verification "
+            r"failed\."),
+])
+def test_the_stream_names_the_end_that_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str,
+                                              words: str | None) -> None:
+    """Stand-ins for docker and ssh on PATH (real processes, a real pipe between them): a save that fails
+    leaves the load an empty stream, an ssh that fails leaves the save a broken pipe; each is named right."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    received = tmp_path / "received"
+    save = ('echo "Error: No such image: $2" >&2; exit 1' if fault == "save"
+            else 'head -c 300000 /dev/zero || { echo "write /dev/stdout: broken pipe" >&2; exit 1; }')
+    receive = ('echo "Host key verification failed." >&2; exit 255' if fault == "ssh"
+            else f'cat > {received}; [ -s {received} ] || {{ echo "stdin is empty" >&2; exit 1; }}')
+    for name, body in (("docker", save), ("ssh", receive)):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    conn = type("Conn", (), {"host": "web1", "port": 22, "user": "deploy", "connect_timeout": 15, "gateway": None,
+                             "known_hosts_files": (), "config": {"load_ssh_configs": False},
+                             "connect_kwargs": {}})()
+    target = hostconfig.Target(name="web1", host="web1", user="deploy", port=22, settings=load(), env_file=None)
+    remote = Remote(target, conn, tmp_path / "known_hosts")  # type: ignore[arg-type]
+    if words is None:
+        hostrun.stream_image(remote, "img-shop:v1")
+        assert received.stat().st_size == 300000
+        return
+    with pytest.raises(HandoverError, match=rf"^sending img-shop:v1 to web1 failed {words}$"):
+        hostrun.stream_image(remote, "img-shop:v1")
