@@ -8,6 +8,7 @@ sends nothing (as it must); the stream itself is driven once through the real ss
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -163,3 +164,31 @@ def test_fab_ship_finds_the_image_on_the_host_and_the_stream_goes_through_sshd(b
     finally:
         remote.conn.close()
     assert subprocess.run(["docker", "image", "inspect", f"{local_image}:s1"], capture_output=True).returncode == 0
+
+
+def test_fab_syncs_and_builds_a_directory_outside_the_checkout(built: str, lab: Lab) -> None:
+    [host] = lab.hosts("dir", lab.ssh.servers)
+    app_dir = lab.work / "shopapp"  # anywhere on disk, under its own name
+    shutil.copytree(ROOT / "server", app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    config = config_for(lab, "dir", host, app_build=str(app_dir), app_image=f"{host.project}-app",
+                        base_image=built)
+    lab.fab(config, [host], "setup")
+    plan = lab.fab(config, [host], "deploy", "--version", "d1", "--dry-run").stdout
+    assert "sync: compose/, nginx/, shopapp/ ->" in plan and f"build: image {host.project}-app:d1 from {app_dir}" \
+        in plan, plan
+    lab.fab(config, [host], "deploy", "--version", "d1")
+    assert (host.deploy_dir / "current" / "shopapp" / "Dockerfile").is_file()
+    assert not (host.deploy_dir / "current" / "server").exists()
+    assert host.version() == "d1"
+    # The synced copy is what the host builds: a change in the directory reaches the next version.
+    (app_dir / "static" / "marker.txt").write_text("d2\n")
+    lab.fab(config, [host], "deploy", "--version", "d2")
+    assert (host.deploy_dir / "current" / "shopapp" / "static" / "marker.txt").read_text() == "d2\n"
+    assert host.version() == "d2"
+    empty = lab.work / "nodockerfile"
+    empty.mkdir()
+    refused = lab.fab(config_for(lab, "dir-bad", host, app_build=str(empty)), [host], "deploy", "--version", "d3",
+                      check=False)
+    assert refused.returncode == 2 and f"the build directory {empty} has no Dockerfile" in refused.stderr, (
+        refused.stdout + refused.stderr)
+    assert host.version() == "d2"
