@@ -114,7 +114,7 @@ if [ "$engine_was_there" = 0 ]; then apt_update; pkgs=$(engine_packages); fi
 # shellcheck disable=SC2086  # a list of package names
 [ -z "$pkgs" ] || apt_install $pkgs
 if [ "$engine_was_there" = 1 ]; then
-  report "already there" docker "$(docker --version 2>/dev/null || command -v dockerd)"
+  report "already there" docker "$(dockerd --version 2>/dev/null || command -v dockerd)"
 else
   first=${pkgs%% *}
   report installed docker "$first $(installed_version "$first") (apt)"
