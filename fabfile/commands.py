@@ -32,7 +32,9 @@ from .hostconfig import remote_config
 from .rollout import for_each_host, rolling
 
 
-@task(help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)",
+# No short flags: `-i` is Fabric's key file, and installing system packages should be spelled out.
+@task(auto_shortflags=False,
+      help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)",
             "install": "install what the host lacks (Docker engine, Compose v2, rsync; Debian/Ubuntu; "
                        "as root or with passwordless sudo), start dockerd, let the SSH user use Docker"})
 def setup(c: Any, accept_new: bool = False, install: bool = False) -> None:
