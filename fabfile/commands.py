@@ -26,18 +26,28 @@ from handover.settings import check_version
 from handover.shell import command_line
 from handover.version import source_version
 
-from . import hostready, hostrun
+from . import hostinstall, hostready, hostrun
 from .connect import Remote
 from .hostconfig import remote_config
 from .rollout import for_each_host, rolling
 
 
-@task(help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)"})
-def setup(c: Any, accept_new: bool = False) -> None:
-    """Check each host (Docker engine, Compose v2, rsync) and create its deploy directory (0750, SSH user's)."""
+# No short flags: `-i` is Fabric's key file, and installing system packages should be spelled out.
+@task(auto_shortflags=False,
+      help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)",
+            "install": "install what the host lacks (Docker engine, Compose v2, rsync; Debian/Ubuntu; "
+                       "as root or with passwordless sudo), start dockerd, let the SSH user use Docker"})
+def setup(c: Any, accept_new: bool = False, install: bool = False) -> None:
+    """Check each host (Docker engine, Compose v2, rsync) and create its deploy directory (0750, SSH user's).
+
+    With --install, first install what is missing, the way scripts/bootstrap.sh does, and say what was done.
+    """
 
     def work(remote: Remote, progress: Progress) -> None:
         checks = hostready.check_host(remote, remote.target.settings)
+        if install:
+            hostinstall.install(remote, remote.target.settings, progress, checks)
+            checks = hostready.check_host(remote, remote.target.settings)
         for check in checks:
             progress.say(f"    {'ok' if check.ok else 'MISSING':<7} {check.name:<10} {check.detail}")
         require(checks, remote.name)
