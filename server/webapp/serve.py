@@ -15,8 +15,8 @@ import sys
 import uvicorn
 from starlette.types import ASGIApp
 
+from . import handover_asgi
 from .app import WebApp
-from .drain import DrainingServer
 from .faults import apply_startup_fault
 from .runtime import Runtime
 from .settings import ConfigError, Settings
@@ -39,13 +39,15 @@ def configure_logging() -> None:
     """One stdout handler for every module of the package (their loggers sit below this one)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s webapp %(levelname)s %(message)s"))
-    root = logging.getLogger(LOGGER_NAME)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    # The drain helper logs under uvicorn's logger; here its lines get the app's format instead.
+    for name in (LOGGER_NAME, handover_asgi.log.name):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
-def build_server(runtime: Runtime, app: ASGIApp) -> DrainingServer:
+def build_server(runtime: Runtime, app: ASGIApp) -> uvicorn.Server:
     settings = runtime.settings
     config = uvicorn.Config(
         app,
@@ -61,7 +63,9 @@ def build_server(runtime: Runtime, app: ASGIApp) -> DrainingServer:
         limit_concurrency=settings.limit_concurrency,
         access_log=False,
     )
-    return DrainingServer(config, runtime.hub)
+    # Exits 0 after the drain (plain uvicorn would re-raise SIGTERM); the drain itself runs in
+    # the app (runtime.drain), ahead of uvicorn's own shutdown.
+    return handover_asgi.server(config)
 
 
 def bind_sockets(settings: Settings) -> list[socket.socket]:
