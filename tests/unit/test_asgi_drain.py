@@ -7,7 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 HELPER = ROOT / "handover" / "asgi.py"
 # Images are built from their own directories, so the helper travels as a copy; these must not drift.
-COPIES = (ROOT / "server" / "webapp" / "handover_asgi.py",)
+COPIES = (
+    ROOT / "server" / "webapp" / "handover_asgi.py",
+    ROOT / "examples" / "starlette-drain" / "handover_asgi.py",
+)
 
 
 def test_copies_of_the_helper_are_identical() -> None:
