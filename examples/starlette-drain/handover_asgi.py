@@ -22,7 +22,7 @@ WebSocket phase; a third also stops waiting for HTTP requests.
 
 Usage, with ``uvicorn module:app`` as usual::
 
-    from handover_asgi import drain   # or: from handover.asgi import drain
+    from handover_asgi import drain   # this file copied beside the app; in a checkout: handover.asgi
     app = drain(app)
 
 This file imports nothing from the rest of handover and nothing outside the standard library
@@ -105,7 +105,8 @@ class _Socket:
         self.close_on_accept: str | None = None  # the notice, when the drain came before the accept
         task = asyncio.current_task()
         assert task is not None, "ASGI apps run inside a task"
-        self.task: asyncio.Task[Any] = task
+        self.task: asyncio.Task[Any] = task  # to cancel it when it outlives the bound
+        self.finished = asyncio.Event()  # the app's handler returned (its task may go on: a test client's)
 
     async def send(self, message: Message) -> None:
         """The app's ``send``: passed through until the drain closed the socket, then refused."""
@@ -187,9 +188,12 @@ class Drain:
             # A close in progress does not give way to cancellation; run it as its own task.
             self._track(asyncio.create_task(sock.close(self.notice)))
         current = asyncio.current_task()
-        handlers = {sock.task for sock in sockets if sock.task is not current and not sock.task.done()}
-        if handlers:
-            _, pending = await asyncio.wait(handlers, timeout=self.timeout)
+        running = [sock for sock in sockets if sock.task is not current and not sock.task.done()]
+        waiting = {asyncio.create_task(sock.finished.wait()) for sock in running}
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=self.timeout)
+            for waiter in pending:
+                waiter.cancel()
             if pending:
                 log.warning("drain timed out after %.1fs: %d socket(s) still open", self.timeout, len(pending))
         log.info("drain done in %.3fs", time.monotonic() - started)
@@ -317,6 +321,7 @@ class DrainingApp:
             await self.app(scope, receive, sock.send)
         finally:
             drain.sockets.discard(sock)
+            sock.finished.set()
 
 
 def drain(
