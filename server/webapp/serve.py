@@ -39,12 +39,21 @@ def configure_logging() -> None:
     """One stdout handler for every module of the package (their loggers sit below this one)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s webapp %(levelname)s %(message)s"))
-    # The drain helper logs under uvicorn's logger; here its lines get the app's format instead.
-    for name in (LOGGER_NAME, handover_asgi.log.name):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    root = logging.getLogger(LOGGER_NAME)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def adopt_drain_log() -> None:
+    """Give the drain helper's lines (logged under uvicorn's logger) the app's format and stream.
+
+    Called once uvicorn's configuration exists: its logging setup resets that logger.
+    """
+    drain_log = handover_asgi.log
+    drain_log.handlers = list(logging.getLogger(LOGGER_NAME).handlers)
+    drain_log.setLevel(logging.INFO)
+    drain_log.propagate = False
 
 
 def build_server(runtime: Runtime, app: ASGIApp) -> uvicorn.Server:
@@ -99,6 +108,7 @@ def main() -> None:
     apply_startup_fault(settings.fault, settings.fault_after)
     runtime = Runtime(settings)
     server = build_server(runtime, WebApp(runtime))
+    adopt_drain_log()
     log.info(
         "start: server_id=%s version=%s listen=%s:%d%s pid=%d",
         runtime.server_id,
