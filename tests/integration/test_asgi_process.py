@@ -15,28 +15,26 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.test_server_process import open_unresponsive_socket
-from tests.server_process import LOOPBACK, free_port
+from tests.server_process import LOOPBACK, Reply, SlowRequest, free_port, wait_healthy
 
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent.parent
+EXAMPLES = ROOT / "examples"
 PLAIN = EXAMPLES / "starlette-plain"
 DRAINING = EXAMPLES / "starlette-drain"
 DRAIN_TIMEOUT = 3.0
 DRAIN_SPREAD = 0.5
 # The helper's bound: spread + timeout for the WebSockets, timeout again for HTTP, plus start-up slack.
 EXIT_BOUND = DRAIN_SPREAD + 2 * DRAIN_TIMEOUT + 2.0
-STARTUP_TIMEOUT = 15.0
 SOCKET_COUNT = 5
 # Notices spread over 1.5 s across 10 sockets: a client connecting 0.2 s in finds the drain running.
 LONG_DRAIN_SOCKETS = 10
@@ -76,18 +74,7 @@ def running(app_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], 
     port = free_port()
     process = start_uvicorn(app_dir, port, **env)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"uvicorn exited early with {process.returncode}")
-            try:
-                if httpx.get(f"http://{LOOPBACK}:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("uvicorn did not become healthy")
-            time.sleep(0.05)
+        wait_healthy(f"http://{LOOPBACK}:{port}", process)
         yield process, port
     finally:
         if process.poll() is None:
@@ -123,26 +110,6 @@ async def read_until_closed(ws: ClientConnection, since: float) -> SocketOutcome
     return outcome
 
 
-class SlowRequest:
-    """``GET /slow?seconds=N`` in a thread, started before the signal: an in-flight request."""
-
-    def __init__(self, port: int, seconds: float) -> None:
-        self.result: httpx.Response | BaseException | None = None
-        self._thread = threading.Thread(target=self._get, args=(port, seconds))
-        self._thread.start()
-
-    def _get(self, port: int, seconds: float) -> None:
-        try:
-            self.result = httpx.get(f"http://{LOOPBACK}:{port}/slow", params={"seconds": seconds}, timeout=60)
-        except httpx.HTTPError as exc:
-            self.result = exc
-
-    def response(self) -> httpx.Response:
-        self._thread.join(RECEIVE_TIMEOUT + SLOW_SECONDS)
-        assert isinstance(self.result, httpx.Response), f"in-flight request failed: {self.result!r}"
-        return self.result
-
-
 def refuses_connections(port: int) -> bool:
     try:
         socket.create_connection((LOOPBACK, port), timeout=1).close()
@@ -154,7 +121,7 @@ def refuses_connections(port: int) -> bool:
 @dataclass
 class Shutdown:
     outcomes: list[SocketOutcome]
-    slow: httpx.Response
+    slow: Reply
     refused_while_in_flight: bool
     exit_code: int
     elapsed: float
@@ -164,7 +131,7 @@ class Shutdown:
 async def terminate_under_load(process: subprocess.Popen[str], port: int) -> Shutdown:
     """Open sockets and a slow request, SIGTERM, and record what each client saw."""
     sockets = await open_sockets(port)
-    slow = SlowRequest(port, SLOW_SECONDS)
+    slow = SlowRequest(port, "/slow", SLOW_SECONDS)
     await asyncio.sleep(0.5)  # let the slow request reach the app
     sent_at = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -186,7 +153,7 @@ def test_with_the_helper_sigterm_sends_notice_then_1012_and_finishes_requests() 
         assert outcome.close_code == WS_CLOSE_SERVICE_RESTART
         assert outcome.closed_after < DRAIN_SPREAD + 1.0
     assert shutdown.slow.status_code == 200
-    assert shutdown.slow.json()["slept"] == SLOW_SECONDS
+    assert shutdown.slow.body["slept"] == SLOW_SECONDS
     assert shutdown.refused_while_in_flight, "the listening socket must close once the WebSockets are drained"
     assert shutdown.exit_code == EXIT_BY_SIGTERM
     assert shutdown.elapsed < EXIT_BOUND + SLOW_SECONDS
@@ -243,7 +210,7 @@ def test_an_unresponsive_client_cannot_stall_the_exit() -> None:
 
 def test_a_request_that_outlives_the_bound_is_cancelled_and_the_process_exits() -> None:
     with running(DRAINING) as (process, port):
-        stuck = SlowRequest(port, 30.0)
+        stuck = SlowRequest(port, "/slow", 30.0)
         time.sleep(0.5)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -255,5 +222,29 @@ def test_a_request_that_outlives_the_bound_is_cancelled_and_the_process_exits() 
     assert elapsed < EXIT_BOUND
     assert elapsed >= DRAIN_TIMEOUT, "the request had its full timeout to finish"
     assert "cancelling 1 request(s) still running" in output
-    stuck._thread.join(RECEIVE_TIMEOUT)
-    assert not isinstance(stuck.result, httpx.Response) or stuck.result.status_code != 200
+    cut = stuck.wait()
+    assert not isinstance(cut, Reply) or cut.status_code == 500, f"a cancelled request cannot succeed: {cut!r}"
+
+
+def test_run_wraps_a_plain_app_and_exits_0_after_the_drain() -> None:
+    """``handover.asgi.run(app)``: the plain example, unchanged, drained; status 0 instead of the signal."""
+    port = free_port()
+    code = f"from app import app; from handover.asgi import run; run(app, host={LOOPBACK!r}, port={port})"
+    env = {**os.environ, "DRAIN_TIMEOUT": str(DRAIN_TIMEOUT), "PYTHONPATH": f"{PLAIN}{os.pathsep}{ROOT}"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=PLAIN, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_healthy(f"http://{LOOPBACK}:{port}", process)
+        shutdown = asyncio.run(terminate_under_load(process, port))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    for outcome in shutdown.outcomes:
+        assert outcome.messages == [{"type": "reconnect", "reason": "draining"}]
+        assert outcome.close_code == WS_CLOSE_SERVICE_RESTART
+    assert shutdown.slow.status_code == 200
+    assert shutdown.exit_code == 0
