@@ -71,6 +71,19 @@ class Instance:
         return self.status in STOPPED_STATES or self.health == UNHEALTHY or self.restarts > 0
 
 
+@dataclass(frozen=True)
+class OneOff:
+    """How a one-off run (the release command) ended: its exit status (``None`` when it timed out)
+    and the last lines of its output, the secrets file's values already scrubbed."""
+
+    exited: int | None
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+
 class Backend(Protocol):
     """Where app instances run (see the module docstring for what each call means)."""
 
@@ -128,6 +141,11 @@ class Backend(Protocol):
 
     def down(self, grace: float) -> None:
         """Remove everything the app's definition started (instances, proxy, network)."""
+
+    def run_once(self, version: str, argv: Sequence[str], timeout: float) -> OneOff:
+        """Run ``argv`` to its end in a one-off instance of ``version`` with the app's environment
+        (its secrets file included), outside the serving set; remove that instance afterwards, also
+        after a timeout or an interruption. The output comes back with the secrets scrubbed."""
 
 
 def make_backend(runner: Runner, settings: Settings) -> Backend:
