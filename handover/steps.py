@@ -397,6 +397,6 @@ class Release(Step):
             return "exit 0"
         what = (f"did not finish within {s.release_timeout:g} s (deploy.release_timeout); its container was removed"
                 if done.exited is None else f"exited {done.exited}")
-        serving = "the old version keeps serving" if run.old else "nothing was started"
+        serving = "the old version keeps serving" if run.old else "nothing serves yet"
         raise ReleaseFailed(f"the release command `{command}` {what}; no new container was started, {serving}. "
                             f"Its last lines (secrets hidden):\n{output or '(no output)'}")
