@@ -3,8 +3,9 @@
 The sequence (:mod:`handover.steps`) needs six things from wherever the app runs, and nothing else:
 start N new instances of a version beside the running ones, see each instance's version and health,
 stop and remove instances by identity (never "scale down", which picks its own victims), read an
-instance's logs, build or find the version's image, and run the proxy's own container. Compose on
-one host (:mod:`handover.compose`) is the implementation today.
+instance's logs, build or find the version's image, and run the proxy's own container; besides,
+run a command once in a one-off instance of a version (the release command). Compose on one host
+(:mod:`handover.compose`) is the implementation today.
 
 The interface is drawn so that a Swarm backend fits without changing the sequence: an instance's
 ``id`` is opaque (a container ID here, a task of a per-version service there); ``start`` of a

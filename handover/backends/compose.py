@@ -7,7 +7,9 @@ and its environment in :func:`compose_env`, both pure.
 
 The app's secrets file reaches the containers through Compose only (``APP_ENV_FILE``). What a
 failing ``docker compose`` says is scrubbed of the file's values before anyone sees it
-(:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors.
+(:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors. The
+release command's output is scrubbed the same way (:meth:`ComposeBackend.run_once`): it runs with
+those values and may print them.
 """
 
 from __future__ import annotations
