@@ -389,6 +389,10 @@ class Release(Step):
     def run(self, run: Run) -> str:
         s = run.engine.settings
         command = shlex.join(s.release_command)
+        if self.fresh:
+            # The one-off container mounts the app's volumes: their directories are made here, by this
+            # user and with their modes, not by the Docker engine as root.
+            run.engine.proxy.prepare()
         done = run.engine.backend.run_once(run.version, s.release_command, s.release_timeout)
         output = done.output.strip()
         if done.ok:

@@ -178,3 +178,12 @@ def test_bad_release_and_hook_settings_name_the_key(key: str, value: object, say
     with pytest.raises(ConfigError, match=f"config key deploy.{key}") as info:
         settings_mod.load(config)
     assert says in str(info.value)
+
+
+def test_on_a_first_start_the_app_volumes_exist_before_the_one_off_container(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path, fake_settings(tmp_path, release_command=COMMAND))
+    sockets = host.state_path / "sockets"
+    seen: list[bool] = []
+    host.release_outcome = lambda argv, env: seen.append(sockets.is_dir()) or Outcome(stdout="ok\n")
+    assert engine(host).up(OLD).result == "success"
+    assert seen == [True]  # made by the tool (its user, its mode), not by the engine as root for the mount
