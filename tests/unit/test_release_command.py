@@ -187,3 +187,15 @@ def test_on_a_first_start_the_app_volumes_exist_before_the_one_off_container(tmp
     host.release_outcome = lambda argv, env: seen.append(sockets.is_dir()) or Outcome(stdout="ok\n")
     assert engine(host).up(OLD).result == "success"
     assert seen == [True]  # made by the tool (its user, its mode), not by the engine as root for the mount
+
+
+def test_ctrl_c_during_the_release_command_removes_its_container(host: FakeHost) -> None:
+    host.release_hangs = True  # still running when Ctrl-C arrives
+    host.interrupt_on(docker("logs"), after=True)
+    with pytest.raises(KeyboardInterrupt):
+        engine(host).deploy(DeployOptions(version=NEW))
+    assert [c.name for c in host.app_containers()] == ["handover-app-1"]  # the one-off removed all the same
+    only(host, OLD)
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"], record["error"]) == ("failed", "release",
+                                                                          "interrupted by the user")
