@@ -15,7 +15,7 @@ from typing import Any
 from fabric.runners import Remote as RemoteRunner
 from invoke.tasks import task
 
-from handover import cli, images, ops
+from handover import cli, hooks, images, ops
 from handover.checks import require
 from handover.engine import Engine
 from handover.errors import ConfigError, HandoverError
@@ -28,8 +28,8 @@ from handover.version import source_version
 
 from . import hostinstall, hostready, hostrun
 from .connect import Remote
-from .hostconfig import remote_config
-from .rollout import for_each_host, rolling
+from .hostconfig import RemoteConfig, remote_config
+from .rollout import for_each_host, rolling, run_outcome
 
 
 # No short flags: `-i` is Fabric's key file, and installing system packages should be spelled out.
@@ -74,15 +74,23 @@ def deploy(c: Any, version: str = "", parallel: int = 0, force: bool = False, dr
 
     def go() -> None:
         rc = remote_config(c, parallel or None)
+        found = hooks.Hooks.same_for_all([t.settings for t in rc.targets])
         target_version = check_version(version or source_version(cli.SERVER_DIR))
+        facts = run_facts(rc, "deploy", target_version)
+        said = Progress(quiet=json)
+        if dry_run and found.names():
+            said.say(f"==> hooks in {found.directory} (not run in a dry run): {', '.join(found.names())}")
         if not dry_run:
-            images.build_wheelhouse(cli.SERVER_DIR, Progress(quiet=json))
+            found.pre_deploy(facts, said)
+            images.build_wheelhouse(cli.SERVER_DIR, said)
 
         def work(remote: Remote, progress: Progress) -> RunRecord:
             run = hostrun.dry_run if dry_run else hostrun.deploy
-            return run(remote, target_version, force=force, progress=progress)
+            return run(remote, target_version, force=force, progress=progress,
+                       after_switch=found.post_switch(facts, remote.name))
 
-        rolling(c, rc, "deploy", target_version, work, as_json=json)
+        rolling(c, rc, "deploy", target_version, work, as_json=json,
+                finished=None if dry_run else lambda outcomes: found.after(facts, run_outcome(outcomes), said))
 
     cli.guarded(go)
 
@@ -98,11 +106,23 @@ def rollback(c: Any, to: str = "", parallel: int = 0) -> None:
 
     def go() -> None:
         rc = remote_config(c, parallel or None)
+        found = hooks.Hooks.same_for_all([t.settings for t in rc.targets])
         target = check_version(to) if to else None
+        facts = run_facts(rc, "rollback", target or "")
+        said = Progress()
+        found.pre_deploy(facts, said)
         rolling(c, rc, "rollback", to or "to the previous release",
-                lambda remote, progress: hostrun.rollback(remote, target, progress))
+                lambda remote, progress: hostrun.rollback(remote, target, progress,
+                                                          after_switch=found.post_switch(facts, remote.name)),
+                finished=lambda outcomes: found.after(facts, run_outcome(outcomes), said))
 
     cli.guarded(go)
+
+
+def run_facts(rc: RemoteConfig, action: str, version: str) -> hooks.Facts:
+    """What the hooks of a run over ``rc``'s hosts are told (the project, or each host's in turn)."""
+    projects = dict.fromkeys(t.settings.project for t in rc.targets)
+    return hooks.Facts(action, " ".join(projects), version, tuple(t.name for t in rc.targets))
 
 
 @task(help={"count": "how many records per host", "json": "print as JSON lines"})

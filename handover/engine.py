@@ -49,6 +49,8 @@ class DeployOptions:
     via: str = ""  # the front door, for the lock's holder file
     # Steps of the front door, run right after the lock (e.g. the sync of a new release).
     after_lock: Sequence[Step] = ()
+    # Steps run right after traffic reaches the new version (the post-switch hook).
+    after_switch: Sequence[Step] = ()
     # Called with the finished record just before it is stored (e.g. to add the probe's numbers).
     before_record: Callable[[RunRecord], None] | None = None
 
@@ -119,15 +121,15 @@ class Engine:
         if options.action == "up":
             if facts.proxy is not None and facts.healthy_live:
                 return []
-            return plans.first_start(after_lock=options.after_lock)
+            return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch)
         if not facts.serving:
             if options.action == "rollback":
                 raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
-            return plans.first_start(after_lock=options.after_lock)
+            return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch)
         if not options.force and all(c.version == options.version for c in facts.live):
             # Nothing to deploy; but what an interrupted run left (containers, its lock) is cleared.
             return plans.converge() if facts.leftovers or self.lock.holder() is not None else []
-        return plans.deploy(build=options.build, after_lock=options.after_lock)
+        return plans.deploy(build=options.build, after_lock=options.after_lock, after_switch=options.after_switch)
 
     def planned(self, run: Run, steps: Iterable[Step]) -> list[tuple[Step, str]]:
         """Each step this run takes, with its plan line."""

@@ -1,7 +1,8 @@
 """Which steps a run takes, in order: the deploy as the README tells it, and the first start.
 
 A front door may add its own steps right after the lock (the Fabric one syncs the files into a
-new release first); everything else is the same for every host.
+new release first) and right after traffic reaches the new version (the post-switch hook);
+everything else is the same for every host.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .steps import (
     Preflight,
     ProxyConfig,
     Prune,
+    Release,
     Start,
     StartProxy,
     Step,
@@ -26,7 +28,7 @@ from .steps import (
 )
 
 
-def deploy(*, build: bool = True, after_lock: Sequence[Step] = ()) -> list[Step]:
+def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = ()) -> list[Step]:
     """Start the new version beside the old, wait until healthy, switch, drain the old, prune."""
     return [
         Lock(),
@@ -34,10 +36,13 @@ def deploy(*, build: bool = True, after_lock: Sequence[Step] = ()) -> list[Step]
         Preflight(),
         Converge(),
         ProxyConfig(),
-        Build() if build else UseImage(),
+        # A rollback runs no release command: what it changed is not undone, and the older version
+        # must already work with it (see the README's "The release command").
+        *([Build(), Release()] if build else [UseImage()]),
         Start(),
         Health(),
         Switch(),
+        *after_switch,
         Verify(),
         Drain(),
         Prune(),
@@ -49,15 +54,17 @@ def converge() -> list[Step]:
     return [Lock(), Converge()]
 
 
-def first_start(*, after_lock: Sequence[Step] = ()) -> list[Step]:
+def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = ()) -> list[Step]:
     """Nothing serves yet (or only failed containers are left): build everything and start it."""
     return [
         Lock(),
         *after_lock,
         Preflight(),
         Build(with_proxy=True),
+        Release(fresh=True),
         Start(fresh=True),
         Health(fresh=True),
         Switch(fresh=True),
         StartProxy(),
+        *after_switch,
     ]
