@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from invoke.collection import Collection
@@ -19,13 +20,14 @@ from invoke.exceptions import Exit
 from invoke.runners import Local
 from invoke.tasks import task
 
-from handover import cli, images, ops
+from handover import cli, hooks, images, ops
 from handover.engine import DeployOptions, Engine
 from handover.errors import ConfigError, HandoverError
 from handover.progress import Progress
 from handover.record import RunRecord, history
-from handover.settings import Settings, default_app_image
+from handover.settings import Settings, check_version, default_app_image
 from handover.shell import command_line
+from handover.steps import Step
 from handover.version import source_version
 
 PROBE_WARMUP_SECONDS = 2.0  # steady traffic before the deploy, for the comparison
@@ -96,6 +98,11 @@ def deploy(
         progress = Progress(quiet=quiet or json)
         target = cli.target_version(s, version)
         stored.append(RunRecord(action="deploy", version=target, project=s.project, host=LOCAL_HOST))
+        facts = hooks.Facts("deploy", s.project, target, (LOCAL_HOST,))
+        return with_hooks(hooks.Hooks.find(s), facts, progress, dry_run, stored,
+                          lambda after_switch: attempt(s, progress, target, after_switch))
+
+    def attempt(s: Settings, progress: Progress, target: str, after_switch: list[Step]) -> RunRecord:
         if not dry_run:
             cli.prepare_build(s, progress)
         engine = Engine(c, s, progress)
@@ -105,6 +112,7 @@ def deploy(
             force=force,
             app_env={"APP_FAULT": fault} if fault else {},
             before_record=stored.append,
+            after_switch=after_switch,
         )
         if not probe:
             return engine.deploy(options)
@@ -153,12 +161,48 @@ def deploy(
 def rollback(c: Context, version: str | None = None) -> None:
     """Swap back to an earlier release's image with the same zero-downtime sequence (no build)."""
 
+    stored: list[RunRecord] = []
+
     def go() -> RunRecord:
         engine = _engine(c)
-        target = version or ops.previous_version(c, engine.settings)
-        return engine.deploy(DeployOptions(version=target, build=False, action="rollback"))
+        s = engine.settings
+        target = check_version(version or ops.previous_version(c, s))
+        stored.append(RunRecord(action="rollback", version=target, project=s.project, host=LOCAL_HOST))
+        facts = hooks.Facts("rollback", s.project, target, (LOCAL_HOST,))
+
+        def body(after_switch: list[Step]) -> RunRecord:
+            return engine.deploy(DeployOptions(version=target, build=False, action="rollback",
+                                               before_record=stored.append, after_switch=after_switch))
+
+        return with_hooks(hooks.Hooks.find(s), facts, engine.progress, False, stored, body)
 
     cli.print_record(cli.guarded(go), False)
+
+
+def with_hooks(found: hooks.Hooks, facts: hooks.Facts, progress: Progress, dry_run: bool, stored: list[RunRecord],
+               body: Callable[[list[Step]], RunRecord]) -> RunRecord:
+    """A local deploy or rollback between its hooks: ``pre-deploy`` first (its failure stops the run,
+    recorded as failed at that hook in ``stored``), ``body`` with the post-switch hook as a step, then
+    ``post-deploy`` or ``deploy-failed`` from the run's record. A dry run runs no hook."""
+    if dry_run:
+        if found.names():
+            progress.say(f"==> hooks in {found.directory} (not run in a dry run): {', '.join(found.names())}")
+        return body(found.post_switch(facts, LOCAL_HOST))
+    try:
+        found.pre_deploy(facts, progress)
+    except hooks.HookFailed as exc:
+        stored[-1].fail(hooks.PRE_DEPLOY, str(exc))
+        raise
+    try:
+        rec = body(found.post_switch(facts, LOCAL_HOST))
+    except Exception as exc:
+        rec = stored[-1]
+        if rec.result == "running":  # stopped before the engine had a record of its own
+            rec.fail(PREPARE_STEP, str(exc) or type(exc).__name__)
+        found.after(facts, hooks.Outcome.of_record(rec), progress)
+        raise
+    found.after(facts, hooks.Outcome.of_record(rec), progress)
+    return rec
 
 
 @task

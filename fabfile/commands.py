@@ -15,7 +15,7 @@ from typing import Any
 from fabric.runners import Remote as RemoteRunner
 from invoke.tasks import task
 
-from handover import cli, ops
+from handover import cli, hooks, ops
 from handover.checks import require
 from handover.engine import Engine
 from handover.errors import ConfigError, HandoverError
@@ -25,18 +25,28 @@ from handover.record import RunRecord, history
 from handover.settings import check_version
 from handover.shell import command_line
 
-from . import hostready, hostrun
+from . import hostinstall, hostready, hostrun
 from .connect import Remote
-from .hostconfig import remote_config
-from .rollout import for_each_host, rolling
+from .hostconfig import RemoteConfig, remote_config
+from .rollout import for_each_host, rolling, run_outcome
 
 
-@task(help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)"})
-def setup(c: Any, accept_new: bool = False) -> None:
-    """Check each host (Docker engine, Compose v2, rsync) and create its deploy directory (0750, SSH user's)."""
+# No short flags: `-i` is Fabric's key file, and installing system packages should be spelled out.
+@task(auto_shortflags=False,
+      help={"accept-new": "trust hosts never seen before and record their keys (a changed key is still refused)",
+            "install": "install what the host lacks (Docker engine, Compose v2, rsync; Debian/Ubuntu; "
+                       "as root or with passwordless sudo), start dockerd, let the SSH user use Docker"})
+def setup(c: Any, accept_new: bool = False, install: bool = False) -> None:
+    """Check each host (Docker engine, Compose v2, rsync) and create its deploy directory (0750, SSH user's).
+
+    With --install, first install what is missing, the way scripts/bootstrap.sh does, and say what was done.
+    """
 
     def work(remote: Remote, progress: Progress) -> None:
         checks = hostready.check_host(remote, remote.target.settings)
+        if install:
+            hostinstall.install(remote, remote.target.settings, progress, checks)
+            checks = hostready.check_host(remote, remote.target.settings)
         for check in checks:
             progress.say(f"    {'ok' if check.ok else 'MISSING':<7} {check.name:<10} {check.detail}")
         require(checks, remote.name)
@@ -63,16 +73,24 @@ def deploy(c: Any, version: str = "", parallel: int = 0, force: bool = False, dr
 
     def go() -> None:
         rc = remote_config(c, parallel or None)
+        found = hooks.Hooks.same_for_all([t.settings for t in rc.targets])
         first = rc.targets[0].settings
         target_version = cli.target_version(first, version)
+        facts = run_facts(rc, "deploy", target_version)
+        said = Progress(quiet=json)
+        if dry_run and found.names():
+            said.say(f"==> hooks in {found.directory} (not run in a dry run): {', '.join(found.names())}")
         if not dry_run:
-            cli.prepare_build(first, Progress(quiet=json))
+            found.pre_deploy(facts, said)
+            cli.prepare_build(first, said)
 
         def work(remote: Remote, progress: Progress) -> RunRecord:
             run = hostrun.dry_run if dry_run else hostrun.deploy
-            return run(remote, target_version, force=force, progress=progress)
+            return run(remote, target_version, force=force, progress=progress,
+                       after_switch=found.post_switch(facts, remote.name))
 
-        rolling(c, rc, "deploy", target_version, work, as_json=json)
+        rolling(c, rc, "deploy", target_version, work, as_json=json,
+                finished=None if dry_run else lambda outcomes: found.after(facts, run_outcome(outcomes), said))
 
     cli.guarded(go)
 
@@ -88,11 +106,23 @@ def rollback(c: Any, to: str = "", parallel: int = 0) -> None:
 
     def go() -> None:
         rc = remote_config(c, parallel or None)
+        found = hooks.Hooks.same_for_all([t.settings for t in rc.targets])
         target = check_version(to) if to else None
+        facts = run_facts(rc, "rollback", target or "")
+        said = Progress()
+        found.pre_deploy(facts, said)
         rolling(c, rc, "rollback", to or "to the previous release",
-                lambda remote, progress: hostrun.rollback(remote, target, progress))
+                lambda remote, progress: hostrun.rollback(remote, target, progress,
+                                                          after_switch=found.post_switch(facts, remote.name)),
+                finished=lambda outcomes: found.after(facts, run_outcome(outcomes), said))
 
     cli.guarded(go)
+
+
+def run_facts(rc: RemoteConfig, action: str, version: str) -> hooks.Facts:
+    """What the hooks of a run over ``rc``'s hosts are told (the project, or each host's in turn)."""
+    projects = dict.fromkeys(t.settings.project for t in rc.targets)
+    return hooks.Facts(action, " ".join(projects), version, tuple(t.name for t in rc.targets))
 
 
 @task(help={"count": "how many records per host", "json": "print as JSON lines"})

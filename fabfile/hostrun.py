@@ -12,6 +12,7 @@ nothing serving yet gets the engine's first start. With ``app_ship`` a deploy ge
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 
 from handover import ops
 from handover.backends import make_backend
@@ -212,7 +213,8 @@ def _ready(remote: Remote) -> None:
     require(make_backend(remote.conn, remote.target.settings).host_checks(), "the host")
 
 
-def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry_run: bool = False) -> RunRecord:
+def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry_run: bool = False,
+           after_switch: Sequence[Step] = ()) -> RunRecord:
     """Sync the sources into a new release, swap ``current`` to it, and deploy ``version`` from it."""
     version = check_version(version)
     if not dry_run:
@@ -220,7 +222,7 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
     engine, s, secrets_of = _engine(remote, progress)
     rec = engine.deploy(DeployOptions(version=version, force=force, dry_run=dry_run, host=remote.name,
                                       via=FRONT_DOOR, after_lock=[Sync(remote, s, secrets_of)],
-                                      ship=Ship(remote) if s.app_ship else None))
+                                      after_switch=after_switch, ship=Ship(remote) if s.app_ship else None))
     if rec.result == "success":
         removed = sync.prune(remote, s)
         secrets.prune(secrets_of, sync.list_releases(remote, s))
@@ -229,15 +231,17 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
     return rec
 
 
-def dry_run(remote: Remote, version: str, *, force: bool, progress: Progress) -> RunRecord:
+def dry_run(remote: Remote, version: str, *, force: bool, progress: Progress,
+            after_switch: Sequence[Step] = ()) -> RunRecord:
     """The plan from the host's real state; nothing is synced, locked or changed."""
-    return deploy(remote, version, force=force, progress=progress, dry_run=True)
+    return deploy(remote, version, force=force, progress=progress, dry_run=True, after_switch=after_switch)
 
 
-def rollback(remote: Remote, to: str | None, progress: Progress) -> RunRecord:
+def rollback(remote: Remote, to: str | None, progress: Progress, after_switch: Sequence[Step] = ()) -> RunRecord:
     """Swap back to an earlier image with the zero-downtime sequence: no sync, no build."""
     engine, s, secrets_of = _engine(remote, progress)
     version = check_version(to) if to else ops.previous_version(remote.conn, s)
     return engine.deploy(DeployOptions(version=version, build=False, action="rollback", host=remote.name,
-                                       via=FRONT_DOOR, after_lock=[Files(remote, s, secrets_of)]))
+                                       via=FRONT_DOOR, after_lock=[Files(remote, s, secrets_of)],
+                                       after_switch=after_switch))
 

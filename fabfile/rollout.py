@@ -20,7 +20,7 @@ from typing import Any
 
 from invoke.exceptions import Exit
 
-from handover import cli, ops
+from handover import cli, hooks, ops
 from handover.errors import HandoverError
 from handover.progress import Progress
 from handover.record import RunRecord
@@ -131,8 +131,10 @@ def _print_failure(outcome: Outcome) -> None:
 
 
 def rolling(c: Any, rc: RemoteConfig, action: str, label: str,
-            work: Callable[[Remote, Progress], RunRecord], as_json: bool = False) -> None:
-    """Run ``work`` across the hosts, ``rc.parallel`` at a time; exit non-zero after a failure."""
+            work: Callable[[Remote, Progress], RunRecord], as_json: bool = False,
+            finished: Callable[[list[Outcome]], object] | None = None) -> None:
+    """Run ``work`` across the hosts, ``rc.parallel`` at a time; exit non-zero after a failure.
+    ``finished`` gets every host's outcome after the summary (the post-deploy or deploy-failed hook)."""
 
     def per_host(target: Target) -> RunRecord:
         progress = progress_for(rc, target, quiet=as_json)
@@ -153,6 +155,26 @@ def rolling(c: Any, rc: RemoteConfig, action: str, label: str,
                          indent=2, sort_keys=True), flush=True)
     elif len(outcomes) > 1 or any(o.state != DONE for o in outcomes):
         print(format_summary(action, label, outcomes), flush=True)
+    if finished is not None:
+        finished(outcomes)
     failed = [o for o in outcomes if o.state == FAILED]
     if failed:
         raise Exit(code=failed[0].exit_code or GENERIC_FAILURE)
+
+
+def run_outcome(outcomes: Sequence[Outcome]) -> hooks.Outcome:
+    """The hooks' view of a run over several hosts: ``failed`` when any host failed (the first
+    failure's step and error), ``success`` when every host ran and at least one changed, else
+    ``unchanged``; each host's own result, ``not started`` for those after a failure."""
+    results = tuple((o.name, o.record.result if o.record else o.state.lower()) for o in outcomes)
+    failed = [o for o in outcomes if o.state == FAILED]
+    versions = {o.record.version for o in outcomes if o.record is not None}
+    previous = {o.record.previous_version for o in outcomes if o.record is not None}
+    common = versions.pop() if len(versions) == 1 else ""
+    before = previous.pop() if len(previous) == 1 else ""
+    if failed:
+        first = failed[0]
+        return hooks.Outcome("failed", common, before, first.record.failed_step if first.record else "",
+                             tuple(o.name for o in failed), hooks.first_line(first.error), results)
+    done = any(o.record is not None and o.record.result == "success" for o in outcomes)
+    return hooks.Outcome("success" if done else "unchanged", common, before, host_results=results)

@@ -51,6 +51,8 @@ class DeployOptions:
     after_lock: Sequence[Step] = ()
     # The step that sends a ready-made image to the host (``app_ship``; the Fabric front door has one).
     ship: Step | None = None
+    # Steps run right after traffic reaches the new version (the post-switch hook).
+    after_switch: Sequence[Step] = ()
     # Called with the finished record just before it is stored (e.g. to add the probe's numbers).
     before_record: Callable[[RunRecord], None] | None = None
 
@@ -127,15 +129,18 @@ class Engine:
         if options.action == "up":
             if facts.proxy is not None and facts.healthy_live:
                 return []
-            return plans.first_start(after_lock=options.after_lock, source=source, ship=options.ship)
+            return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch,
+                                     source=source, ship=options.ship)
         if not facts.serving:
             if options.action == "rollback":
                 raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
-            return plans.first_start(after_lock=options.after_lock, source=source, ship=options.ship)
+            return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch,
+                                     source=source, ship=options.ship)
         if not options.force and all(c.version == options.version for c in facts.live):
             # Nothing to deploy; but what an interrupted run left (containers, its lock) is cleared.
             return plans.converge() if facts.leftovers or self.lock.holder() is not None else []
-        return plans.deploy(build=options.build, after_lock=options.after_lock, source=source, ship=options.ship)
+        return plans.deploy(build=options.build, after_lock=options.after_lock, after_switch=options.after_switch,
+                            source=source, ship=options.ship)
 
     def planned(self, run: Run, steps: Iterable[Step]) -> list[tuple[Step, str]]:
         """Each step this run takes, with its plan line."""

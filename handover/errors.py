@@ -48,3 +48,7 @@ class CommandTimeout(HandoverError):
 
 class LockHeld(HandoverError):
     """Another deploy holds the host's lock."""
+
+
+class ReleaseFailed(HandoverError):
+    """The release command exited non-zero or timed out; no new container was started."""

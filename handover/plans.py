@@ -1,7 +1,8 @@
 """Which steps a run takes, in order: the deploy as the README tells it, and the first start.
 
 A front door may add its own steps right after the lock (the Fabric one syncs the files into a
-new release first); everything else is the same for every host.
+new release first) and right after traffic reaches the new version (the post-switch hook);
+everything else is the same for every host.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .steps import (
     ProxyConfig,
     Prune,
     Pull,
+    Release,
     Services,
     Start,
     StartProxy,
@@ -30,8 +32,9 @@ from .steps import (
 
 def image_step(*, build: bool = True, source: str = "build", ship: Step | None = None) -> Step:
     """How this run gets the app's image: a rollback uses the one on the host; else it is built from
-    ``app_build`` (``source`` "build"), pulled from its registry ("pull"), or sent from this machine by the
-    front door (``ship``, e.g. ``docker save | ssh docker load``)."""
+    ``app_build`` (``source`` "build"), pulled from its registry ("pull"), found in this machine's engine
+    ("local": ``app_ship`` without a host), or sent from this machine by the front door (``ship``, e.g.
+    ``docker save | ssh docker load``)."""
     if not build:
         return UseImage()
     if ship is not None:
@@ -39,8 +42,8 @@ def image_step(*, build: bool = True, source: str = "build", ship: Step | None =
     return {"pull": Pull, "local": UseImage}.get(source, Build)()
 
 
-def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), source: str = "build",
-           ship: Step | None = None) -> list[Step]:
+def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = (),
+           source: str = "build", ship: Step | None = None) -> list[Step]:
     """Start the new version beside the old, wait until healthy, switch, drain the old, prune."""
     return [
         Lock(),
@@ -49,9 +52,13 @@ def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), source: str =
         Converge(),
         ProxyConfig(),
         image_step(build=build, source=source, ship=ship),
+        # A rollback runs no release command: what it changed is not undone, and the older version
+        # must already work with it (see the README's "The release command").
+        *([Release()] if build else []),
         Start(),
         Health(),
         Switch(),
+        *after_switch,
         Verify(),
         Drain(),
         Prune(),
@@ -63,7 +70,8 @@ def converge() -> list[Step]:
     return [Lock(), Converge()]
 
 
-def first_start(*, after_lock: Sequence[Step] = (), source: str = "build", ship: Step | None = None) -> list[Step]:
+def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = (), source: str = "build",
+                ship: Step | None = None) -> list[Step]:
     """Nothing serves yet (or only failed containers are left): build everything and start it, the
     user's other services first."""
     ready_made = source != "build" or ship is not None
@@ -74,8 +82,10 @@ def first_start(*, after_lock: Sequence[Step] = (), source: str = "build", ship:
         *([image_step(source=source, ship=ship)] if ready_made else []),
         Build(with_proxy=True, app=not ready_made),
         Services(),
+        Release(fresh=True),
         Start(fresh=True),
         Health(fresh=True),
         Switch(fresh=True),
         StartProxy(),
+        *after_switch,
     ]

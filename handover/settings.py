@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
@@ -70,6 +71,11 @@ class Settings:
     post_switch_check: float
     releases_kept: int
     env_file: str
+    # The release command and hooks (see handover/hooks.py); their defaults keep both off.
+    release_command: tuple[str, ...] = ()
+    release_timeout: float = 300.0
+    hooks_dir: str = ""
+    hook_timeout: float = 60.0
     # Where the app's image comes from, its other services and how it stops (see config/deploy.yaml).
     app_build: str = ""  # the build directory, absolute and local; "" = the image comes ready-made
     app_ship: bool = False  # no build: `fab` sends the local image to each host instead of a pull there
@@ -300,8 +306,8 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
-    optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_build", "app_ship", "app_stop_signal",
-                "app_pre_stop", "app_pre_stop_timeout", "extra_compose_file"}
+    optional = {"deploy_dir", "source_subdir", "env_file", "app_image", *RELEASE_AND_HOOK_DEFAULTS, "app_build",
+                "app_ship", "app_stop_signal", "app_pre_stop", "app_pre_stop_timeout", "extra_compose_file"}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -345,6 +351,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         post_switch_check=_number("post_switch_check", config["post_switch_check"], 0, 600),
         releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
         env_file=_env_file("env_file", config.get("env_file")),
+        **_release_and_hooks(config),
         app_build=app_build,
         app_ship=app_ship,
         app_stop_signal=_text("app_stop_signal", config.get("app_stop_signal") or DEFAULT_STOP_SIGNAL, _SIGNAL,
@@ -354,6 +361,61 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         extra_compose_file=extra_file,
         extra_services=extra_services,
     )
+
+
+# The release command and hooks: optional keys, off when absent.
+RELEASE_AND_HOOK_DEFAULTS: dict[str, Any] = {"release_command": "", "release_timeout": 300, "hooks_dir": "",
+                                             "hook_timeout": 60}
+_RELEASE_EXPECTED = ("a command as a list of strings (argv) or one string split like a shell would (no shell "
+                     "features: use [sh, -c, '...'] for those); \"\" for none")
+
+
+def _release_command(key: str, value: object) -> tuple[str, ...]:
+    """The release command as argv: a list (each item a string, or a number YAML did not quote) or a
+    string split with :func:`shlex.split`. Never run through a shell here; ``()`` when not set."""
+    if value is None or value == "" or value == []:
+        return ()
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ConfigError(f"config key deploy.{key}: expected {_RELEASE_EXPECTED}, got {value!r} ({exc})"
+                              ) from None
+    elif isinstance(value, list | tuple):
+        ok = all(isinstance(item, str | int | float) and not isinstance(item, bool) for item in value)
+        _expect(key, ok, _RELEASE_EXPECTED, value)
+        argv = [str(item) for item in value]
+    else:
+        argv = []
+    _expect(key, bool(argv) and argv[0] != "", _RELEASE_EXPECTED, value)
+    for item in argv:
+        if "\n" in item or "\r" in item or "\0" in item:
+            raise ConfigError(f"config key deploy.{key}: an argument holds a newline, carriage return or NUL byte "
+                              f"({item!r}); put a longer script into the image and run that")
+    if argv[0].startswith("-"):
+        raise ConfigError(f"config key deploy.{key}: expected the program first, got {argv[0]!r} (it starts "
+                          "with '-')")
+    return tuple(argv)
+
+
+def _hooks_dir(key: str, value: object) -> str:
+    """Where the hooks are (on the machine that runs fab/inv): a relative path is taken from the
+    project root; "" turns hooks off. A directory that does not exist means no hooks."""
+    text = _optional_text(key, value, None, "a path without newlines, or \"\" for no hooks")
+    return str(envfile.resolve(text, PROJECT_ROOT)) if text else ""
+
+
+def _release_and_hooks(config: Mapping[str, Any]) -> dict[str, Any]:
+    def get(key: str) -> Any:
+        value = config.get(key)
+        return RELEASE_AND_HOOK_DEFAULTS[key] if value is None else value
+
+    return {
+        "release_command": _release_command("release_command", get("release_command")),
+        "release_timeout": _number("release_timeout", get("release_timeout"), 1, 86400),
+        "hooks_dir": _hooks_dir("hooks_dir", get("hooks_dir")),
+        "hook_timeout": _number("hook_timeout", get("hook_timeout"), 1, 3600),
+    }
 
 
 def check_version(version: str) -> str:

@@ -12,13 +12,14 @@ the release record and the recovery all come from the same list.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backends import STOPPED_STATES, Instance
-from .errors import HandoverError, HealthCheckFailed
+from .errors import HandoverError, HealthCheckFailed, ReleaseFailed
 from .lock import lock_info
 from .settings import DEFAULT_STOP_SIGNAL, DEMO_APP_DIR
 
@@ -407,3 +408,45 @@ class StartProxy(Step):
 
     def run(self, run: Run) -> None:
         run.engine.proxy.start()
+
+
+class Release(Step):
+    """The release command (e.g. database migrations), once, in a one-off container of the new image
+    with the app's environment and secrets, after the build and before any new container starts.
+
+    A failure stops the run before anything serving is touched (recorded ``failed`` here). There is
+    nothing to undo: what the command changed (a migrated schema) stays, which is why it must suit
+    the version still serving (expand/contract). A rollback does not run it. Only the one-off
+    container is cleaned up, also after a timeout, an interruption or a killed run.
+    """
+
+    name = "release"
+
+    def __init__(self, *, fresh: bool = False) -> None:
+        self.fresh = fresh
+
+    def describe(self, run: Run) -> str | None:
+        s = run.engine.settings
+        if not s.release_command or (self.fresh and keeps_serving(run)):
+            return None
+        return (f"run `{shlex.join(s.release_command)}` once in a one-off container of {run.image} with the app's "
+                f"env file (up to {s.release_timeout:g} s); not undone: it must suit the running version too")
+
+    def run(self, run: Run) -> str:
+        s = run.engine.settings
+        command = shlex.join(s.release_command)
+        if self.fresh:
+            # The one-off container mounts the app's volumes: their directories are made here, by this
+            # user and with their modes, not by the Docker engine as root.
+            run.engine.proxy.prepare()
+        done = run.engine.backend.run_once(run.version, s.release_command, s.release_timeout)
+        output = done.output.strip()
+        if done.ok:
+            for line in output.splitlines():
+                run.engine.progress.say(f"    | {line}")
+            return "exit 0"
+        what = (f"did not finish within {s.release_timeout:g} s (deploy.release_timeout); its container was removed"
+                if done.exited is None else f"exited {done.exited}")
+        serving = "the old version keeps serving" if run.old else "nothing serves yet"
+        raise ReleaseFailed(f"the release command `{command}` {what}; no new container was started, {serving}. "
+                            f"Its last lines (secrets hidden):\n{output or '(no output)'}")

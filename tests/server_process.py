@@ -4,12 +4,15 @@ that need real sockets and signals: drain, faults, fuzzing, proxy-header trust."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,6 +23,7 @@ LOOPBACK = "127.0.0.1"
 DRAIN_TIMEOUT = 3.0
 STARTUP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
+SLOW_REQUEST_WAIT = 60.0
 
 
 def free_port() -> int:
@@ -86,3 +90,42 @@ def running_server(**env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
         process.wait()
         assert process.stdout is not None
         process.stdout.close()
+
+
+@dataclass
+class Reply:
+    status_code: int
+    body: dict[str, object]
+
+
+class SlowRequest:
+    """``GET <path>?seconds=N`` sent on a connection opened now, so that it is in flight before a
+    signal that follows (a request sent from a thread may not have connected yet on a busy machine);
+    its answer is read in a thread."""
+
+    def __init__(self, port: int, path: str, seconds: float) -> None:
+        self.result: Reply | BaseException | None = None
+        self._sock = socket.create_connection((LOOPBACK, port), timeout=60)
+        self._sock.sendall(f"GET {path}?seconds={seconds} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        self._thread = threading.Thread(target=self._read)
+        self._thread.start()
+
+    def _read(self) -> None:
+        chunks: list[bytes] = []
+        try:
+            with self._sock:
+                while chunk := self._sock.recv(65536):
+                    chunks.append(chunk)
+            head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+            self.result = Reply(int(head.split()[1]), json.loads(body) if body else {})
+        except (OSError, IndexError, ValueError) as exc:
+            self.result = exc
+
+    def wait(self) -> Reply | BaseException | None:
+        self._thread.join(SLOW_REQUEST_WAIT)
+        return self.result
+
+    def response(self) -> Reply:
+        result = self.wait()
+        assert isinstance(result, Reply), f"in-flight request failed: {result!r}"
+        return result

@@ -3,9 +3,10 @@
 The sequence (:mod:`handover.steps`) needs six things from wherever the app runs, and nothing else:
 start N new instances of a version beside the running ones, see each instance's version and health,
 stop and remove instances by identity (never "scale down", which picks its own victims), read an
-instance's logs, build, pull or find the version's image, and run the proxy's own container. Around
-the stop, it runs the app's ``pre_stop`` command in an instance; for the first start, it starts the
-user's other services (never touched again by a deploy). Compose on one host
+instance's logs, build, pull or find the version's image, and run the proxy's own container; besides,
+run a command once in a one-off instance of a version (the release command). Around the stop, it runs
+the app's ``pre_stop`` command in an instance; for the first start, it starts the user's other services
+(never touched again by a deploy). Compose on one host
 (:mod:`handover.compose`) is the implementation today.
 
 The interface is drawn so that a Swarm backend fits without changing the sequence: an instance's
@@ -71,6 +72,19 @@ class Instance:
     def has_failed(self) -> bool:
         """Crashed, unhealthy, or restarted since it was started: it will not become healthy by waiting."""
         return self.status in STOPPED_STATES or self.health == UNHEALTHY or self.restarts > 0
+
+
+@dataclass(frozen=True)
+class OneOff:
+    """How a one-off run (the release command) ended: its exit status (``None`` when it timed out)
+    and the last lines of its output, the secrets file's values already scrubbed."""
+
+    exited: int | None
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
 
 
 class Backend(Protocol):
@@ -143,6 +157,11 @@ class Backend(Protocol):
 
     def down(self, grace: float) -> None:
         """Remove everything the app's definition started (instances, proxy, network)."""
+
+    def run_once(self, version: str, argv: Sequence[str], timeout: float) -> OneOff:
+        """Run ``argv`` to its end in a one-off instance of ``version`` with the app's environment
+        (its secrets file included), outside the serving set; remove that instance afterwards, also
+        after a timeout or an interruption. The output comes back with the secrets scrubbed."""
 
 
 def make_backend(runner: Runner, settings: Settings) -> Backend:

@@ -12,7 +12,9 @@ or scales them.
 
 The app's secrets file reaches the containers through Compose only (``APP_ENV_FILE``). What a
 failing ``docker compose`` says is scrubbed of the file's values before anyone sees it
-(:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors.
+(:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors. The
+release command's output is scrubbed the same way (:meth:`ComposeBackend.run_once`): it runs with
+those values and may print them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..checks import Check, first_line, require
 from ..errors import BuildFailed, CommandError, CommandTimeout, HandoverError, PreflightError
 from ..settings import Settings
 from ..shell import Result, Runner, read_file, run
-from . import Instance
+from . import Instance, OneOff
 
 APP_SERVICE = "app"
 APP_PORT = 8000
@@ -45,6 +47,8 @@ COMPOSE_MAJOR = "2"
 COMPOSE_MINIMUM = (2, 30)  # env_file `format: raw`
 ENV_FILE_VARIABLE = "APP_ENV_FILE"  # the secrets file, read by Compose with `format: raw`
 COMMAND_NOT_FOUND = 127
+ONE_OFF_SUFFIX = "-release"  # the one-off container of the release command: <project>-release
+ONE_OFF_LINES = 30  # lines of its output kept (stdout, then stderr)
 DOCKER_INSTALL_HINT = "install Docker Engine (https://docs.docker.com/engine/install/)"
 COMPOSE_INSTALL_HINT = ("install the docker-compose-plugin package (or the docker-compose v2 binary in "
                         "~/.docker/cli-plugins/)")
@@ -118,6 +122,25 @@ def build_services(settings: Settings) -> list[str]:
     return ([APP_SERVICE] if settings.app_build else []) + [PROXY_SERVICE]
 
 
+def one_off_name(settings: Settings) -> str:
+    """The release command's container: one name per project (the deploy lock makes it one at a
+    time), so a run can always find and remove it, also one left by a killed run."""
+    return f"{settings.project}{ONE_OFF_SUFFIX}"
+
+
+def run_once_argv(settings: Settings, argv: Sequence[str]) -> list[str]:
+    """``docker compose run`` of the app service with ``argv`` as its command: no dependencies, no
+    tty, removed when it ends, under :func:`one_off_name`. Compose gives it the app's environment
+    and secrets file, its image (the version in ``APP_VERSION``/``APP_IMAGE``) and its volumes; the
+    words after the service name are the command, never read as compose options."""
+    return compose_argv(settings, "run", "--rm", "--no-deps", "-T", "--name", one_off_name(settings),
+                        APP_SERVICE, *argv)
+
+
+def last_lines(text: str, count: int = ONE_OFF_LINES) -> str:
+    return "\n".join(text.strip("\n").splitlines()[-count:])
+
+
 def parse_container(raw: Mapping[str, object]) -> Instance:
     """One element of ``docker inspect``'s JSON as an :class:`Instance`."""
     config = raw.get("Config") or {}
@@ -171,15 +194,21 @@ class ComposeBackend:
         except CommandError as exc:
             raise self._scrubbed(exc, env.get(ENV_FILE_VARIABLE, "")) from None
 
+    def _secrets(self, path: str) -> set[str]:
+        """What must never be shown of the secrets file at ``path`` (see :func:`envfile.fragments`)."""
+        if not path:
+            return set()
+        try:
+            text = read_file(self.runner, path) or ""
+        except HandoverError:
+            text = ""  # unreadable here: what names the file is still cut off
+        return envfile.fragments(text)
+
     def _scrubbed(self, exc: CommandError, path: str) -> CommandError:
         """``exc`` without anything of the secrets file at ``path`` that Compose may have quoted."""
         if not path:
             return exc
-        try:
-            text = read_file(self.runner, path) or ""
-        except HandoverError:
-            text = ""  # unreadable here: what names the file is still cut off below
-        secrets = envfile.fragments(text)
+        secrets = self._secrets(path)
         return CommandError(exc.command, exc.exited, envfile.scrub(exc.output, secrets, path),
                             stdout=envfile.scrub(exc.stdout, secrets, path))
 
@@ -339,6 +368,30 @@ class ComposeBackend:
 
     def exec(self, instance: Instance, argv: Sequence[str], *, check: bool = True) -> Result:
         return run(self.runner, ["docker", "exec", instance.id, *argv], check=check)
+
+    def run_once(self, version: str, argv: Sequence[str], timeout: float) -> OneOff:
+        """See :meth:`handover.backends.Backend.run_once`. A timed-out or interrupted ``compose run``
+        may leave its container running (compose is only its client): it is removed by name, and
+        what it printed so far is read from its log first."""
+        env = self.env(version)
+        path = env.get(ENV_FILE_VARIABLE, "")
+        self._remove_one_off()  # left by a run that was killed
+        try:
+            try:
+                result = run(self.runner, run_once_argv(self.settings, argv), env=env, check=False, timeout=timeout)
+            except CommandTimeout:
+                log = run(self.runner, ["docker", "logs", "--tail", str(ONE_OFF_LINES), one_off_name(self.settings)],
+                          check=False)
+                output = f"{log.stdout}\n{log.stderr}"
+                exited = None
+            else:
+                output, exited = f"{last_lines(result.stdout)}\n{last_lines(result.stderr)}", result.exited
+        finally:
+            self._remove_one_off()
+        return OneOff(exited, envfile.scrub(last_lines(output, 2 * ONE_OFF_LINES), self._secrets(path), path))
+
+    def _remove_one_off(self) -> None:
+        run(self.runner, ["docker", "rm", "--force", "--volumes", one_off_name(self.settings)], check=False)
 
     def down(self, grace: float) -> None:
         self.compose("down", "--remove-orphans", "--timeout", str(int(grace)), timeout=grace + DOWN_EXTRA_SECONDS)

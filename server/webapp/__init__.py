@@ -13,9 +13,10 @@ from environment variables, read and validated at startup (see ``settings``): ``
 An empty value counts as unset.
 
 Modules: ``settings`` (environment), ``faults`` (APP_FAULT), ``protocol`` (WebSocket messages),
-``hub`` (open sockets and the drain), ``runtime`` (process identity), ``routes`` (endpoints),
-``edge`` (header middleware), ``app`` (the Starlette app), ``drain`` (the uvicorn server that
-drains on SIGTERM), ``serve`` (sockets, uvicorn settings, ``main``).
+``runtime`` (process identity and its drain), ``routes`` (endpoints), ``edge`` (header middleware),
+``app`` (the Starlette app), ``serve`` (sockets, uvicorn settings, ``main``) and
+``handover_asgi``, the drain on SIGTERM: a byte-for-byte copy of ``handover/asgi.py`` (the image
+is built from ``server/`` alone; a unit test keeps the copies identical).
 """
 
 from __future__ import annotations

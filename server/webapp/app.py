@@ -1,4 +1,4 @@
-"""The Starlette application: routes wrapped in the edge middleware, bound to one Runtime."""
+"""The Starlette application: routes wrapped in the drain and the edge middleware, bound to one Runtime."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class WebApp(Starlette):
             HEADER_SERVER_ID: self.runtime.server_id,
             HEADER_APP_VERSION: self.runtime.settings.version,
         }
-        identified = ServerHeadersMiddleware(super().build_middleware_stack(), headers)
+        drained = self.runtime.drain.wrap(super().build_middleware_stack())
+        identified = ServerHeadersMiddleware(drained, headers)
         return TrustedProxyMiddleware(identified, self.runtime.settings.forwarded_allow_ips)
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .faults import Fault
-from .hub import Connection
-from .protocol import WS_CLOSE_SERVICE_RESTART, error_message, reply_to_text
+from .protocol import JsonObject, error_message, reply_to_text
 from .runtime import Runtime, runtime_of
 
 # The page sits beside the package (server/static/, /app/static/ in the image).
@@ -25,6 +24,31 @@ INDEX_HTML = STATIC_DIR / "index.html"
 
 SLOW_MIN_SECONDS = 0.0
 SLOW_MAX_SECONDS = 30.0
+
+
+class Connection:
+    """One accepted WebSocket; serialises the ticks with the replies and remembers when it is closed.
+
+    Once the drain has closed the socket (see handover_asgi), a send fails and the loops end.
+    """
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+
+    async def send(self, payload: JsonObject) -> bool:
+        """Send one JSON message; return False once the socket can no longer be written."""
+        async with self._send_lock:
+            if self._closed:
+                return False
+            try:
+                await self.websocket.send_json(payload)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                # The peer went away, or the socket is already closed on our side.
+                self._closed = True
+                return False
+            return True
 
 
 async def index(request: Request) -> Response:
@@ -106,21 +130,16 @@ async def _receive_loop(connection: Connection, runtime: Runtime) -> None:
 
 
 async def websocket_feed(websocket: WebSocket) -> None:
+    # A socket that connects while the process drains never gets here: the drain answers it.
     runtime = runtime_of(websocket)
-    hub = runtime.hub
     await websocket.accept()
     connection = Connection(websocket)
-    if hub.draining:
-        await connection.close(WS_CLOSE_SERVICE_RESTART, hub.reconnect_message())
-        return
-    hub.add(connection)
     ticker: asyncio.Task[None] | None = None
     try:
         await connection.send(runtime.hello_message())
         ticker = asyncio.create_task(_tick_loop(connection, runtime))
         await _receive_loop(connection, runtime)
     finally:
-        hub.discard(connection)
         if ticker is not None:
             ticker.cancel()
             await asyncio.wait({ticker})

@@ -1,4 +1,4 @@
-"""Per-process identity (server id, start time) and the state the request handlers share.
+"""Per-process identity (server id, start time), the drain, and the state the request handlers share.
 
 The server id is what a client (and the deploy's load probe) uses to tell two versions apart.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
-from .hub import Hub
+from .handover_asgi import Drain
 from .protocol import JsonObject, utc_now_iso
 from .settings import Settings
 
@@ -25,18 +25,23 @@ class Runtime:
     settings: Settings
     server_id: str = field(default_factory=lambda: secrets.token_hex(SERVER_ID_BYTES))
     started_at: str = field(default_factory=utc_now_iso)
-    hub: Hub = field(init=False)
+    drain: Drain = field(init=False)
 
     def __post_init__(self) -> None:
-        self.hub = Hub(
-            server_id=self.server_id,
-            drain_timeout=self.settings.drain_timeout,
-            drain_spread=self.settings.drain_spread,
+        # The drain on SIGTERM (reconnect notice, close 1012, in-flight requests) is handover's
+        # drain helper, the same file an app of your own can carry (handover/asgi.py).
+        self.drain = Drain(
+            timeout=self.settings.drain_timeout,
+            spread=self.settings.drain_spread,
+            notice=self.reconnect_message(),
         )
 
     @property
     def draining(self) -> bool:
-        return self.hub.draining
+        return self.drain.draining
+
+    def reconnect_message(self) -> JsonObject:
+        return {"type": "reconnect", "reason": "draining", "server_id": self.server_id}
 
     def hello_message(self) -> JsonObject:
         return {

@@ -15,8 +15,8 @@ import sys
 import uvicorn
 from starlette.types import ASGIApp
 
+from . import handover_asgi
 from .app import WebApp
-from .drain import DrainingServer
 from .faults import apply_startup_fault
 from .runtime import Runtime
 from .settings import ConfigError, Settings
@@ -45,7 +45,18 @@ def configure_logging() -> None:
     root.propagate = False
 
 
-def build_server(runtime: Runtime, app: ASGIApp) -> DrainingServer:
+def adopt_drain_log() -> None:
+    """Give the drain helper's lines (logged under uvicorn's logger) the app's format and stream.
+
+    Called once uvicorn's configuration exists: its logging setup resets that logger.
+    """
+    drain_log = handover_asgi.log
+    drain_log.handlers = list(logging.getLogger(LOGGER_NAME).handlers)
+    drain_log.setLevel(logging.INFO)
+    drain_log.propagate = False
+
+
+def build_server(runtime: Runtime, app: ASGIApp) -> uvicorn.Server:
     settings = runtime.settings
     config = uvicorn.Config(
         app,
@@ -61,7 +72,9 @@ def build_server(runtime: Runtime, app: ASGIApp) -> DrainingServer:
         limit_concurrency=settings.limit_concurrency,
         access_log=False,
     )
-    return DrainingServer(config, runtime.hub)
+    # Exits 0 after the drain (plain uvicorn would re-raise SIGTERM); the drain itself runs in
+    # the app (runtime.drain), ahead of uvicorn's own shutdown.
+    return handover_asgi.server(config)
 
 
 def bind_sockets(settings: Settings) -> list[socket.socket]:
@@ -95,6 +108,7 @@ def main() -> None:
     apply_startup_fault(settings.fault, settings.fault_after)
     runtime = Runtime(settings)
     server = build_server(runtime, WebApp(runtime))
+    adopt_drain_log()
     log.info(
         "start: server_id=%s version=%s listen=%s:%d%s pid=%d",
         runtime.server_id,

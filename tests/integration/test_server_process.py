@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests import server_process
-from tests.server_process import LOOPBACK, free_port, running_server, start_server, wait_healthy
+from tests.server_process import LOOPBACK, SlowRequest, free_port, running_server, start_server, wait_healthy
 
 DRAIN_TIMEOUT = server_process.DRAIN_TIMEOUT
 EXIT_BOUND = DRAIN_TIMEOUT * 2 + 2
@@ -67,19 +66,9 @@ async def read_until_closed(ws: ClientConnection) -> SocketOutcome:
     return outcome
 
 
-def run_slow_request(base_url: str, results: list[httpx.Response | BaseException]) -> None:
-    try:
-        results.append(httpx.get(f"{base_url}/api/slow", params={"seconds": SLOW_SECONDS}, timeout=30))
-    except httpx.HTTPError as exc:
-        results.append(exc)
-
-
 async def terminate_with_clients(process: subprocess.Popen[str], port: int) -> tuple[list[SocketOutcome], float]:
-    base_url = f"http://{LOOPBACK}:{port}"
     sockets = await open_sockets(f"ws://{LOOPBACK}:{port}/ws")
-    slow_results: list[httpx.Response | BaseException] = []
-    slow = threading.Thread(target=run_slow_request, args=(base_url, slow_results))
-    slow.start()
+    slow = SlowRequest(port, "/api/slow", SLOW_SECONDS)
     await asyncio.sleep(0.5)  # let the slow request reach the app
 
     sent_at = time.monotonic()
@@ -87,12 +76,9 @@ async def terminate_with_clients(process: subprocess.Popen[str], port: int) -> t
     outcomes = await asyncio.gather(*(read_until_closed(ws) for ws in sockets))
     exit_code = await asyncio.to_thread(process.wait, EXIT_BOUND)
     elapsed = time.monotonic() - sent_at
-    await asyncio.to_thread(slow.join, RECEIVE_TIMEOUT)
+    response = await asyncio.to_thread(slow.response)
 
     assert exit_code == 0
-    assert len(slow_results) == 1
-    response = slow_results[0]
-    assert isinstance(response, httpx.Response), f"in-flight request failed: {response!r}"
     assert response.status_code == 200
     return outcomes, elapsed
 

@@ -34,6 +34,12 @@ Scripting, in short::
     ...                                            # raises Killed without effect ...
     host.revive()                                  # ... until the tool is started again
 
+The release command (``compose run --rm --no-deps -T --name N app ARGV``) makes a one-off
+container of the version's image with the app's environment, records it in ``host.release_runs``
+(argv, the container's env, image, and the app containers there at that moment) and ends with
+``host.release_outcome(argv, env)`` (default: prints ``release ran``, exit 0);
+``host.release_hangs = True`` leaves it running and raises Invoke's ``CommandTimedOut`` instead.
+
 Other knobs: ``host.default_behaviour`` (versions without their own), ``host.docker_installed``,
 ``host.daemon_running``, ``host.compose_installed`` (preflight diagnoses),
 ``host.crash_container(ref)`` (a container dies between two runs), ``host.registry`` (what
@@ -129,6 +135,25 @@ BUILD_FAILURE_STDOUT = (
     "ERROR: No matching distribution found for nosuchpackage==9.9\n"
 )
 DAEMON_DOWN = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+
+
+class _Hang(Exception):
+    """A modelled command that never ends: the runner turns it into Invoke's ``CommandTimedOut``."""
+
+
+@dataclass(frozen=True)
+class ReleaseRun:
+    """One ``compose run`` of the release command, as the host saw it."""
+
+    argv: list[str]
+    env: dict[str, str]  # the one-off container's environment (the secrets file's lines included)
+    image: str
+    name: str
+    others: list[tuple[str, str, str]]  # (name, version, status) of the app containers there at that moment
+
+
+def release_ran(argv: list[str], env: Mapping[str, str]) -> Outcome:
+    return Outcome(stdout="release ran\n")
 
 
 class Killed(BaseException):
@@ -530,6 +555,9 @@ class FakeHost:
         self.compose_installed = True
         self.registry: set[str] = set()  # references `docker pull` can fetch
         self.extra: dict[str, str] = {}  # the user's services (extra compose files) of the last compose command
+        self.release_outcome: Callable[[list[str], dict[str, str]], Outcome] = release_ran
+        self.release_hangs = False
+        self.release_runs: list[ReleaseRun] = []
         self.rules: list[Rule] = []
         self.killed = False
         # the model
@@ -753,6 +781,10 @@ class FakeHost:
             return self._shell(command, kwargs)
         try:
             return self._docker(command)
+        except _Hang:
+            call.outcome = "timed out"
+            result = self._invoke_result(command, Outcome(exited=TIMED_OUT_EXIT), kwargs)
+            raise CommandTimedOut(result, timeout=kwargs.get("timeout") or 0) from None
         except AssertionError as exc:
             call.outcome = "unknown"
             self.unknown.append(f"{exc}: {command.line}")
@@ -1115,7 +1147,7 @@ class FakeHost:
             return _fail(DAEMON_DOWN)
         handlers: dict[str, Callable[[str, dict[str, str], list[str]], Outcome]] = {
             "build": self._compose_build, "up": self._compose_up, "down": self._compose_down,
-            "logs": self._compose_logs,
+            "logs": self._compose_logs, "run": self._compose_run,
         }
         handler = handlers.get(sub)
         if handler is None:
@@ -1233,6 +1265,38 @@ class FakeHost:
         if c.behaviour.listens and not c.behaviour.crash and c.socket_path is not None:
             _bind_socket(c.socket_path)
             c.log.append(f"INFO:     Uvicorn running on unix socket {SOCKET_DIR_IN_CONTAINER}/{c.socket_path.name}")
+
+    def _compose_run(self, project: str, env: dict[str, str], argv: list[str]) -> Outcome:
+        at = next((i for i, arg in enumerate(argv) if not arg.startswith("-") and argv[i - 1:i] != ["--name"]),
+                  len(argv))
+        flags, values, _ = _options(argv[:at], ("--rm", "--no-deps", "-T"), ("--name",),
+                                              "docker compose run")
+        if flags != {"--rm", "--no-deps", "-T"} or at >= len(argv) - 1:
+            raise AssertionError("fakehost models only `compose run --rm --no-deps -T [--name N] SERVICE COMMAND...`")
+        service, command = argv[at], argv[at + 1:]
+        if service != APP:
+            raise AssertionError(f"fakehost models compose run of {APP} only, not {service}")
+        ref = _normal_ref(self._image_of(APP, env))
+        if ref not in self.images:
+            return _fail(f"Error response from daemon: pull access denied for {ref.rpartition(':')[0]}, repository "
+                         "does not exist or may require 'docker login'")
+        name = (values.get("--name") or [f"{project}-{APP}-run-1"])[0]
+        if self._find(name) is not None:
+            return _fail(f'Error response from daemon: Conflict. The container name "/{name}" is already in use')
+        others = [(c.name, c.version, c.status) for c in self.containers_of(APP, project)]
+        c = self._create(project, APP, 0, ref, env)
+        c.name, c.behaviour = name, Behaviour(listens=False)
+        c.labels["com.docker.compose.oneoff"] = "True"
+        c.status, c.health = "running", "starting"
+        self.release_runs.append(ReleaseRun(list(command), dict(c.env), ref, name, others))
+        if self.release_hangs:
+            c.log.append("release: waiting for a lock that never comes")
+            raise _Hang(name)
+        outcome = self.release_outcome(list(command), dict(c.env))
+        c.log += (outcome.stdout + outcome.stderr).splitlines()
+        c.status, c.exit_code = "exited", outcome.exited
+        del self.containers[c.id]  # --rm
+        return outcome
 
     def _compose_down(self, project: str, env: dict[str, str], argv: list[str]) -> Outcome:
         _options(argv, ("--remove-orphans", "-v|--volumes"), ("-t|--timeout", "--rmi"), "docker compose down")

@@ -8,16 +8,17 @@ directory are normalised; everything else must read exactly as here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import re
 
 import pytest
 
 from handover.engine import DeployOptions, Engine
-from handover.errors import HealthCheckFailed
+from handover.errors import HealthCheckFailed, ReleaseFailed
 from handover.progress import Progress
 
-from .fakehost import Behaviour, FakeHost
+from .fakehost import Behaviour, FakeHost, Outcome
 
 DRY_RUN = """\
 ==> plan (dry run: nothing changes)
@@ -135,3 +136,31 @@ def test_the_progress_a_person_reads(fake_host: FakeHost, behaviour: Behaviour |
         fake_host.behave("v2", behaviour)
     assert run(fake_host, options) == expected
     fake_host._end_background()
+
+
+RELEASE_FAILS = """\
+==> lock: take the deploy lock at <tmp>/deploy/.state/lock
+    ok in N s
+==> preflight: docker, compose v2, the compose file
+    ok in N s
+==> proxy config: validate the proxy's configuration if it changed (loaded at the switch)
+    ok in N s (unchanged)
+==> build: image handover-app:v2
+    ok in N s
+==> release: run `python -m app.migrate` once in a one-off container of handover-app:v2 with the app's env file \
+(up to 300 s); not undone: it must suit the running version too
+    failed in N s
+    lock released
+    record appended to <tmp>/deploy/.state/releases.jsonl
+"""
+
+
+def test_the_progress_of_a_failed_release_command(fake_host: FakeHost) -> None:
+    """The release step's plan line, and a failure that stops the run before anything starts."""
+    fake_host.settings = dataclasses.replace(fake_host.settings, release_command=("python", "-m", "app.migrate"))
+    assert Engine(fake_host.runner, fake_host.settings, Progress(quiet=True)).up("v1").result == "success"
+    fake_host.release_outcome = lambda argv, env: Outcome(stderr="no such table: users\n", exited=1)
+    stream = io.StringIO()
+    with pytest.raises(ReleaseFailed, match=r"exited 1; no new container was started.*\nno such table: users"):
+        Engine(fake_host.runner, fake_host.settings, Progress(stream=stream)).deploy(DeployOptions(version="v2"))
+    assert normalised(stream.getvalue(), fake_host) == RELEASE_FAILS

@@ -196,13 +196,13 @@ def test_drain_closes_sockets_and_fails_healthz(client: TestClient) -> None:
     assert client.portal is not None
     with client.websocket_connect("/ws") as ws:
         ws.receive_json()
-        drained = client.portal.start_task_soon(runtime.hub.drain)
+        drained = client.portal.start_task_soon(runtime.drain.drain)
         assert ws.receive_json() == {"type": "reconnect", "reason": "draining", "server_id": runtime.server_id}
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == WS_CLOSE_SERVICE_RESTART
     drained.result(timeout=5)
-    assert not runtime.hub.connections
+    assert not runtime.drain.sockets
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"status": "draining"}
@@ -212,7 +212,7 @@ def test_drain_closes_sockets_and_fails_healthz(client: TestClient) -> None:
 def test_connect_while_draining_is_told_to_reconnect(client: TestClient) -> None:
     runtime = app_of(client).runtime
     assert client.portal is not None
-    client.portal.call(runtime.hub.drain)
+    client.portal.call(runtime.drain.drain)
     with client.websocket_connect("/ws") as ws:
         assert ws.receive_json()["type"] == "reconnect"
         with pytest.raises(WebSocketDisconnect) as closed:

@@ -56,8 +56,13 @@ def only(host: FakeHost, version: str) -> None:
     assert not host.lock_held()
 
 
+RELEASE_COMMAND = ("python", "-m", "app.migrate")
+
+
 @pytest.fixture
 def host(fake_host: FakeHost) -> FakeHost:
+    """The fake host, with a release command configured so that every step of the sequence runs."""
+    fake_host.settings = dataclasses.replace(fake_host.settings, release_command=RELEASE_COMMAND)
     return fake_host
 
 
@@ -113,13 +118,14 @@ def _rolled_forward(host: FakeHost) -> Engine:
     return engine
 
 
-DEPLOY_STEPS = ["lock", "preflight", "proxy config", "build", "start", "health", "switch", "verify", "drain", "prune"]
-FIRST_START = ["lock", "preflight", "build", "start", "health", "switch", "proxy"]
+DEPLOY_STEPS = ["lock", "preflight", "proxy config", "build", "release", "start", "health", "switch", "verify",
+                "drain", "prune"]
+FIRST_START = ["lock", "preflight", "build", "release", "start", "health", "switch", "proxy"]
 EXPECTED = {
     "deploy": DEPLOY_STEPS,
     "deploy-after-a-killed-run": [*DEPLOY_STEPS[:2], "converge", *DEPLOY_STEPS[2:]],
     "converge-only": ["lock", "converge"],
-    "rollback": [*DEPLOY_STEPS[:3], "image", *DEPLOY_STEPS[4:]],
+    "rollback": [*DEPLOY_STEPS[:3], "image", *DEPLOY_STEPS[5:]],  # no release command
     "first-start": FIRST_START,
     "deploy-on-an-empty-host": FIRST_START,
     "up-with-the-proxy-down": ["lock", "preflight", "build", "proxy"],
@@ -163,17 +169,21 @@ def test_dry_run_lists_exactly_the_steps_a_real_run_takes(host: FakeHost, scenar
 
 def test_the_plans_read_as_the_sequence() -> None:
     assert [s.name for s in plans.deploy()] == [
-        "lock", "preflight", "converge", "proxy config", "build", "start", "health", "switch", "verify", "drain",
-        "prune"]
-    assert [s.name for s in plans.deploy(build=False)][4] == "image"
-    assert [s.name for s in plans.deploy(source="pull")][4] == "pull"
-    assert [s.name for s in plans.deploy(source="local")][4] == "image"
+        "lock", "preflight", "converge", "proxy config", "build", "release", "start", "health", "switch", "verify",
+        "drain", "prune"]
+    rollback = [s.name for s in plans.deploy(build=False)]
+    assert rollback[4] == "image" and "release" not in rollback
+    assert [s.name for s in plans.deploy(source="pull")][4:6] == ["pull", "release"]
+    assert [s.name for s in plans.deploy(source="local")][4:6] == ["image", "release"]
     assert [s.name for s in plans.first_start()] == [
-        "lock", "preflight", "build", "services", "start", "health", "switch", "proxy"]
+        "lock", "preflight", "build", "services", "release", "start", "health", "switch", "proxy"]
     assert [s.name for s in plans.first_start(source="pull")] == [
-        "lock", "preflight", "pull", "build", "services", "start", "health", "switch", "proxy"]
-    extra = steps.Converge()
+        "lock", "preflight", "pull", "build", "services", "release", "start", "health", "switch", "proxy"]
+    extra, hook = steps.Converge(), steps.Verify()
     assert plans.deploy(after_lock=[extra])[1] is extra
+    after = plans.deploy(after_switch=[hook])
+    assert after[after.index(hook) - 1].name == "switch" and after[after.index(hook) + 1].name == "verify"
+    assert plans.first_start(after_switch=[hook])[-1] is hook  # once the proxy serves the new version
 
 
 # -- a failure at each step --------------------------------------------------------------------------
