@@ -262,3 +262,10 @@ def check_version(version: str) -> str:
             "(not starting with '.' or '-')"
         )
     return version
+
+
+def check_project(name: str) -> str:
+    """A compose project name given on a command line (``inv bench --project``)."""
+    if not _PROJECT_NAME.fullmatch(name):
+        raise ConfigError(f"project {name!r}: expected a compose project name: lowercase letters, digits, '-' or '_'")
+    return name
