@@ -295,7 +295,7 @@ class Engine:
             dead = [c for c in current if c.has_failed]
             missing = {c.id for c in new} - {c.id for c in current}
             if dead or missing:
-                what = ", ".join(c.describe() for c in dead)
+                what = ", ".join(self.describe(c) for c in dead)
                 raise HealthCheckFailed(what or f"containers vanished: {sorted(missing)}")
             if time.monotonic() - t0 > timeout:
                 raise HealthCheckFailed(
