@@ -280,9 +280,18 @@ class NginxProxy:
         return parse_links(run(self.runner, ["sh", "-c", script, "links", self.sockets_dir]).stdout)
 
     def live_ids(self) -> set[str]:
-        if self.settings.tcp:
-            return set(self.targets()["live_ids"])
-        return set(self.live_links().values())
+        """What the proxy routes to. When the configured mode routes to nothing while the other one
+        does, ``app_port`` was changed under a serving stack: refused, as that switch would not be
+        zero-downtime (the old version has no route in the new mode to fall back to)."""
+        links, targets = set(self.live_links().values()), set(self.targets()["live_ids"])
+        mine, other = (targets, links) if self.settings.tcp else (links, targets)
+        if not mine and other:
+            was, now = ("a unix socket (0)", "a TCP port") if self.settings.tcp else ("a TCP port", "a unix socket (0)")
+            raise PreflightError(
+                f"config key deploy.app_port says the app listens on {now}, but the running stack of project "
+                f"{self.settings.project!r} reaches it on {was}; a deploy cannot change that without downtime: "
+                "run `down` and then `up` (or set app_port back)")
+        return mine
 
     # -- a TCP app's targets ---------------------------------------------------------------------
     def targets(self) -> dict[str, list[str]]:

@@ -1,6 +1,7 @@
 """The demo app deployed as a TCP app (``app_port: 8000``, ``app_health: /healthz``) on the real
 stack under the probe: nothing lost across deploys, and bad input (a port the app never opens, a
-health path answering 404 or 503) named, with the old version serving and nothing left behind."""
+health path answering 404 or 503, a new container that dies right after the switch) named, with the
+old version serving and nothing left behind."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ HEALTH = "/healthz"
 PROBE_WS_CLIENTS = 20
 SETTLE_SECONDS = 1.0
 WRONG_PORT = 9000
+EXIT_AFTER_SECONDS = 4  # the new container serves this long after its start, then exits
+POST_SWITCH_CHECK = 10  # longer, so it dies while the old one is still the fallback
 
 
 def unique(tag: str) -> str:
@@ -141,3 +144,14 @@ def test_a_port_the_app_never_opens_is_named_and_the_old_version_serves(tcp_stac
     finally:
         compose_file.write_text(original)
     assert f":{APP_PORT}{HEALTH}: connection refused (does the app listen on deploy.app_port?)" in stderr, stderr
+
+
+def test_death_right_after_the_switch_falls_back_and_switches_back(tcp_stack: StackHandle) -> None:
+    """The new container dies during the post-switch check: nginx sends what it cannot answer to the
+    old container (the targets file's fallback) until the engine switches back."""
+    stack = tcp_stack
+    env = dict(stack.env, INVOKE_DEPLOY_POST_SWITCH_CHECK=str(POST_SWITCH_CHECK))
+    _, stderr = bad_deploy(StackHandle(stack.project, stack.port, stack.state_dir, env), unique("exitafter"),
+                           "--fault", f"exit-after:{EXIT_AFTER_SECONDS}")
+    assert "error: after the switch:" in stderr, stderr
+    assert f"APP_FAULT=exit-after:{EXIT_AFTER_SECONDS}: exiting with status 4" in stderr  # its logs

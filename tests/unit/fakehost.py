@@ -11,6 +11,9 @@ The engine reaches a host only through a runner (anything with ``.run(line, **kw
   health, restart count, creation order, exit code), shaped as Docker and Compose v2 answer;
 * makes a real AF_UNIX socket file ``<state>/sockets/app-<short id>.sock`` when an app container
   starts listening, so the engine's ``[ -S ... ]`` checks and link swaps meet the real thing;
+* gives each container an address on ``<project>_default`` (``docker inspect``'s NetworkSettings) and,
+  for a TCP app (compose env ``APP_SOCKET_DIR`` empty), answers the proxy's bash ``/dev/tcp`` clients
+  (the health GET, the port check) run with ``docker exec`` in the nginx container;
 * fails loudly (``AssertionError`` naming the command, also kept in ``host.unknown``) on any docker
   command or option it does not model, so a test never passes by accident.
 
@@ -23,7 +26,8 @@ Scripting, in short::
     host = FakeHost(tmp_path)                      # host.settings: a deploy tree inside tmp_path
     engine = Engine(host.runner, host.settings, Progress(quiet=True))
     host.behave("v2", Behaviour(never_healthy=True))   # or Behaviour(crash=True), (dies_after=1),
-                                                   # (listens=False), (healthy_after=None): stuck
+                                                   # (listens=False), (healthy_after=None): stuck,
+                                                   # a TCP app: (fixed_port=9000), (http_status=404)
     host.fail_build("v3")                          # compose build of v3 exits 1 with pip's words
     host.nginx_test_error = 'unknown directive "x"'  # nginx -t (and -s reload) fail with it
     host.nginx_reload_delay = None                 # a reload never brings new workers
@@ -46,9 +50,9 @@ it fires, ``None`` for always), and counts ``rule.fired`` so a test can prove th
 Queries: ``host.commands`` (argv lists), ``host.calls`` (with env and outcome),
 ``host.matching(match, since=len_before)``, ``host.app_containers()``, ``host.live_targets()``,
 ``host.live_containers()``, ``host.live_versions()``, ``host.running(version)``,
-``host.sockets()``, ``host.records()``, ``host.lock_held()``, ``host.image_tags()``,
-``host.nginx_reloads``. ``APP_FAULT`` in a compose command's environment overrides a version's
-behaviour, as the real app obeys it.
+``host.sockets()``, ``host.tcp_targets()``, ``host.health_gets``, ``host.records()``,
+``host.lock_held()``, ``host.image_tags()``, ``host.nginx_reloads``. ``APP_FAULT`` in a compose
+command's environment overrides a version's behaviour, as the real app obeys it.
 
 Other settings: ``FakeHost(tmp_path, fake_settings(tmp_path, replicas=2))``. The engine runs
 ``nginx -t`` only when nginx's files change: edit ``tmp_path/deploy/nginx/nginx.conf`` for that.

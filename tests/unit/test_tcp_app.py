@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from handover import bench
 from handover import settings as settings_mod
 from handover.cli import defaults
 from handover.engine import DeployOptions, Engine
@@ -126,6 +127,13 @@ def test_the_health_and_port_clients_take_their_input_as_arguments() -> None:
     assert nginx.port_argv(["10.0.0.2:8000"])[5:] == ["ports", "10.0.0.2:8000"]
 
 
+def test_the_reload_baseline_lists_the_old_containers_as_backups() -> None:
+    text = bench.render_tcp_servers(["10.0.0.3:8000"], ["10.0.0.2:8000"])
+    assert "server 10.0.0.3:8000 max_fails=0;" in text and "server 10.0.0.2:8000 max_fails=0 backup;" in text
+    assert "map $uri $handover_target { default handover_app; }" in text
+    assert "server 127.0.0.1:1" in bench.render_tcp_servers([], [])  # nothing live: refused, 502
+
+
 # -- the switch --------------------------------------------------------------------------------------
 def test_a_tcp_app_starts_and_deploys_with_no_reload_at_the_switch(host: FakeHost) -> None:
     engine = serving(host)
@@ -216,3 +224,20 @@ def test_the_socket_mode_writes_no_njs_and_no_targets(fake_host: FakeHost) -> No
     generated = fake_host.state_path / "nginx"
     assert not (generated / "modules.main").exists() and not (generated / "targets.json").exists()
     assert "map $uri $handover_target { default handover_app; }" in (generated / "upstream.conf").read_text()
+
+
+@pytest.mark.parametrize("tcp_first", [False, True])
+def test_changing_app_port_under_a_serving_stack_is_refused_and_changes_nothing(tmp_path: Path,
+                                                                                tcp_first: bool) -> None:
+    first = {"app_port": PORT, "app_health": HEALTH} if tcp_first else {"app_port": 0, "app_health": ""}
+    then = {"app_port": 0, "app_health": ""} if tcp_first else {"app_port": PORT, "app_health": HEALTH}
+    host = FakeHost(tmp_path, fake_settings(tmp_path, **first))
+    serving(host)
+    before = ([c.id for c in host.app_containers()], host.live_targets(), host.tcp_targets(), host.nginx_reloads)
+    host.settings = dataclasses.replace(host.settings, **then)
+    with pytest.raises(HandoverError) as info:
+        engine_for(host).deploy(DeployOptions(version=NEW))
+    assert "config key deploy.app_port says the app listens on" in str(info.value)
+    assert "run `down` and then `up`" in str(info.value)
+    assert ([c.id for c in host.app_containers()], host.live_targets(), host.tcp_targets(),
+            host.nginx_reloads) == before
