@@ -241,3 +241,14 @@ def test_changing_app_port_under_a_serving_stack_is_refused_and_changes_nothing(
     assert "run `down` and then `up`" in str(info.value)
     assert ([c.id for c in host.app_containers()], host.live_targets(), host.tcp_targets(),
             host.nginx_reloads) == before
+
+
+def test_every_replica_of_a_tcp_app_is_a_live_target(tmp_path: Path) -> None:
+    host = tcp_host(tmp_path, replicas=2)
+    engine = serving(host)
+    assert deploy(engine) == "success"
+    new = host.app_containers()
+    assert len(new) == 2 and {c.version for c in new} == {NEW}
+    targets = host.tcp_targets()
+    assert sorted(targets["live"]) == sorted(f"{c.address}:{PORT}" for c in new)
+    assert sorted(targets["live_ids"]) == sorted(c.short_id for c in new) and targets["fallback"] == []
