@@ -30,8 +30,17 @@ function target(r) {
     return pick(read().live) || NOWHERE;
 }
 
+// Where to retry a request the first target could not answer: the old containers while there are
+// any, else the live ones (a deploy may have switched back since the request started), never the
+// address that just failed ($upstream_addr).
 function fallback(r) {
-    return IDEMPOTENT[r.method] ? pick(read().fallback) : '';
+    if (!IDEMPOTENT[r.method]) {
+        return '';
+    }
+    var targets = read();
+    var failed = r.variables.upstream_addr || '';
+    var pool = Array.isArray(targets.fallback) && targets.fallback.length ? targets.fallback : targets.live;
+    return pick((Array.isArray(pool) ? pool : []).filter(function (a) { return failed.indexOf(a) < 0; }));
 }
 
 export default {target, fallback};

@@ -107,6 +107,8 @@ def render_tcp_upstream(script: str) -> str:
         f"js_import handover from {script};",
         f"js_set {TARGET_VARIABLE} handover.target;",
         f"js_set {FALLBACK_VARIABLE} handover.fallback;",
+        "# What nginx could not get an answer for goes to @http_fallback or @websocket_fallback (nginx.conf).",
+        "error_page 502 504 = @${proxy_kind}_fallback;",
         "",
     ])
 
