@@ -54,17 +54,22 @@ def converge() -> list[Step]:
     return [Lock(), Converge()]
 
 
-def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = ()) -> list[Step]:
-    """Nothing serves yet (or only failed containers are left): build everything and start it."""
+def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = (),
+                proxy_first: bool = False) -> list[Step]:
+    """Nothing serves yet (or only failed containers are left): build everything and start it.
+
+    ``proxy_first``: a TCP app's health path is checked from inside the proxy, which then starts
+    before the app (it answers 502 until the switch, as nothing served before)."""
     return [
         Lock(),
         *after_lock,
         Preflight(),
         Build(with_proxy=True),
         Release(fresh=True),
+        *([StartProxy()] if proxy_first else []),
         Start(fresh=True),
         Health(fresh=True),
         Switch(fresh=True),
-        StartProxy(),
+        *([] if proxy_first else [StartProxy()]),
         *after_switch,
     ]
