@@ -25,7 +25,7 @@ from handover.engine import DeployOptions, Engine
 from handover.errors import ConfigError, HandoverError
 from handover.progress import Progress
 from handover.record import RunRecord, history
-from handover.settings import Settings, check_version, default_app_image
+from handover.settings import Settings, check_project, check_version, default_app_image
 from handover.shell import command_line
 from handover.steps import Step
 from handover.version import source_version
@@ -36,7 +36,8 @@ PROBE_MAX_SECONDS = 3600.0
 LOCAL_HOST = "local"  # the host name in the local stack's records
 PREPARE_STEP = "prepare"  # a deploy that stopped before the engine ran (config, version, wheels)
 ENGINE_SEQUENCE, SIMPLE_SEQUENCE = "engine", "simple"
-BENCH_SEQUENCES = ("", ENGINE_SEQUENCE, SIMPLE_SEQUENCE)
+TCP_SEQUENCE, TCP_RELOAD_SEQUENCE = "tcp", "tcp-reload"  # the demo app as a TCP app: njs switch, reload switch
+BENCH_SEQUENCES = (ENGINE_SEQUENCE, SIMPLE_SEQUENCE, TCP_SEQUENCE, TCP_RELOAD_SEQUENCE)
 MAX_PORT = 65535
 BENCH_PROJECT = "handover-bench"
 BENCH_STATE_DIR = ".state-bench"
@@ -322,11 +323,11 @@ def probe(c: Context, url: str = "", duration: float = 10.0, rate: float = 200.0
         raise Exit(code=1)
 
 
-def bench_settings(s: Settings, port: int) -> Settings:
+def bench_settings(s: Settings, port: int, project: str = BENCH_PROJECT) -> Settings:
     """The benchmark's stack: its own project, image name, state and port, so the configured stack
     (and its images) are never touched."""
-    return replace(s, project=BENCH_PROJECT, app_image=default_app_image(BENCH_PROJECT), http_port=port,
-                   state_dir=BENCH_STATE_DIR)
+    return replace(s, project=project, app_image=default_app_image(project), http_port=port,
+                   state_dir=f"{BENCH_STATE_DIR}-{project}" if project != BENCH_PROJECT else BENCH_STATE_DIR)
 
 
 @task(
@@ -334,52 +335,77 @@ def bench_settings(s: Settings, port: int) -> Settings:
         "deploys": "consecutive deploys per sequence",
         "rate": "HTTP requests per second (open loop)",
         "ws-clients": "WebSocket clients",
-        "only": "run just one sequence: engine or simple",
+        "only": "run just these sequences, comma-separated: engine, simple (the app on its unix socket), "
+                "tcp, tcp-reload (the app on TCP port 8000: the engine's switch, and nginx reloads)",
         "port": "port of the benchmark's own stack",
+        "project": "compose project of the benchmark's own stack",
     }
 )
 def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 100, only: str = "",
-          port: int = 18100) -> None:
-    """K deploys under the probe: this engine vs the simple scale/reload/stop sequence, side by side."""
+          port: int = 18100, project: str = BENCH_PROJECT) -> None:
+    """K deploys under the probe per sequence: this engine vs the simple scale/reload/stop sequence
+    (the app on its unix socket), then the engine's TCP switch vs reloading nginx (the app on TCP)."""
     from handover import bench as bench_mod
     from handover.probe import ProbeSettings
 
     def go() -> list[bench_mod.SequenceResult]:
-        if only not in BENCH_SEQUENCES:
-            raise ConfigError(f"--only: expected one of {', '.join(BENCH_SEQUENCES)}, got {only!r}")
+        wanted = [name for name in only.split(",") if name] if only else list(BENCH_SEQUENCES)
+        unknown = [name for name in wanted if name not in BENCH_SEQUENCES]
+        if unknown:
+            raise ConfigError(f"--only: expected some of {', '.join(BENCH_SEQUENCES)}, got {unknown[0]!r}")
         if deploys < 1:
             raise ConfigError(f"--deploys: expected a whole number of deploys, 1 or more, got {deploys}")
         if not 1 <= port <= MAX_PORT:
             raise ConfigError(f"--port: expected a port from 1 to {MAX_PORT}, got {port}")
-        s = bench_settings(_settings(c), port)
+        s = bench_settings(_settings(c), port, check_project(project))
         progress = Progress()
         quiet = Progress(quiet=True)
         images.build_wheelhouse(cli.SERVER_DIR, progress)
-        engine = Engine(c, s, progress)
-        engine.down()
-        engine.up(source_version(cli.SERVER_DIR))
-        engine.progress = quiet
         load = ProbeSettings(base_url=f"http://{s.http_bind}:{s.http_port}", rate=rate, ws_clients=ws_clients)
-        results = []
-        try:
-            if only in ("", ENGINE_SEQUENCE):
-                progress.say(f"==> {deploys} deploys with this engine")
-                results.append(bench_mod.run_sequence("engine", bench_mod.engine_deploy(engine), deploys, load,
-                                                      progress.say))
-            if only in ("", SIMPLE_SEQUENCE):
-                progress.say(f"==> {deploys} deploys with the simple sequence (scale 2, reload, stop, scale 1, reload)")
-                bench_mod.use_simple_upstream(engine)
-                results.append(bench_mod.run_sequence("simple", bench_mod.simple_deploy(engine), deploys, load,
-                                                      progress.say))
-        finally:
-            engine.progress = progress
+        results: list[bench_mod.SequenceResult] = []
+        socket_runs = [n for n in (ENGINE_SEQUENCE, SIMPLE_SEQUENCE) if n in wanted]
+        tcp_runs = [n for n in (TCP_SEQUENCE, TCP_RELOAD_SEQUENCE) if n in wanted]
+        version = source_version(cli.SERVER_DIR)
+        if socket_runs:
+            engine = Engine(c, replace(s, app_port=0, app_health=""), progress)
             engine.down()
+            engine.up(version)
+            engine.progress = quiet
+            try:
+                if ENGINE_SEQUENCE in socket_runs:
+                    progress.say(f"==> {deploys} deploys with this engine (the app on its unix socket)")
+                    results.append(bench_mod.run_sequence(ENGINE_SEQUENCE, bench_mod.engine_deploy(engine), deploys,
+                                                          load, progress.say))
+                if SIMPLE_SEQUENCE in socket_runs:
+                    progress.say(f"==> {deploys} deploys with the simple sequence (scale 2, reload, stop, scale 1, "
+                                 "reload)")
+                    bench_mod.use_simple_upstream(engine)
+                    results.append(bench_mod.run_sequence(SIMPLE_SEQUENCE, bench_mod.simple_deploy(engine), deploys,
+                                                          load, progress.say))
+            finally:
+                engine.progress = progress
+                engine.down()
+        for name in tcp_runs:
+            engine = bench_mod.tcp_engine(c, s, progress, reload=name == TCP_RELOAD_SEQUENCE)
+            engine.down()
+            engine.up(version)
+            engine.progress = quiet
+            try:
+                if isinstance(engine.proxy, bench_mod.ReloadingTcpProxy):
+                    engine.proxy.load_servers()
+                progress.say(f"==> {deploys} deploys of the app on TCP port {engine.settings.app_port} "
+                             f"({engine.proxy.switch_words})")
+                results.append(bench_mod.run_sequence(name, bench_mod.engine_deploy(engine), deploys, load,
+                                                      progress.say))
+            finally:
+                engine.progress = progress
+                engine.down()
         return results
 
     results = cli.guarded(go)
     print(bench_mod.format_comparison(results, rate, ws_clients))
     for r in results:
-        if r.name == "engine" and (r.errors or not (r.report and r.report.ok)):
+        if r.name in (ENGINE_SEQUENCE, TCP_SEQUENCE) and (r.errors or not (r.report and r.report.ok)):
             raise Exit(code=1)
 
 

@@ -4,18 +4,29 @@ The simple sequence is the well-known one this tool grew from: scale the app to 
 (whose upstream is the plain service name, ``server app:8000``), stop the old container, scale
 back to 1, reload again. Both run the same app image and the same nginx on the same machine, in
 the same run, under the same constant-rate load.
+
+For an app on a TCP port (``deploy.app_port``) two switches are measured the same way: the one the
+engine uses (njs reads the live targets from a file a deploy renames, no reload) and the
+well-known one, :class:`ReloadingTcpProxy` (rewrite ``server <ip>:<port>`` and reload nginx).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
+from .backends import Instance, make_backend
 from .backends.compose import APP_PORT, APP_SERVICE
 from .engine import DeployOptions, Engine
 from .errors import HandoverError, HealthCheckFailed
 from .probe import ProbeProcess, ProbeReport, ProbeSettings
+from .progress import Progress
+from .proxies.nginx import FALLBACK_VARIABLE, TARGET_VARIABLE, UPSTREAM_NAME, NginxProxy
+from .settings import Settings
+from .shell import Runner
+
+TCP_HEALTH_PATH = "/healthz"  # the demo app's health path, when the configuration names none
 
 SETTLE_SECONDS = 1.0  # steady traffic between deploys (outside any window)
 WARMUP_SECONDS = 2.0
@@ -101,6 +112,62 @@ def simple_deploy(engine: Engine) -> Callable[[str], DeployTiming]:
         return DeployTiming(time.monotonic() - t0, healthy)
 
     return deploy
+
+
+def render_tcp_servers(live: Sequence[str], fallback: Sequence[str]) -> str:
+    """An upstream of ``ip:port`` servers (the old ones as backups) for the reloading TCP switch."""
+    lines = [f"upstream {UPSTREAM_NAME} {{"]
+    lines += [f"    server {a} max_fails=0;" for a in live] or ["    server 127.0.0.1:1 max_fails=0;"]
+    lines += [f"    server {a} max_fails=0 backup;" for a in fallback]
+    lines += ["}", f"map $uri {TARGET_VARIABLE} {{ default {UPSTREAM_NAME}; }}",
+              f'map $uri {FALLBACK_VARIABLE} {{ default ""; }}', ""]
+    return "\n".join(lines)
+
+
+class ReloadingTcpProxy(NginxProxy):
+    """The well-known switch for a TCP app, measured as the baseline: each switch rewrites the
+    upstream's ``server <container ip>:<port>`` lines (old containers as backups during the check),
+    validates with ``nginx -t`` and reloads nginx. targets.json is still written, for bookkeeping
+    (which containers are live); nginx does not read it here."""
+
+    def __post_init__(self) -> None:
+        self.switch_words = "rewrite nginx's upstream servers, validate, reload"
+
+    def render(self, slots: int) -> str:
+        current = self.targets()
+        return render_tcp_servers(current["live"], current["fallback"])
+
+    def load_servers(self) -> None:
+        """Write the upstream of the targets now live and reload (also turns a stack over to this switch)."""
+        self.write_upstream(self.render(self.settings.replicas))
+        if self.running() is not None:
+            self.test_config()
+            self.reload()
+
+    def point(self, instances: Sequence[Instance], fallback: Sequence[Instance] = ()) -> None:
+        super().point(instances, fallback)
+        self.load_servers()
+
+    def drop_fallback(self) -> None:
+        had = self.targets()["fallback"]
+        super().drop_fallback()
+        if had:
+            self.load_servers()
+
+
+def tcp_settings(settings: Settings) -> Settings:
+    """The benchmark's stack with the demo app as a TCP app (its own port, its health path)."""
+    return replace(settings, app_port=settings.app_port or APP_PORT,
+                   app_health=settings.app_health or TCP_HEALTH_PATH)
+
+
+def tcp_engine(runner: Runner, settings: Settings, progress: Progress, *, reload: bool = False) -> Engine:
+    """An engine for the TCP stack, with the engine's switch or (``reload``) the reloading one."""
+    s = tcp_settings(settings)
+    if not reload:
+        return Engine(runner, s, progress)
+    backend = make_backend(runner, s)
+    return Engine(runner, s, progress, backend=backend, proxy=ReloadingTcpProxy(runner, s, backend))
 
 
 def use_simple_upstream(engine: Engine) -> None:

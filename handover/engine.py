@@ -17,12 +17,13 @@ Every run (a deploy, a rollback, the first start) goes the same way:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import images, plans, record
-from .backends import Backend, Instance, make_backend
+from .backends import HEALTHY, UNHEALTHY, Backend, Instance, make_backend
 from .errors import CommandError, HandoverError, HealthCheckFailed, LockHeld
 from .lock import DeployLock, lock_info
 from .progress import Progress
@@ -31,6 +32,8 @@ from .record import RunRecord, StepRecord
 from .settings import Settings, check_version
 from .shell import Runner, interruptible
 from .steps import Run, Step
+
+STARTING = "starting"  # Docker's word for a container whose health is not known yet
 
 LOG_LINES_ON_FAILURE = 40
 MAX_ERROR_CHARS = 4000
@@ -98,6 +101,7 @@ class Engine:
         self.proxy = proxy or make_proxy(runner, settings, self.backend)
         self.backend.set_env({**self.proxy.build_env(), **(extra_env or {})})
         self.lock = DeployLock(runner, settings.state_path, notify=self.progress.warn)
+        self._health_why: dict[str, str] = {}  # instance ID -> what its health path answered last
 
     # -- facts -------------------------------------------------------------------------------------
     def facts(self) -> Facts:
@@ -130,12 +134,12 @@ class Engine:
             if facts.proxy is not None and facts.healthy_live:
                 return []
             return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch,
-                                     source=source, ship=options.ship)
+                                     source=source, ship=options.ship, proxy_first=self.settings.tcp)
         if not facts.serving:
             if options.action == "rollback":
                 raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
             return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch,
-                                     source=source, ship=options.ship)
+                                     source=source, ship=options.ship, proxy_first=self.settings.tcp)
         if not options.force and all(c.version == options.version for c in facts.live):
             # Nothing to deploy; but what an interrupted run left (containers, its lock) is cleared.
             return plans.converge() if facts.leftovers or self.lock.holder() is not None else []
@@ -272,22 +276,46 @@ class Engine:
                                                                      self.progress)))
         self.backend.set_env(env)
 
+    def health_of(self, instances: Sequence[Instance]) -> list[Instance]:
+        """The current state of ``instances``. With ``deploy.app_health`` (a TCP app), an instance is
+        healthy when it runs, has not restarted, is not unhealthy by its own Docker check, and
+        answers the health path with 2xx; until then it counts as starting, and why is kept for the
+        error message (see :meth:`describe`)."""
+        current = self.backend.refresh(instances)
+        path = self.settings.app_health
+        if not path:
+            return current
+        seen = []
+        for c in current:
+            if c.status == "running" and not c.restarts and c.health != UNHEALTHY:
+                why = self.proxy.check_http(c, path)
+                self._health_why[c.id] = why
+                c = dataclasses.replace(c, health=STARTING if why else HEALTHY)
+            seen.append(c)
+        return seen
+
+    def describe(self, instance: Instance) -> str:
+        """How ``instance`` is doing, with what its health path answered last, if that failed."""
+        why = self._health_why.get(instance.id, "") if not instance.is_healthy else ""
+        return f"{instance.describe()}: {why}" if why else instance.describe()
+
     def wait_healthy(self, new: Sequence[Instance]) -> list[Instance]:
         timeout = self.settings.health_timeout
         t0 = time.monotonic()
         while True:
-            current = self.backend.refresh(new)
+            current = self.health_of(new)
             healthy = [c for c in current if c.is_healthy]
             if len(healthy) == len(new):
                 return current
             dead = [c for c in current if c.has_failed]
             missing = {c.id for c in new} - {c.id for c in current}
             if dead or missing:
-                what = ", ".join(c.describe() for c in dead)
+                what = ", ".join(self.describe(c) for c in dead)
                 raise HealthCheckFailed(what or f"containers vanished: {sorted(missing)}")
             if time.monotonic() - t0 > timeout:
                 raise HealthCheckFailed(
-                    f"not healthy within {timeout:g} s: " + ", ".join(c.describe() for c in current if not c.is_healthy)
+                    f"not healthy within {timeout:g} s: "
+                    + ", ".join(self.describe(c) for c in current if not c.is_healthy)
                 )
             self.progress.waiting(f"{len(healthy)}/{len(new)} healthy, {time.monotonic() - t0:.1f} s")
             time.sleep(self.settings.health_poll_interval)
@@ -297,12 +325,12 @@ class Engine:
         while the old ones are still there to switch back to."""
         deadline = time.monotonic() + self.settings.post_switch_check
         while True:
-            current = {c.id: c for c in self.backend.refresh(new)}
+            current = {c.id: c for c in self.health_of(new)}
             bad = [current.get(c.id, c) for c in new
                    if c.id not in current or not current[c.id].is_healthy or current[c.id].restarts > c.restarts]
             if bad:
                 raise HealthCheckFailed(
-                    "after the switch: " + ", ".join(c.describe() for c in bad) + f"\n{self.failure_logs(bad)}"
+                    "after the switch: " + ", ".join(self.describe(c) for c in bad) + f"\n{self.failure_logs(bad)}"
                 )
             if time.monotonic() >= deadline:
                 return

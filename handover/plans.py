@@ -71,9 +71,12 @@ def converge() -> list[Step]:
 
 
 def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = (), source: str = "build",
-                ship: Step | None = None) -> list[Step]:
+                ship: Step | None = None, proxy_first: bool = False) -> list[Step]:
     """Nothing serves yet (or only failed containers are left): build everything and start it, the
-    user's other services first."""
+    user's other services first.
+
+    ``proxy_first``: a TCP app's health path is checked from inside the proxy, which then starts
+    before the app (it answers 502 until the switch, as nothing served before)."""
     ready_made = source != "build" or ship is not None
     return [
         Lock(),
@@ -83,9 +86,10 @@ def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step]
         Build(with_proxy=True, app=not ready_made),
         Services(),
         Release(fresh=True),
+        *([StartProxy()] if proxy_first else []),
         Start(fresh=True),
         Health(fresh=True),
         Switch(fresh=True),
-        StartProxy(),
+        *([] if proxy_first else [StartProxy()]),
         *after_switch,
     ]

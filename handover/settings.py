@@ -34,6 +34,8 @@ _IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
 # Docker tags: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'.
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SUBDIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# An HTTP path for app_health: '/' then URL path characters (no query spaces, quotes or controls).
+_HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,254}")
 _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.ASCII)
 
 # What the app needs between SIGTERM and its exit (see server/webapp.py): reconnect notices spread
@@ -76,6 +78,14 @@ class Settings:
     release_timeout: float = 300.0
     hooks_dir: str = ""
     hook_timeout: float = 60.0
+    app_port: int = 0  # 0: the app binds its unix socket; else the TCP port it listens on in its container
+    app_health: str = ""  # "": the image's Docker HEALTHCHECK; else an HTTP path the engine GETs (2xx = healthy)
+
+    @property
+    def tcp(self) -> bool:
+        """The app listens on a TCP port (``app_port``) rather than on its unix socket."""
+        return self.app_port > 0
+
     # Where the app's image comes from, its other services and how it stops (see config/deploy.yaml).
     app_build: str = ""  # the build directory, absolute and local; "" = the image comes ready-made
     app_ship: bool = False  # no build: `fab` sends the local image to each host instead of a pull there
@@ -300,14 +310,27 @@ def _check_drain_budget(drain: float, grace: float) -> None:
         )
 
 
+def _app_endpoint(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``app_port`` and ``app_health``: an HTTP health path is checked over the app's TCP port only."""
+    port = config.get("app_port")
+    port = _integer("app_port", 0 if port is None else port, 0, 65535)
+    health = _optional_text("app_health", config.get("app_health"), _HEALTH_PATH,
+                            "an HTTP path starting with '/' such as /healthz (\"\" = the image's HEALTHCHECK)")
+    if health and not port:
+        raise ConfigError(f"config key deploy.app_health ({health!r}) needs deploy.app_port: the engine checks the "
+                          "path over the app's TCP port; with app_port 0 (unix socket) leave app_health \"\"")
+    return {"app_port": port, "app_health": health}
+
+
 def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Settings:
     """Validate the ``deploy`` section of an Invoke/Fabric config. Raises :class:`ConfigError`."""
     known = {f.name for f in fields(Settings)} - {"extra_services"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
-    optional = {"deploy_dir", "source_subdir", "env_file", "app_image", *RELEASE_AND_HOOK_DEFAULTS, "app_build",
-                "app_ship", "app_stop_signal", "app_pre_stop", "app_pre_stop_timeout", "extra_compose_file"}
+    optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_port", "app_health",
+                *RELEASE_AND_HOOK_DEFAULTS, "app_build", "app_ship", "app_stop_signal", "app_pre_stop",
+                "app_pre_stop_timeout", "extra_compose_file"}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -352,6 +375,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
         env_file=_env_file("env_file", config.get("env_file")),
         **_release_and_hooks(config),
+        **_app_endpoint(config),
         app_build=app_build,
         app_ship=app_ship,
         app_stop_signal=_text("app_stop_signal", config.get("app_stop_signal") or DEFAULT_STOP_SIGNAL, _SIGNAL,
@@ -426,3 +450,10 @@ def check_version(version: str) -> str:
             "(not starting with '.' or '-')"
         )
     return version
+
+
+def check_project(name: str) -> str:
+    """A compose project name given on a command line (``inv bench --project``)."""
+    if not _PROJECT_NAME.fullmatch(name):
+        raise ConfigError(f"project {name!r}: expected a compose project name: lowercase letters, digits, '-' or '_'")
+    return name

@@ -319,10 +319,10 @@ class Switch(Step):
 
     def run(self, run: Run) -> str | None:
         # Health was read a moment ago; a container frozen or dead since then must get no traffic.
-        now = {c.id: c for c in run.engine.backend.refresh(run.new)}
+        now = {c.id: c for c in run.engine.health_of(run.new)}
         stale = [now.get(c.id, c) for c in run.new if c.id not in now or not now[c.id].is_healthy]
         if stale:
-            raise HealthCheckFailed("right before the switch: " + ", ".join(c.describe() for c in stale))
+            raise HealthCheckFailed("right before the switch: " + ", ".join(run.engine.describe(c) for c in stale))
         run.engine.proxy.point(run.new, fallback=run.old)
         run.switched = True
         if run.proxy_pending:

@@ -47,6 +47,7 @@ class Instance:
     restarts: int
     created: str
     exit_code: int = 0
+    address: str = ""  # its IP address on the app's network (what a TCP app is reached at), if any
 
     def describe(self) -> str:
         """How the instance is doing, in words (for error messages)."""

@@ -104,6 +104,9 @@ def compose_env(settings: Settings, version: str | None = None,
         "DRAIN_TIMEOUT": f"{s.drain_timeout:g}",
         "STOP_GRACE_PERIOD": f"{s.stop_grace_period:g}s",
         "APP_STOP_SIGNAL": s.app_stop_signal,
+        # A TCP app: its port, and no unix socket directory (the demo app then listens on PORT).
+        "APP_PORT": str(s.app_port or APP_PORT),
+        "APP_SOCKET_DIR": "" if s.tcp else "/run/handover",
     }
     if s.build_dir:
         env["APP_BUILD_DIR"] = s.build_dir
@@ -141,7 +144,28 @@ def last_lines(text: str, count: int = ONE_OFF_LINES) -> str:
     return "\n".join(text.strip("\n").splitlines()[-count:])
 
 
-def parse_container(raw: Mapping[str, object]) -> Instance:
+def container_address(raw: Mapping[str, object], network: str = "") -> str:
+    """The container's IPv4 address on ``network`` (the project's default network), else on the first
+    network that gives it one; "" when it has none (stopped, or no network)."""
+    settings = raw.get("NetworkSettings") or {}
+    networks = settings.get("Networks") if isinstance(settings, dict) else None
+    if not isinstance(networks, dict):
+        return ""
+    ordered = [networks[network]] if network in networks else []
+    ordered += [v for k, v in sorted(networks.items()) if k != network]
+    for item in ordered:
+        address = item.get("IPAddress") if isinstance(item, dict) else None
+        if isinstance(address, str) and address:
+            return address
+    return ""
+
+
+def default_network(settings: Settings) -> str:
+    """The network Compose makes for the project, which the app and nginx share."""
+    return f"{settings.project}_default"
+
+
+def parse_container(raw: Mapping[str, object], network: str = "") -> Instance:
     """One element of ``docker inspect``'s JSON as an :class:`Instance`."""
     config = raw.get("Config") or {}
     state = raw.get("State") or {}
@@ -159,6 +183,7 @@ def parse_container(raw: Mapping[str, object]) -> Instance:
         restarts=int(str(raw.get("RestartCount", 0))),
         created=str(raw.get("Created", "")),
         exit_code=int(str(state.get("ExitCode", 0))),
+        address=container_address(raw, network),
     )
 
 
@@ -250,6 +275,7 @@ class ComposeBackend:
         ids = list(ids)
         if not ids:
             return []
+        net = default_network(self.settings)
         result = run(self.runner, ["docker", "inspect", *ids], check=False)
         if result.exited != 0:
             # A container vanished between listing and inspecting: inspect the survivors one by one.
@@ -258,8 +284,8 @@ class ComposeBackend:
                 one = run(self.runner, ["docker", "inspect", cid], check=False)
                 if one.exited == 0:
                     found.extend(_parse_inspect(one.stdout))
-            return sorted((parse_container(raw) for raw in found), key=lambda c: c.created)
-        return sorted((parse_container(raw) for raw in _parse_inspect(result.stdout)), key=lambda c: c.created)
+            return sorted((parse_container(raw, net) for raw in found), key=lambda c: c.created)
+        return sorted((parse_container(raw, net) for raw in _parse_inspect(result.stdout)), key=lambda c: c.created)
 
     def instances(self) -> list[Instance]:
         return self.inspect(self.container_ids(APP_SERVICE))

@@ -54,6 +54,9 @@ class Proxy(Protocol):
 
     def drop_fallback(self) -> None: ...
 
+    def check_http(self, instance: Instance, path: str) -> str:
+        """"" when ``GET path`` on a TCP app's ``instance`` answers 2xx where the proxy runs; else why not."""
+
     def forget(self, instances: Sequence[Instance]) -> None:
         """Remove what pointed at ``instances`` (they are gone)."""
 

@@ -14,11 +14,21 @@ switch, it points at the old container of that slot, so a request that cannot re
 container that just died (refused connect, or closed before the response began) is retried there
 by nginx (``proxy_next_upstream``) instead of failing. Outside that window the backup links do
 not exist.
+
+A TCP app (``deploy.app_port``) has no socket to link to. There nginx's njs module reads the live
+targets, ``<container IP>:<port>``, from ``targets.json`` in the upstream directory on every request
+(``nginx/handover.js``), and a switch replaces that file with one ``rename(2)``: again no reload, and
+the next request reaches the new container. During the post-switch check the file also lists the
+old containers as the fallback, which nginx tries when a new one cannot answer (``error_page 502``).
+This was chosen by measurement against rewriting ``server <ip>:<port>`` and reloading nginx (see
+BENCHMARK.md, "Switching a TCP app"). The engine checks a TCP app's ``app_health`` path from inside
+the nginx container, where the app's address is reachable on any Docker host.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import time
@@ -33,6 +43,15 @@ from ..shell import Runner, read_file, run, write_file
 SERVICE = "nginx"
 UPSTREAM_NAME = "handover_app"
 UPSTREAM_FILE = "upstream.conf"
+MODULES_FILE = "modules.main"  # included in nginx's main context (load_module), for a TCP app only
+TARGETS_FILE = "targets.json"  # a TCP app's live and fallback targets, read by handover.js
+NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # Debian's libnginx-mod-http-js
+TARGET_VARIABLE = "$handover_target"
+FALLBACK_VARIABLE = "$handover_fallback"
+HEALTH_CHECK_SECONDS = 2  # one GET of a TCP app's health path (connect + status line)
+PORT_CHECK_SECONDS = 2
+EXIT_REFUSED = 7  # the health script: the TCP connect failed
+EXIT_TIMED_OUT = 124  # timeout(1)
 SOCKET_DIR_IN_CONTAINERS = "/run/handover"
 SHORT_ID_LENGTH = 12  # Docker's hostname for a container is its short ID
 ACTIVE_WORKER_TITLE = "nginx: worker process"
@@ -76,8 +95,79 @@ def render_upstream(slots: int) -> str:
     # max_fails=0: a live server is never marked down by a passing error.
     lines += [f"    server unix:{SOCKET_DIR_IN_CONTAINERS}/{slot_name(n)} max_fails=0;" for n in range(slots)]
     lines += [f"    server unix:{SOCKET_DIR_IN_CONTAINERS}/{backup_name(n)} max_fails=0 backup;" for n in range(slots)]
-    lines += ["}", ""]
+    lines += ["}", f"map $uri {TARGET_VARIABLE} {{ default {UPSTREAM_NAME}; }}",
+              f'map $uri {FALLBACK_VARIABLE} {{ default ""; }}', ""]
     return "\n".join(lines)
+
+
+def render_tcp_upstream(script: str) -> str:
+    """The routes of a TCP app: njs reads the targets on each request (``script`` is handover.js)."""
+    return "\n".join([
+        "# Written by handover; a TCP app: handover.js reads the live containers from targets.json.",
+        f"js_import handover from {script};",
+        f"js_set {TARGET_VARIABLE} handover.target;",
+        f"js_set {FALLBACK_VARIABLE} handover.fallback;",
+        "# What nginx could not get an answer for goes to @http_fallback or @websocket_fallback (nginx.conf).",
+        "error_page 502 504 = @${proxy_kind}_fallback;",
+        "",
+    ])
+
+
+def render_modules() -> str:
+    return f"# Written by handover for a TCP app: njs reads its live targets.\nload_module {NJS_MODULE};\n"
+
+
+def render_targets(instances: Sequence[Instance], fallback: Sequence[Instance], port: int) -> str:
+    """targets.json: ``live``/``fallback`` addresses for handover.js, and the containers' short IDs."""
+    return json.dumps({
+        "live": [f"{c.address}:{port}" for c in instances],
+        "fallback": [f"{c.address}:{port}" for c in fallback],
+        "live_ids": [c.short_id for c in instances],
+        "fallback_ids": [c.short_id for c in fallback],
+    }, indent=1) + "\n"
+
+
+def parse_targets(text: str | None) -> dict[str, list[str]]:
+    """targets.json as written by :func:`render_targets` (empty lists for anything unreadable)."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    keys = ("live", "fallback", "live_ids", "fallback_ids")
+    return {k: [str(v) for v in data.get(k) or [] if isinstance(v, str)] for k in keys}
+
+
+# Run in the nginx container: GET $3 from $1:$2 and print the status line (exit 7: no connection).
+HEALTH_SCRIPT = (
+    'exec 3<>"/dev/tcp/$1/$2" 2>/dev/null || exit 7; '
+    'printf "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: handover-health\r\nConnection: close\r\n\r\n" '
+    '"$3" "$1" >&3; IFS= read -r line <&3; printf "%s\n" "$line"'
+)
+# Run in the nginx container: print each "ip:port" argument that refuses a TCP connection.
+PORT_SCRIPT = 'for a; do (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null || echo "$a"; done'
+
+
+def health_argv(address: str, port: int, path: str) -> list[str]:
+    return ["timeout", str(HEALTH_CHECK_SECONDS), "bash", "-c", HEALTH_SCRIPT, "health", address, str(port), path]
+
+
+def port_argv(addresses: Sequence[str]) -> list[str]:
+    return ["timeout", str(PORT_CHECK_SECONDS), "bash", "-c", PORT_SCRIPT, "ports", *addresses]
+
+
+def health_verdict(exited: int, output: str, url: str) -> str:
+    """"" when the health GET answered 2xx, else what went wrong, naming ``url``."""
+    if exited == EXIT_REFUSED:
+        return f"GET {url}: connection refused (does the app listen on deploy.app_port?)"
+    if exited == EXIT_TIMED_OUT:
+        return f"GET {url}: no answer within {HEALTH_CHECK_SECONDS} s"
+    status = re.match(r"HTTP/\d(?:\.\d)? (\d{3})", output.strip())
+    if exited != 0 or status is None:
+        return f"GET {url}: no HTTP answer ({output.strip()[:80] or f'exit {exited}'})"
+    code = int(status.group(1))
+    return "" if 200 <= code < 300 else f"GET {url} answered {code} (deploy.app_health wants 2xx)"
 
 
 def parse_links(listing: str) -> dict[int, str]:
@@ -121,7 +211,12 @@ class NginxProxy:
     switch_words: str = "atomic swap of nginx's live socket links; no reload"
     source_dirs: tuple[str, ...] = ("nginx",)
     _replaced_upstream: str | None = None
+    _replaced_modules: str | None = None
     _wrote_upstream: bool = False
+
+    def __post_init__(self) -> None:
+        if self.settings.tcp:
+            self.switch_words = "atomic rename of nginx's targets file, read by njs; no reload"
 
     # -- where things are ------------------------------------------------------------------------
     @property
@@ -135,6 +230,22 @@ class NginxProxy:
     @property
     def upstream_path(self) -> str:
         return f"{self.nginx_dir}/{UPSTREAM_FILE}"
+
+    @property
+    def modules_path(self) -> str:
+        return f"{self.nginx_dir}/{MODULES_FILE}"
+
+    @property
+    def targets_path(self) -> str:
+        return f"{self.nginx_dir}/{TARGETS_FILE}"
+
+    @property
+    def script_in_container(self) -> str:
+        return f"{CONTAINER_ROOT}/{self.settings.source_subdir or '.'}/nginx/handover.js"
+
+    def render(self, slots: int) -> str:
+        """The generated upstream file: socket links' upstream, or a TCP app's njs routes."""
+        return render_tcp_upstream(self.script_in_container) if self.settings.tcp else render_upstream(slots)
 
     @property
     def conf_in_container(self) -> str:
@@ -171,10 +282,58 @@ class NginxProxy:
         return parse_links(run(self.runner, ["sh", "-c", script, "links", self.sockets_dir]).stdout)
 
     def live_ids(self) -> set[str]:
-        return set(self.live_links().values())
+        """What the proxy routes to. When the configured mode routes to nothing while the other one
+        does, ``app_port`` was changed under a serving stack: refused, as that switch would not be
+        zero-downtime (the old version has no route in the new mode to fall back to)."""
+        links, targets = set(self.live_links().values()), set(self.targets()["live_ids"])
+        mine, other = (targets, links) if self.settings.tcp else (links, targets)
+        if not mine and other:
+            was, now = ("a unix socket (0)", "a TCP port") if self.settings.tcp else ("a TCP port", "a unix socket (0)")
+            raise PreflightError(
+                f"config key deploy.app_port says the app listens on {now}, but the running stack of project "
+                f"{self.settings.project!r} reaches it on {was}; a deploy cannot change that without downtime: "
+                "run `down` and then `up` (or set app_port back)")
+        return mine
+
+    # -- a TCP app's targets ---------------------------------------------------------------------
+    def targets(self) -> dict[str, list[str]]:
+        return parse_targets(read_file(self.runner, self.targets_path))
+
+    def write_targets(self, instances: Sequence[Instance], fallback: Sequence[Instance]) -> None:
+        self.prepare()
+        write_file(self.runner, self.targets_path, render_targets(instances, fallback, self.settings.app_port))
+
+    def check_http(self, instance: Instance, path: str) -> str:
+        """"" when ``GET path`` on a TCP app's ``instance`` answers 2xx from inside nginx; else why not."""
+        url = f"http://{instance.address or '?'}:{self.settings.app_port}{path}"
+        if not instance.address:
+            return f"GET {url}: {instance.name} has no address on the app's network"
+        proxy = self.running()
+        if proxy is None:
+            return f"GET {url}: the nginx container (where the check runs) is not running"
+        result = self.backend.exec(proxy, health_argv(instance.address, self.settings.app_port, path), check=False)
+        return health_verdict(result.exited, result.stdout, url)
+
+    def _point_tcp(self, instances: Sequence[Instance], fallback: Sequence[Instance]) -> None:
+        port = self.settings.app_port
+        nowhere = [c.name for c in instances if not c.address]
+        if nowhere:
+            raise HandoverError(f"the new app has no address on the project's network: {', '.join(nowhere)}")
+        proxy = self.running()
+        if proxy is not None:
+            addresses = [f"{c.address}:{port}" for c in instances]
+            refused = self.backend.exec(proxy, port_argv(addresses), check=False).stdout.split()
+            if refused:
+                raise HandoverError(f"the new app does not listen on TCP port {port} (deploy.app_port): "
+                                    f"{', '.join(refused)} refused a connection from nginx")
+        self.write_targets(instances, fallback)
 
     def point(self, instances: Sequence[Instance], fallback: Sequence[Instance] = ()) -> None:
-        """Atomically point slot n at ``instances[n]``'s socket (which must exist); backups first."""
+        """Atomically point slot n at ``instances[n]``'s socket (which must exist); backups first.
+        A TCP app: replace targets.json (the new containers must accept connections on the port)."""
+        if self.settings.tcp:
+            self._point_tcp(instances, fallback)
+            return
         names = [socket_name(c.id) for c in instances]
         missing = run(self.runner, ["sh", "-c", 'cd "$1" && shift && for s; do [ -S "$s" ] || echo "$s"; done',
                                     "check", self.sockets_dir, *names]).stdout.split()
@@ -190,10 +349,25 @@ class NginxProxy:
             self.drop_fallback()
 
     def drop_fallback(self) -> None:
+        if self.settings.tcp:
+            current = self.targets()
+            if current["fallback"]:
+                write_file(self.runner, self.targets_path,
+                           json.dumps({**current, "fallback": [], "fallback_ids": []}, indent=1) + "\n")
+            return
         run(self.runner, ["sh", "-c", 'cd "$1" 2>/dev/null || exit 0; rm -f -- prev-*.sock', "unlink",
                           self.sockets_dir], check=False)
 
     def forget(self, instances: Sequence[Instance]) -> None:
+        if self.settings.tcp:
+            gone = {c.short_id for c in instances}
+            current = self.targets()
+            if gone & set(current["fallback_ids"]):
+                kept = [(a, i) for a, i in zip(current["fallback"], current["fallback_ids"], strict=False)
+                        if i not in gone]
+                current.update(fallback=[a for a, _ in kept], fallback_ids=[i for _, i in kept])
+                write_file(self.runner, self.targets_path, json.dumps(current, indent=1) + "\n")
+            return
         names = [socket_name(c.id) for c in instances]
         if names:
             run(self.runner, ["sh", "-c", 'cd "$1" && shift && rm -f -- "$@"', "forget", self.sockets_dir, *names],
@@ -220,9 +394,10 @@ class NginxProxy:
             raise ProxyConfigInvalid(f"nginx -t failed:\n{(result.stderr + result.stdout).strip()}")
 
     def fingerprint(self) -> str:
-        """A digest of the files nginx loads (its nginx/ directory and the upstream file)."""
+        """A digest of the files nginx loads (its nginx/ directory and the generated files)."""
         files = f"{self.settings.source_path}/nginx"
-        script = 'find "$1" "$2" -maxdepth 1 -name "*.conf" -type f -print0 | sort -z | xargs -0 cat'
+        script = ('find "$1" "$2" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
+                  '-print0 | sort -z | xargs -0 cat')
         text = run(self.runner, ["sh", "-c", script, "fingerprint", files, self.nginx_dir]).stdout
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -230,10 +405,24 @@ class NginxProxy:
         loaded = read_file(self.runner, f"{self.nginx_dir}/{LOADED_FINGERPRINT}")
         return (loaded or "").strip() != self.fingerprint()
 
+    def write_modules(self) -> bool:
+        """modules.main for a TCP app (njs), none otherwise; returns whether it changed."""
+        current = read_file(self.runner, self.modules_path)
+        if self.settings.tcp and current != render_modules():
+            write_file(self.runner, self.modules_path, render_modules())
+            return True
+        if not self.settings.tcp and current is not None:
+            run(self.runner, ["rm", "-f", self.modules_path])
+            return True
+        return False
+
     def configure(self, slots: int | None = None, *, load: bool = True) -> bool:
         previous = self.read_upstream()
-        wanted = render_upstream(slots) if slots is not None else None
+        wanted = self.render(slots) if slots is not None else None
         if wanted is not None and wanted != previous:
+            self.prepare()
+            self._replaced_modules = read_file(self.runner, self.modules_path)
+            self.write_modules()
             self.write_upstream(wanted)
             self._replaced_upstream, self._wrote_upstream = previous, True
         if not self.config_changed():
@@ -252,11 +441,17 @@ class NginxProxy:
             return False
         if self._replaced_upstream is not None:
             self.write_upstream(self._replaced_upstream)
-        self._replaced_upstream, self._wrote_upstream = None, False
+        if self._replaced_modules is not None:
+            write_file(self.runner, self.modules_path, self._replaced_modules)
+        else:
+            run(self.runner, ["rm", "-f", self.modules_path])
+        self._replaced_upstream, self._replaced_modules, self._wrote_upstream = None, None, False
         return True
 
     def route_to_service(self, service: str, port: int) -> None:
-        self.write_upstream(f"upstream {UPSTREAM_NAME} {{\n    server {service}:{port};\n}}\n")
+        self.write_upstream(f"upstream {UPSTREAM_NAME} {{\n    server {service}:{port};\n}}\n"
+                            f"map $uri {TARGET_VARIABLE} {{ default {UPSTREAM_NAME}; }}\n"
+                            f'map $uri {FALLBACK_VARIABLE} {{ default ""; }}\n')
         self.test_config()
         self.reload()
 
@@ -286,7 +481,9 @@ class NginxProxy:
 
     def start(self) -> None:
         """Start the nginx service with the current upstream and wait until it runs; record what it loaded."""
-        self.write_upstream(render_upstream(self.settings.replicas))
+        self.prepare()
+        self.write_modules()
+        self.write_upstream(self.render(self.settings.replicas))
         self.backend.start_proxy(self.service)
         deadline = time.monotonic() + START_TIMEOUT
         while self.running() is None:

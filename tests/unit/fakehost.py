@@ -11,6 +11,9 @@ The engine reaches a host only through a runner (anything with ``.run(line, **kw
   health, restart count, creation order, exit code), shaped as Docker and Compose v2 answer;
 * makes a real AF_UNIX socket file ``<state>/sockets/app-<short id>.sock`` when an app container
   starts listening, so the engine's ``[ -S ... ]`` checks and link swaps meet the real thing;
+* gives each container an address on ``<project>_default`` (``docker inspect``'s NetworkSettings) and,
+  for a TCP app (compose env ``APP_SOCKET_DIR`` empty), answers the proxy's bash ``/dev/tcp`` clients
+  (the health GET, the port check) run with ``docker exec`` in the nginx container;
 * fails loudly (``AssertionError`` naming the command, also kept in ``host.unknown``) on any docker
   command or option it does not model, so a test never passes by accident.
 
@@ -23,7 +26,8 @@ Scripting, in short::
     host = FakeHost(tmp_path)                      # host.settings: a deploy tree inside tmp_path
     engine = Engine(host.runner, host.settings, Progress(quiet=True))
     host.behave("v2", Behaviour(never_healthy=True))   # or Behaviour(crash=True), (dies_after=1),
-                                                   # (listens=False), (healthy_after=None): stuck
+                                                   # (listens=False), (healthy_after=None): stuck,
+                                                   # a TCP app: (fixed_port=9000), (http_status=404)
     host.fail_build("v3")                          # compose build of v3 exits 1 with pip's words
     host.nginx_test_error = 'unknown directive "x"'  # nginx -t (and -s reload) fail with it
     host.nginx_reload_delay = None                 # a reload never brings new workers
@@ -52,9 +56,9 @@ it fires, ``None`` for always), and counts ``rule.fired`` so a test can prove th
 Queries: ``host.commands`` (argv lists), ``host.calls`` (with env and outcome),
 ``host.matching(match, since=len_before)``, ``host.app_containers()``, ``host.live_targets()``,
 ``host.live_containers()``, ``host.live_versions()``, ``host.running(version)``,
-``host.sockets()``, ``host.records()``, ``host.lock_held()``, ``host.image_tags()``,
-``host.nginx_reloads``. ``APP_FAULT`` in a compose command's environment overrides a version's
-behaviour, as the real app obeys it.
+``host.sockets()``, ``host.tcp_targets()``, ``host.health_gets``, ``host.records()``,
+``host.lock_held()``, ``host.image_tags()``, ``host.nginx_reloads``. ``APP_FAULT`` in a compose
+command's environment overrides a version's behaviour, as the real app obeys it.
 
 Compose commands may carry more ``--file``s: the services of the later ones (the user's own compose
 file) are modelled too, each one container of its image, without sockets or health scripts.
@@ -169,7 +173,10 @@ class Behaviour:
     forever, so the engine's health timeout runs out). ``never_healthy``: "unhealthy" instead.
     ``crash``: exits at once with ``exit_code`` and restarts over and over (never listens).
     ``dies_after``: healthy, then on the N-th report after the first healthy one it has exited
-    with ``exit_code`` and is being restarted. ``listens``: makes its unix socket.
+    with ``exit_code`` and is being restarted. ``listens``: makes its unix socket (or, as a TCP app,
+    accepts connections on its port once healthy). A TCP app listens on ``PORT`` from its
+    environment unless ``fixed_port`` says otherwise (an app that ignores PORT), and answers any GET
+    with ``http_status`` (503 while ``never_healthy``).
     """
 
     healthy_after: int | None = DEFAULT_HEALTHY_AFTER
@@ -179,6 +186,8 @@ class Behaviour:
     exit_code: int = 1
     listens: bool = True
     log: tuple[str, ...] = ()
+    fixed_port: int | None = None
+    http_status: int = 200
 
     @staticmethod
     def from_fault(fault: str) -> Behaviour | None:
@@ -311,6 +320,17 @@ class Container:
     nginx: Nginx | None = None
     execs: list[list[str]] = field(default_factory=list)  # commands run in it with docker exec
     stop_signal: str = "SIGTERM"
+    address: str = ""  # its IP on the project's network while it runs
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port a TCP app (no UNIX_SOCKET_DIR) accepts connections on now, if any."""
+        b = self.behaviour
+        if self.nginx is not None or self.env.get("UNIX_SOCKET_DIR") or not b.listens or b.crash or self.dead:
+            return None
+        if self.status != "running" or (self.healthy_at is None and not b.never_healthy):
+            return None  # still starting: nothing listens yet
+        return b.fixed_port or int(self.env.get("PORT") or "8000")
 
     @property
     def short_id(self) -> str:
@@ -375,6 +395,8 @@ class Container:
                 "Labels": dict(self.labels),
                 "Env": [f"{k}={v}" for k, v in sorted(self.env.items())],
             },
+            "NetworkSettings": {"Networks": {f"{self.project}_default": {
+                "IPAddress": self.address if self.status in ("running", "restarting") else ""}}},
         }
 
 
@@ -516,7 +538,7 @@ def fake_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings of a deploy tree inside ``tmp_path``: the repository's compose file and nginx.conf
     under ``tmp_path/deploy``, the state in ``tmp_path/deploy/.state``, fast engine timings."""
     deploy = tmp_path / "deploy"
-    for rel in ("compose/docker-compose.yml", "nginx/nginx.conf"):
+    for rel in ("compose/docker-compose.yml", "nginx/nginx.conf", "nginx/handover.js"):
         (deploy / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROJECT_ROOT / rel, deploy / rel)
     config = dict(defaults()["deploy"])
@@ -564,6 +586,7 @@ class FakeHost:
         self.images: dict[str, str] = {}  # reference -> image ID
         self.containers: dict[str, Container] = {}
         self.nginx_reloads = 0
+        self.health_gets: list[str] = []  # URLs a TCP app's health path was fetched from (answered)
         self._seq = 0
         # what happened
         self.calls: list[Call] = []
@@ -669,7 +692,15 @@ class FakeHost:
                 out[int(link.name.removeprefix("live-").removesuffix(".sock"))] = os.readlink(link)
         return out
 
+    def tcp_targets(self) -> dict[str, list[str]]:
+        """A TCP app's targets.json (``live``, ``fallback``, ``live_ids``, ``fallback_ids``); {} if none."""
+        path = self.state_path / "nginx" / "targets.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def live_containers(self) -> list[Container]:
+        if self.settings.tcp:
+            ids = set(self.tcp_targets().get("live_ids", []))
+            return [c for c in self.app_containers() if c.short_id in ids]
         targets = set(self.live_targets().values())
         return [c for c in self.app_containers() if f"app-{c.short_id}.sock" in targets]
 
@@ -1062,7 +1093,29 @@ class FakeHost:
             return self._nginx(c, c.nginx, args[1:])
         if args[:2] == ["sh", "-c"] and len(args) >= 3 and "/proc/" in args[2] and "cmdline" in args[2]:
             return self._processes(c.nginx)
+        if args[:1] == ["timeout"] and args[2:4] == ["bash", "-c"] and len(args) > 5:
+            return self._tcp_client(args[5], args[6:])
         raise AssertionError(f"fakehost does not model `{shlex.join(args)}` in the nginx container")
+
+    def _listening(self, address: str, port: str) -> Container | None:
+        for c in self.containers.values():
+            if c.address == address and c.status == "running" and str(c.tcp_port) == port:
+                return c
+        return None
+
+    def _tcp_client(self, name: str, args: list[str]) -> Outcome:
+        """The proxy's bash /dev/tcp clients: ``health IP PORT PATH`` and ``ports IP:PORT...``."""
+        if name == "health" and len(args) == 3:
+            app = self._listening(args[0], args[1])
+            if app is None:
+                return Outcome(exited=7)
+            self.health_gets.append(f"http://{args[0]}:{args[1]}{args[2]}")
+            status = 503 if app.behaviour.never_healthy else app.behaviour.http_status
+            return Outcome(f"HTTP/1.1 {status} X\r\n")
+        if name == "ports":
+            refused = [a for a in args if self._listening(*a.rpartition(":")[::2]) is None]
+            return Outcome("".join(f"{a}\n" for a in refused))
+        raise AssertionError(f"fakehost does not model the {name!r} client in the nginx container")
 
     def _nginx(self, c: Container, nginx: Nginx, argv: list[str]) -> Outcome:
         flags, values, positionals = _options(argv, ("-t", "-q"), ("-c", "-s"), "nginx")
@@ -1237,7 +1290,8 @@ class FakeHost:
             cenv = _env_file(env.get("APP_ENV_FILE", ""))
             cenv |= {"APP_VERSION": version, "DRAIN_TIMEOUT": env.get("DRAIN_TIMEOUT") or "10",
                      "DRAIN_SPREAD": env.get("DRAIN_SPREAD", ""), "APP_FAULT": env.get("APP_FAULT", ""),
-                     "UNIX_SOCKET_DIR": SOCKET_DIR_IN_CONTAINER}
+                     "UNIX_SOCKET_DIR": env.get("APP_SOCKET_DIR", SOCKET_DIR_IN_CONTAINER),
+                     "PORT": env.get("APP_PORT") or "8000"}
             behaviour = (Behaviour.from_fault(cenv["APP_FAULT"]) or self.behaviours.get(version)
                          or self.default_behaviour)
         elif service == PROXY:
@@ -1250,7 +1304,8 @@ class FakeHost:
                       image=ref, image_id=self.images[ref], labels=labels, env=cenv, behaviour=behaviour,
                       seq=self._seq, socket_dir=state / "sockets" if service == APP else None,
                       root_mount=env.get("HANDOVER_ROOT", ""), nginx=Nginx() if service == PROXY else None,
-                      stop_signal=env.get("APP_STOP_SIGNAL") or "SIGTERM" if service == APP else "SIGTERM")
+                      stop_signal=env.get("APP_STOP_SIGNAL") or "SIGTERM" if service == APP else "SIGTERM",
+                      address=f"172.30.{self._seq // 250}.{self._seq % 250 + 2}")
         self.containers[cid] = c
         return c
 
@@ -1262,7 +1317,8 @@ class FakeHost:
             c.health = "healthy"
             return
         c.log += ["INFO:     Started server process [1]", *c.behaviour.log]
-        if c.behaviour.listens and not c.behaviour.crash and c.socket_path is not None:
+        if c.behaviour.listens and not c.behaviour.crash and c.socket_path is not None \
+                and c.env.get("UNIX_SOCKET_DIR"):
             _bind_socket(c.socket_path)
             c.log.append(f"INFO:     Uvicorn running on unix socket {SOCKET_DIR_IN_CONTAINER}/{c.socket_path.name}")
 
