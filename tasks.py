@@ -51,7 +51,8 @@ def _engine(c: Context) -> Engine:
     return Engine(c, _settings(c), Progress())
 
 
-@task(help={"version": "version tag for the app image (default: derived from server/ sources)"})
+@task(help={"version": "version tag for the app image (default: src-<hash> of deploy.app_build; required for "
+                        "a ready-made image)"})
 def up(c: Context, version: str | None = None) -> None:
     """Build and start the stack (proxy + app) and wait until it is healthy; rerunning converges."""
 
@@ -59,8 +60,9 @@ def up(c: Context, version: str | None = None) -> None:
         s = _settings(c)
         progress = Progress()
         t0 = time.monotonic()
-        images.build_wheelhouse(cli.SERVER_DIR, progress)
-        Engine(c, s, progress).up(version or source_version(cli.SERVER_DIR))
+        target = cli.target_version(s, version)
+        cli.prepare_build(s, progress)
+        Engine(c, s, progress).up(target)
         progress.say(f"==> serving on http://{s.http_bind}:{s.http_port}/  (total {time.monotonic() - t0:.1f} s)")
 
     cli.guarded(go)
@@ -68,7 +70,7 @@ def up(c: Context, version: str | None = None) -> None:
 
 @task(
     help={
-        "version": "version to deploy (default: derived from server/ sources)",
+        "version": "version to deploy (default: src-<hash> of deploy.app_build; required for a ready-made image)",
         "dry-run": "print the plan from the real state and change nothing",
         "force": "deploy even if this version is already live",
         "probe": "run the load probe during the deploy and report what it saw",
@@ -95,7 +97,7 @@ def deploy(
     def go() -> RunRecord:
         s = _settings(c)
         progress = Progress(quiet=quiet or json)
-        target = check_version(version or source_version(cli.SERVER_DIR))
+        target = cli.target_version(s, version)
         stored.append(RunRecord(action="deploy", version=target, project=s.project, host=LOCAL_HOST))
         facts = hooks.Facts("deploy", s.project, target, (LOCAL_HOST,))
         return with_hooks(hooks.Hooks.find(s), facts, progress, dry_run, stored,
@@ -103,7 +105,7 @@ def deploy(
 
     def attempt(s: Settings, progress: Progress, target: str, after_switch: list[Step]) -> RunRecord:
         if not dry_run:
-            images.build_wheelhouse(cli.SERVER_DIR, progress)
+            cli.prepare_build(s, progress)
         engine = Engine(c, s, progress)
         options = DeployOptions(
             version=target,

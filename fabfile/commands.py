@@ -15,7 +15,7 @@ from typing import Any
 from fabric.runners import Remote as RemoteRunner
 from invoke.tasks import task
 
-from handover import cli, hooks, images, ops
+from handover import cli, hooks, ops
 from handover.checks import require
 from handover.engine import Engine
 from handover.errors import ConfigError, HandoverError
@@ -24,7 +24,6 @@ from handover.progress import Progress
 from handover.record import RunRecord, history
 from handover.settings import check_version
 from handover.shell import command_line
-from handover.version import source_version
 
 from . import hostinstall, hostready, hostrun
 from .connect import Remote
@@ -58,7 +57,7 @@ def setup(c: Any, accept_new: bool = False, install: bool = False) -> None:
 
 @task(
     help={
-        "version": "version to deploy (default: derived from server/ sources)",
+        "version": "version to deploy (default: src-<hash> of deploy.app_build; required for a ready-made image)",
         "parallel": "hosts deployed at the same time (default: deploy.parallel, 1)",
         "force": "deploy even if this version is already live",
         "dry-run": "print each host's plan from its real state and change nothing",
@@ -75,14 +74,15 @@ def deploy(c: Any, version: str = "", parallel: int = 0, force: bool = False, dr
     def go() -> None:
         rc = remote_config(c, parallel or None)
         found = hooks.Hooks.same_for_all([t.settings for t in rc.targets])
-        target_version = check_version(version or source_version(cli.SERVER_DIR))
+        first = rc.targets[0].settings
+        target_version = cli.target_version(first, version)
         facts = run_facts(rc, "deploy", target_version)
         said = Progress(quiet=json)
         if dry_run and found.names():
             said.say(f"==> hooks in {found.directory} (not run in a dry run): {', '.join(found.names())}")
         if not dry_run:
             found.pre_deploy(facts, said)
-            images.build_wheelhouse(cli.SERVER_DIR, said)
+            cli.prepare_build(first, said)
 
         def work(remote: Remote, progress: Progress) -> RunRecord:
             run = hostrun.dry_run if dry_run else hostrun.deploy

@@ -345,6 +345,11 @@ def rsync_shell(remote: Remote) -> str:
     return shlex.join(_ssh_args(remote.conn, (remote.known_hosts,)))
 
 
+def ssh_command(remote: Remote, argv: Sequence[str]) -> list[str]:
+    """OpenSSH (as :func:`rsync_shell`) running ``argv`` on the host; the remote shell gets it quoted."""
+    return [*_ssh_args(remote.conn, (remote.known_hosts,)), "--", str(remote.conn.host), shlex.join(argv)]
+
+
 def rsync_destination(remote: Remote, path: str) -> str:
     host = remote.conn.host
     host = f"[{host}]" if ":" in host else host

@@ -5,11 +5,13 @@ release directory, the app's secrets file beside it as that release's own copy, 
 swapped to it (undone if a later step fails). A rollback adds a ``files`` step instead, pointing
 ``current`` (and the app's secrets) at the newest kept release of the version it goes back to.
 Everything else — the plan, the recovery, the one record per run — is the engine's. A host with
-nothing serving yet gets the engine's first start.
+nothing serving yet gets the engine's first start. With ``app_ship`` a deploy gets the app's image by a
+``ship`` step (this machine's image streamed to the host, :class:`Ship`) instead of a build or a pull.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 
 from handover import ops
@@ -24,9 +26,90 @@ from handover.shell import run
 from handover.steps import Run, Step
 
 from . import hostready, secrets, sync
-from .connect import Remote
+from .connect import Remote, ssh_command
 
 FRONT_DOOR = "fab"
+SHIP_TIMEOUT = 1800.0
+SHIP_LOG_LINES = 5
+
+
+def local_image_id(ref: str) -> str:
+    """The ID of ``ref`` in this machine's Docker engine, or "" when it is not there."""
+    try:
+        done = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
+                              text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def ship_argv(remote: Remote, ref: str) -> tuple[list[str], list[str]]:
+    """The two ends of the stream: ``docker save`` here, ``docker load`` on the host over SSH."""
+    return ["docker", "save", ref], ssh_command(remote, ["docker", "load", "--quiet"])
+
+
+def stream_image(remote: Remote, ref: str) -> None:
+    """``docker save REF | ssh host docker load``: streamed, never written to a file on either side."""
+    save_argv, load_argv = ship_argv(remote, ref)
+    save = subprocess.Popen(save_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert save.stdout is not None
+    try:
+        load = subprocess.run(load_argv, stdin=save.stdout, capture_output=True, text=True, timeout=SHIP_TIMEOUT,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        save.kill()
+        save.wait()
+        raise HandoverError(f"sending {ref} to {remote.name} took longer than {SHIP_TIMEOUT:g} s; no container was "
+                            "started or stopped") from None
+    finally:
+        save.stdout.close()
+    save_err = (save.stderr.read() if save.stderr else b"").decode(errors="replace")
+    save.wait()
+    if save.returncode != 0 or load.returncode != 0:
+        # The end that failed first speaks: a failed save leaves the load an empty stream, a failed ssh or
+        # load leaves the save only a broken pipe to report.
+        save_first = save.returncode != 0 and (load.returncode == 0 or "broken pipe" not in save_err.lower())
+        words = save_err.strip() if save_first else load.stderr.strip() or load.stdout.strip()
+        said = "\n".join(words.splitlines()[-SHIP_LOG_LINES:])
+        end = (f"docker save exited {save.returncode}" if save_first
+               else f"ssh {remote.name} docker load exited {load.returncode}")
+        raise HandoverError(f"sending {ref} to {remote.name} failed ({end}); no container was started or "
+                            f"stopped:\n{said}")
+
+
+class Ship(Step):
+    """``app_ship``: the ready-made image goes from this machine's Docker to the host, streamed over
+    SSH, and only when the host does not have that image ID already (then nothing is sent)."""
+
+    name = "ship"
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+
+    def _ids(self, run: Run) -> tuple[str, str]:
+        return local_image_id(run.image), run.engine.backend.image_id(run.version)
+
+    def describe(self, run: Run) -> str:
+        here, there = self._ids(run)
+        if here and here == there:
+            return f"{run.image} is on {self.remote.name} already (image {here[:19]}): nothing to send"
+        return f"{run.image} from this machine to {self.remote.name} (docker save | ssh docker load, streamed)"
+
+    def check(self, run: Run) -> None:
+        if not local_image_id(run.image):
+            raise HandoverError(f"image {run.image} is not in this machine's Docker: app_ship sends it from here; "
+                                "build or pull it first (nothing was changed)")
+
+    def run(self, run: Run) -> str:
+        here, there = self._ids(run)
+        if here and here == there:
+            return "on the host already, nothing sent"
+        stream_image(self.remote, run.image)
+        loaded = run.engine.backend.image_id(run.version)
+        if loaded != here:
+            raise HandoverError(f"{run.image} on {self.remote.name} has image ID {loaded or '(none)'} after the "
+                                f"transfer, not {here}; no container was started or stopped")
+        return "sent"
 
 
 class Sync(Step):
@@ -40,14 +123,14 @@ class Sync(Step):
         self.swap: sync.Swap | None = None
 
     def describe(self, run: Run) -> str:
-        dirs = ", ".join(f"{d}/" for d in sync.source_dirs(run.engine.proxy.source_dirs))
+        dirs = sync.shown(sync.source_dirs(run.engine.proxy.source_dirs, self.settings))
         with_secrets = " with its secrets file" if self.secrets.directory else ""
         return (f"{dirs} -> {self.remote.name}:{sync.releases_path(self.settings)}/{with_secrets}, "
                 "then swap current to it")
 
     def run(self, run: Run) -> str:
         name = sync.upload(self.remote, self.settings, run.version, run.engine.progress,
-                           sync.source_dirs(run.engine.proxy.source_dirs))
+                           sync.source_dirs(run.engine.proxy.source_dirs, self.settings))
         local = self.remote.target.env_file
         if local is not None:
             try:
@@ -139,7 +222,7 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
     engine, s, secrets_of = _engine(remote, progress)
     rec = engine.deploy(DeployOptions(version=version, force=force, dry_run=dry_run, host=remote.name,
                                       via=FRONT_DOOR, after_lock=[Sync(remote, s, secrets_of)],
-                                      after_switch=after_switch))
+                                      after_switch=after_switch, ship=Ship(remote) if s.app_ship else None))
     if rec.result == "success":
         removed = sync.prune(remote, s)
         secrets.prune(secrets_of, sync.list_releases(remote, s))

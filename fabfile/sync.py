@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from handover.errors import HandoverError
 from handover.progress import Progress
@@ -30,7 +31,8 @@ from .hostconfig import RELEASE_LINK
 
 RELEASES_DIR = "releases"
 STAGING_PREFIX = ".staging-"
-APP_DIRS = ("compose", "server")  # plus the proxy's own directory (Proxy.source_dirs)
+COMPOSE_DIR = "compose"  # plus the proxy's own directory (Proxy.source_dirs), the build directory and the
+# user's compose file (deploy.app_build, deploy.extra_compose_file), each under its own name
 RSYNC_EXCLUDES = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/")
 RSYNC_TIMEOUT = 600.0
 SPACE_MARGIN_KIB = 1024  # room left over after a sync, for the engine's state files
@@ -75,16 +77,26 @@ def list_releases(remote: Remote, s: Settings) -> list[str]:
     return sorted(name for name in result.stdout.split() if _RELEASE_NAME.match(name))
 
 
-def source_dirs(proxy_dirs: Sequence[str]) -> tuple[str, ...]:
-    """The directories of the checkout a release holds."""
-    return (*APP_DIRS[:1], *proxy_dirs, *APP_DIRS[1:])
+def source_dirs(proxy_dirs: Sequence[str], s: Settings | None = None) -> tuple[str, ...]:
+    """What a release holds, as local absolute paths: compose/ and the proxy's directories of the checkout,
+    the app's build directory (anywhere on disk; none for a ready-made image) and the user's compose file.
+    Each lands in the release under its own name (see :attr:`Settings.build_dir`)."""
+    build = (s.app_build,) if s is not None and s.app_build else ()
+    extra = (s.extra_compose_file,) if s is not None and s.extra_compose_file else ()
+    return (*(str(PROJECT_ROOT / d) for d in (COMPOSE_DIR, *proxy_dirs)), *build, *extra)
+
+
+def shown(paths: Sequence[str]) -> str:
+    """The release's entries as a person reads them: ``compose/, nginx/, server/``."""
+    return ", ".join(Path(p).name + ("/" if Path(p).is_dir() else "") for p in paths)
 
 
 def _source_kib(dirs: Sequence[str]) -> int:
     """What the sync sends at most (every file, as if none could be linked from the last release)."""
     total = 0
     for part in dirs:
-        for path in (PROJECT_ROOT / part).rglob("*"):
+        top = PROJECT_ROOT / part
+        for path in [top] if top.is_file() else top.rglob("*"):
             if path.is_file() and not path.is_symlink() and not {"__pycache__", ".pytest_cache", ".mypy_cache"} & set(
                 path.parts
             ):
@@ -100,8 +112,8 @@ def _free_kib(remote: Remote, directory: str) -> int | None:
 
 
 def upload(remote: Remote, s: Settings, version: str, progress: Progress, dirs: Sequence[str]) -> str:
-    """rsync ``dirs`` of the checkout (compose/, the proxy's, server/) into a new release directory;
-    return its name."""
+    """rsync ``dirs`` (compose/, the proxy's, the build directory, see :func:`source_dirs`) into a new
+    release directory; return its name."""
     base = releases_path(s)
     name = release_name(version)
     staging = f"{base}/{STAGING_PREFIX}{name}"

@@ -15,8 +15,10 @@ from invoke.vendor import yaml
 
 from . import settings as settings_mod
 from .errors import ConfigError, HandoverError
+from .progress import Progress
 from .record import RunRecord
-from .settings import DEFAULTS_FILE, PROJECT_ROOT, Settings
+from .settings import DEFAULTS_FILE, PROJECT_ROOT, Settings, check_version
+from .version import source_version
 
 T = TypeVar("T")
 SERVER_DIR = PROJECT_ROOT / "server"
@@ -39,6 +41,27 @@ def settings_from(config: Any, deploy_dir: str | None = None) -> Settings:
     if section is None:
         raise HandoverError("missing config section 'deploy'")
     return settings_mod.load(dict(section), deploy_dir=deploy_dir)
+
+
+def target_version(s: Settings, version: str | None) -> str:
+    """The version to deploy: given, or ``src-<hash>`` of the build directory. A ready-made image
+    (``app_build`` empty) has no sources to derive it from: its tag must be given."""
+    if version:
+        return check_version(version)
+    if not s.app_build:
+        raise ConfigError(f"deploy.app_build is empty, so {s.app_image}:<version> is ready-made: give --version, "
+                          "the tag of the image to deploy")
+    return check_version(source_version(Path(s.app_build)))
+
+
+def prepare_build(s: Settings, progress: Progress) -> None:
+    """What a build needs before anything runs: the wheels of a build directory that installs its Python
+    dependencies from ``wheelhouse/`` (the demo app's way, so hosts need no package index). Any other
+    app installs its dependencies in its own Dockerfile."""
+    from . import images
+
+    if s.app_build and images.uses_wheelhouse(Path(s.app_build)):
+        images.build_wheelhouse(Path(s.app_build), progress)
 
 
 @contextmanager

@@ -52,6 +52,8 @@ class DeployOptions:
     via: str = ""  # the front door, for the lock's holder file
     # Steps of the front door, run right after the lock (e.g. the sync of a new release).
     after_lock: Sequence[Step] = ()
+    # The step that sends a ready-made image to the host (``app_ship``; the Fabric front door has one).
+    ship: Step | None = None
     # Steps run right after traffic reaches the new version (the post-switch hook).
     after_switch: Sequence[Step] = ()
     # Called with the finished record just before it is stored (e.g. to add the probe's numbers).
@@ -120,22 +122,29 @@ class Engine:
         with interruptible():
             return self._deploy(options)
 
+    def image_source(self) -> str:
+        """Where the app's image comes from: built (``app_build``), this engine's own (``app_ship``), or pulled."""
+        s = self.settings
+        return "build" if s.app_build else "local" if s.app_ship else "pull"
+
     def plan(self, options: DeployOptions, facts: Facts) -> list[Step]:
         """The steps of this run; empty when there is nothing to do."""
+        source = self.image_source()
         if options.action == "up":
             if facts.proxy is not None and facts.healthy_live:
                 return []
             return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch,
-                                     proxy_first=self.settings.tcp)
+                                     source=source, ship=options.ship, proxy_first=self.settings.tcp)
         if not facts.serving:
             if options.action == "rollback":
                 raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
             return plans.first_start(after_lock=options.after_lock, after_switch=options.after_switch,
-                                     proxy_first=self.settings.tcp)
+                                     source=source, ship=options.ship, proxy_first=self.settings.tcp)
         if not options.force and all(c.version == options.version for c in facts.live):
             # Nothing to deploy; but what an interrupted run left (containers, its lock) is cleared.
             return plans.converge() if facts.leftovers or self.lock.holder() is not None else []
-        return plans.deploy(build=options.build, after_lock=options.after_lock, after_switch=options.after_switch)
+        return plans.deploy(build=options.build, after_lock=options.after_lock, after_switch=options.after_switch,
+                            source=source, ship=options.ship)
 
     def planned(self, run: Run, steps: Iterable[Step]) -> list[tuple[Step, str]]:
         """Each step this run takes, with its plan line."""
@@ -257,9 +266,11 @@ class Engine:
         return True
 
     # -- what the steps share ----------------------------------------------------------------------
-    def use_base_images(self, *, with_proxy: bool = False) -> None:
+    def use_base_images(self, *, with_proxy: bool = False, app: bool = True) -> None:
         """Build from base images that exist here: pulled, or made locally when they cannot be pulled."""
-        env = {"BASE_IMAGE": images.ensure_base_image(self.runner, self.settings.base_image, self.progress)}
+        env = {}
+        if app:
+            env["BASE_IMAGE"] = images.ensure_base_image(self.runner, self.settings.base_image, self.progress)
         if with_proxy:
             env.update(self.proxy.build_env(images.ensure_base_image(self.runner, self.proxy.base_image,
                                                                      self.progress)))
@@ -325,12 +336,31 @@ class Engine:
                 return
             time.sleep(self.settings.health_poll_interval)
 
-    def drain(self, old: Sequence[Instance]) -> None:
-        """Stop ``old`` with their grace period (the app moves its clients), then remove them by ID."""
+    def drain(self, old: Sequence[Instance]) -> list[str]:
+        """Run ``app_pre_stop`` in each of ``old``, stop them with their grace period (the app moves its
+        clients), then remove them by ID. A pre_stop that fails or hangs is reported (returned and said)
+        and the stop goes on: the new version serves already, and the old one must not stay behind."""
         self.proxy.drop_fallback()
+        warnings = self.pre_stop(old)
         self.backend.stop(old, self.settings.stop_grace_period)
         self.backend.remove(old)
         self.proxy.forget(old)
+        return warnings
+
+    def pre_stop(self, old: Sequence[Instance]) -> list[str]:
+        s = self.settings
+        if not s.app_pre_stop:
+            return []
+        warnings = []
+        for c in self.backend.refresh(old):  # only those still running (a finished drain's rerun skips the rest)
+            if c.status != "running":
+                continue
+            wrong = self.backend.pre_stop(c, s.app_pre_stop, s.app_pre_stop_timeout)
+            if wrong:
+                warning = f"pre_stop in {c.name} {wrong}; stopped it anyway"
+                self.progress.warn(warning)
+                warnings.append(warning)
+        return warnings
 
     def discard(self, instances: Sequence[Instance]) -> None:
         """Remove instances that never received traffic (a failed or rolled-back start)."""

@@ -59,6 +59,15 @@ def ensure_base_image(runner: Runner, image: str, progress: Progress) -> str:
     return local
 
 
+def uses_wheelhouse(build_dir: Path) -> bool:
+    """The build directory installs its requirements from ``wheelhouse/`` (as the demo app does)."""
+    try:
+        dockerfile = (build_dir / "Dockerfile").read_text()
+    except OSError:
+        return False
+    return (build_dir / "requirements.txt").is_file() and "wheelhouse/" in dockerfile
+
+
 def build_wheelhouse(server_dir: Path, progress: Progress) -> None:
     """Download the app's wheels (for the container's Python) into ``server/wheelhouse``, if stale.
 

@@ -18,7 +18,9 @@ from .steps import (
     Preflight,
     ProxyConfig,
     Prune,
+    Pull,
     Release,
+    Services,
     Start,
     StartProxy,
     Step,
@@ -28,7 +30,20 @@ from .steps import (
 )
 
 
-def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = ()) -> list[Step]:
+def image_step(*, build: bool = True, source: str = "build", ship: Step | None = None) -> Step:
+    """How this run gets the app's image: a rollback uses the one on the host; else it is built from
+    ``app_build`` (``source`` "build"), pulled from its registry ("pull"), found in this machine's engine
+    ("local": ``app_ship`` without a host), or sent from this machine by the front door (``ship``, e.g.
+    ``docker save | ssh docker load``)."""
+    if not build:
+        return UseImage()
+    if ship is not None:
+        return ship
+    return {"pull": Pull, "local": UseImage}.get(source, Build)()
+
+
+def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = (),
+           source: str = "build", ship: Step | None = None) -> list[Step]:
     """Start the new version beside the old, wait until healthy, switch, drain the old, prune."""
     return [
         Lock(),
@@ -36,9 +51,10 @@ def deploy(*, build: bool = True, after_lock: Sequence[Step] = (), after_switch:
         Preflight(),
         Converge(),
         ProxyConfig(),
+        image_step(build=build, source=source, ship=ship),
         # A rollback runs no release command: what it changed is not undone, and the older version
         # must already work with it (see the README's "The release command").
-        *([Build(), Release()] if build else [UseImage()]),
+        *([Release()] if build else []),
         Start(),
         Health(),
         Switch(),
@@ -54,17 +70,21 @@ def converge() -> list[Step]:
     return [Lock(), Converge()]
 
 
-def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = (),
-                proxy_first: bool = False) -> list[Step]:
-    """Nothing serves yet (or only failed containers are left): build everything and start it.
+def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = (), source: str = "build",
+                ship: Step | None = None, proxy_first: bool = False) -> list[Step]:
+    """Nothing serves yet (or only failed containers are left): build everything and start it, the
+    user's other services first.
 
     ``proxy_first``: a TCP app's health path is checked from inside the proxy, which then starts
     before the app (it answers 502 until the switch, as nothing served before)."""
+    ready_made = source != "build" or ship is not None
     return [
         Lock(),
         *after_lock,
         Preflight(),
-        Build(with_proxy=True),
+        *([image_step(source=source, ship=ship)] if ready_made else []),
+        Build(with_proxy=True, app=not ready_made),
+        Services(),
         Release(fresh=True),
         *([StartProxy()] if proxy_first else []),
         Start(fresh=True),

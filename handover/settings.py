@@ -21,6 +21,8 @@ from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "config" / "deploy.yaml"
+DEMO_APP_DIR = PROJECT_ROOT / "server"  # the demo app: app_build's default
+DEFAULT_STOP_SIGNAL = "SIGTERM"
 CONTAINER_ROOT = "/etc/handover"
 
 # Every pattern is applied with fullmatch: ``$`` would also match before a trailing newline.
@@ -42,6 +44,12 @@ _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.ASCII)
 APP_DRAIN_SPREAD = 0.5  # the app's DRAIN_SPREAD default; the deploy does not set DRAIN_SPREAD
 APP_EXIT_MARGIN = 1.0  # lifespan shutdown and interpreter exit after the drain
 APP_IMAGE_SUFFIX = "-app"  # app_image defaults to <project>-app
+# The compose services that are handover's own: the user's compose file must not define them.
+OWN_SERVICES = ("app", "nginx")
+# What a synced release holds besides the build directory and the user's compose file (each under its
+# own name): neither may take these names.
+RELEASE_NAMES = ("compose", "nginx")
+_SIGNAL = re.compile(r"SIG[A-Z0-9]{2,10}|SIGRTMIN\+[0-9]{1,2}|[0-9]{1,2}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,35 @@ class Settings:
     def tcp(self) -> bool:
         """The app listens on a TCP port (``app_port``) rather than on its unix socket."""
         return self.app_port > 0
+
+    # Where the app's image comes from, its other services and how it stops (see config/deploy.yaml).
+    app_build: str = ""  # the build directory, absolute and local; "" = the image comes ready-made
+    app_ship: bool = False  # no build: `fab` sends the local image to each host instead of a pull there
+    app_stop_signal: str = "SIGTERM"
+    app_pre_stop: tuple[str, ...] = ()  # argv run in each old container before it is stopped
+    app_pre_stop_timeout: float = 10.0
+    extra_compose_file: str = ""  # the user's compose file with their other services, absolute and local
+    extra_services: tuple[str, ...] = ()  # the services it defines
+
+    @property
+    def synced(self) -> bool:
+        """The sources are a release synced to a host (``source_subdir``), not the local checkout."""
+        return bool(self.source_subdir)
+
+    @property
+    def build_dir(self) -> str:
+        """The build directory where the compose commands run: the local one, or its synced copy."""
+        if not self.app_build:
+            return ""
+        return _join(self.source_path, PurePosixPath(self.app_build).name) if self.synced else self.app_build
+
+    @property
+    def extra_compose_path(self) -> str:
+        """The user's compose file where the compose commands run: the local one, or its synced copy."""
+        if not self.extra_compose_file:
+            return ""
+        name = PurePosixPath(self.extra_compose_file).name
+        return _join(self.source_path, name) if self.synced else self.extra_compose_file
 
     @property
     def source_path(self) -> str:
@@ -183,6 +220,75 @@ def _env_file(key: str, value: object) -> str:
     return str(path)
 
 
+def _app_build(value: object) -> str:
+    """The build directory: a directory with a Dockerfile, checked now (before anything changes)."""
+    key = "app_build"
+    text = _optional_text(key, value, None, "a directory path without newlines, or \"\" for a ready-made image")
+    if not text:
+        return ""
+    path = Path(text).expanduser()
+    path = (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"config key deploy.{key}: the build directory {path} does not exist")
+    if not (path / "Dockerfile").is_file():
+        raise ConfigError(f"config key deploy.{key}: the build directory {path} has no Dockerfile")
+    if path.name in RELEASE_NAMES:
+        raise ConfigError(f"config key deploy.{key}: a build directory may not be called {path.name!r} (a synced "
+                          f"release keeps {', '.join(RELEASE_NAMES)} of its own there); rename it")
+    return str(path)
+
+
+def _flag(key: str, value: object) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    _expect(key, isinstance(value, bool), "true or false", value)
+    return bool(value)
+
+
+def _pre_stop(key: str, value: object) -> tuple[str, ...]:
+    """A shell command (run with ``sh -c`` in the container) or an argv list; empty = none."""
+    if value in (None, "", []):
+        return ()
+    if isinstance(value, str):
+        _expect(key, "\n" not in value and "\0" not in value and value.strip() != "",
+                "a command on one line, or a list of arguments", value)
+        return ("sh", "-c", value)
+    ok = isinstance(value, list | tuple) and all(isinstance(a, str) and "\n" not in a and "\0" not in a
+                                                  for a in value) and bool(value) and bool(str(value[0]).strip())
+    _expect(key, ok, "a command on one line, or a list of arguments", value)
+    assert isinstance(value, list | tuple)
+    return tuple(str(a) for a in value)
+
+
+def _extra_compose(key: str, value: object) -> tuple[str, tuple[str, ...]]:
+    """The user's compose file: a readable compose file whose services are not handover's own."""
+    from invoke.vendor import yaml
+
+    text = _optional_text(key, value, None, "a path without newlines")
+    if not text:
+        return "", ()
+    path = Path(text).expanduser()
+    path = (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+    try:
+        data = yaml.safe_load(path.read_text())  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        raise ConfigError(f"config key deploy.{key}: cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config key deploy.{key}: {path} is not valid YAML: {exc}") from None
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, dict) or not services:
+        raise ConfigError(f"config key deploy.{key}: {path} defines no services (expected a compose file with "
+                          "a `services:` mapping)")
+    names = tuple(str(name) for name in services)
+    for name in names:
+        if name in OWN_SERVICES:
+            raise ConfigError(f"config key deploy.{key}: service {name!r} in {path} has the name of handover's own "
+                              f"service {name!r} ({' and '.join(OWN_SERVICES)} are taken); rename it in that file")
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+            raise ConfigError(f"config key deploy.{key}: {name!r} in {path} is not a compose service name")
+    return str(path), names
+
+
 def app_stop_seconds(drain_timeout: float) -> float:
     """The longest the app may take to exit after SIGTERM (see the constants above)."""
     spread = min(APP_DRAIN_SPREAD, drain_timeout / 2)
@@ -218,12 +324,13 @@ def _app_endpoint(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Settings:
     """Validate the ``deploy`` section of an Invoke/Fabric config. Raises :class:`ConfigError`."""
-    known = {f.name for f in fields(Settings)}
+    known = {f.name for f in fields(Settings)} - {"extra_services"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
     optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_port", "app_health",
-                *RELEASE_AND_HOOK_DEFAULTS}
+                *RELEASE_AND_HOOK_DEFAULTS, "app_build", "app_ship", "app_stop_signal", "app_pre_stop",
+                "app_pre_stop_timeout", "extra_compose_file"}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -234,6 +341,16 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     _check_drain_budget(drain, grace)
     project = _text("project", config["project"], _PROJECT_NAME,
                     "a compose project name: lowercase letters, digits, '-' or '_'")
+    app_build = _app_build(config.get("app_build"))
+    app_ship = _flag("app_ship", config.get("app_ship", False))
+    if app_ship and app_build:
+        raise ConfigError(f"config keys deploy.app_ship and deploy.app_build: app_ship sends a ready-made image to "
+                          f"the hosts, but app_build is set ({app_build}); set app_build to \"\" to ship "
+                          "<app_image>:<version> from this machine, or app_ship to false to build on the hosts")
+    extra_file, extra_services = _extra_compose("extra_compose_file", config.get("extra_compose_file"))
+    if extra_file and (Path(extra_file).name in RELEASE_NAMES or Path(extra_file).name == Path(app_build).name):
+        raise ConfigError(f"config key deploy.extra_compose_file: {extra_file} would take the name of a directory "
+                          "of the synced release (compose/, nginx/, the build directory); rename the file")
     return Settings(
         project=project,
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
@@ -259,6 +376,14 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         env_file=_env_file("env_file", config.get("env_file")),
         **_release_and_hooks(config),
         **_app_endpoint(config),
+        app_build=app_build,
+        app_ship=app_ship,
+        app_stop_signal=_text("app_stop_signal", config.get("app_stop_signal") or DEFAULT_STOP_SIGNAL, _SIGNAL,
+                              "a signal name such as SIGTERM or SIGQUIT"),
+        app_pre_stop=_pre_stop("app_pre_stop", config.get("app_pre_stop")),
+        app_pre_stop_timeout=_number("app_pre_stop_timeout", config.get("app_pre_stop_timeout", 10), 1, 600),
+        extra_compose_file=extra_file,
+        extra_services=extra_services,
     )
 
 

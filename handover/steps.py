@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from .backends import STOPPED_STATES, Instance
 from .errors import HandoverError, HealthCheckFailed, ReleaseFailed
 from .lock import lock_info
+from .settings import DEFAULT_STOP_SIGNAL, DEMO_APP_DIR
 
 # After an interrupted start, how many looks (one health poll interval apart) for what it created.
 START_SETTLE_POLLS = 8
@@ -140,22 +141,59 @@ class Converge(Step):
 
     def run(self, run: Run) -> str:
         left = run.engine.facts().leftovers
-        run.engine.drain(left)
-        return "removed " + names(left)
+        warnings = run.engine.drain(left)
+        return "; ".join(["removed " + names(left), *warnings])
 
 
 class Build(Step):
+    """Build the app's image from ``app_build`` (and, for a first start, the proxy's image)."""
+
     name = "build"
 
-    def __init__(self, *, with_proxy: bool = False) -> None:
-        self.with_proxy = with_proxy
+    def __init__(self, *, with_proxy: bool = False, app: bool = True) -> None:
+        self.with_proxy, self.app = with_proxy, app
 
-    def describe(self, run: Run) -> str:
-        return f"image {run.image}" + (" and the proxy's image" if self.with_proxy else "")
+    def describe(self, run: Run) -> str | None:
+        if not self.app:
+            return "the proxy's image" if self.with_proxy else None
+        build_dir = run.engine.settings.app_build
+        where = "" if build_dir == str(DEMO_APP_DIR) else f" from {build_dir}"
+        return f"image {run.image}{where}" + (" and the proxy's image" if self.with_proxy else "")
 
     def run(self, run: Run) -> None:
-        run.engine.use_base_images(with_proxy=self.with_proxy)
-        run.engine.backend.build(run.version, with_proxy=self.with_proxy)
+        run.engine.use_base_images(with_proxy=self.with_proxy, app=self.app)
+        run.engine.backend.build(run.version, with_proxy=self.with_proxy, app=self.app)
+
+
+class Pull(Step):
+    """No build (``app_build`` is empty): the ready-made image comes from its registry, pulled on the
+    host before anything is started; an image that cannot be pulled stops the run with nothing changed."""
+
+    name = "pull"
+
+    def describe(self, run: Run) -> str:
+        if run.engine.backend.has_image(run.version):
+            return f"{run.image} from its registry (on the host already: only what changed)"
+        return f"{run.image} from its registry"
+
+    def run(self, run: Run) -> None:
+        run.engine.backend.pull(run.version)
+
+
+class Services(Step):
+    """The first start: the user's other services (``extra_compose_file``) that are not running yet,
+    before the app that may need them. Running ones are never recreated or restarted."""
+
+    name = "services"
+
+    def describe(self, run: Run) -> str | None:
+        services = run.engine.settings.extra_services
+        if not services:
+            return None
+        return f"start {', '.join(services)} if not running (never recreated)"
+
+    def run(self, run: Run) -> None:
+        run.engine.backend.start_services(run.engine.settings.extra_services)
 
 
 class UseImage(Step):
@@ -168,7 +206,11 @@ class UseImage(Step):
 
     def check(self, run: Run) -> None:
         if not run.engine.backend.has_image(run.version):
-            raise HandoverError(f"image {run.image} is not on the host; it cannot be deployed without a build")
+            source = run.engine.image_source()
+            how = {"build": "it cannot be deployed without a build",
+                   "pull": f"deploy version {run.version} instead (it is pulled from its registry again)",
+                   "local": "build or pull it on this machine first"}[source]
+            raise HandoverError(f"image {run.image} is not on the host; {how}")
 
     def run(self, run: Run) -> None:
         self.check(run)
@@ -317,11 +359,14 @@ class Drain(Step):
     forward = True
 
     def describe(self, run: Run) -> str:
-        return (f"stop {names(run.old)} (grace {run.engine.settings.stop_grace_period:g} s), "
-                "remove by ID")
+        s = run.engine.settings
+        pre_stop = (f"run pre_stop in each (up to {s.app_pre_stop_timeout:g} s; a failure is reported, the stop "
+                    "goes on), " if s.app_pre_stop else "")
+        signal = "" if s.app_stop_signal == DEFAULT_STOP_SIGNAL else f"{s.app_stop_signal}, "
+        return f"{pre_stop}stop {names(run.old)} ({signal}grace {s.stop_grace_period:g} s), remove by ID"
 
-    def run(self, run: Run) -> None:
-        run.engine.drain(run.old)
+    def run(self, run: Run) -> str | None:
+        warnings = run.engine.drain(run.old)
         # The verify passed before the drain; a new container stopped since then (killed, crashed for
         # good) leaves nothing serving, and the run must not be recorded as a success.
         current = {c.id: c for c in run.engine.backend.refresh(run.new)}
@@ -329,11 +374,12 @@ class Drain(Step):
         if gone:
             raise HealthCheckFailed(f"the new containers stopped during the drain: {names(gone)}; the old "
                                     "version is drained already, nothing may be serving. Deploy again.")
+        return "; ".join(warnings) or None
 
     def complete(self, run: Run) -> None:
         run.engine.progress.warn("interrupted during the drain; the new version serves, finishing the drain of "
                                  + names(run.old))
-        self.run(run)
+        self.run(run)  # the pre_stop commands run again only in containers still running
 
 
 class Prune(Step):

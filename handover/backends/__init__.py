@@ -3,8 +3,10 @@
 The sequence (:mod:`handover.steps`) needs six things from wherever the app runs, and nothing else:
 start N new instances of a version beside the running ones, see each instance's version and health,
 stop and remove instances by identity (never "scale down", which picks its own victims), read an
-instance's logs, build or find the version's image, and run the proxy's own container; besides,
-run a command once in a one-off instance of a version (the release command). Compose on one host
+instance's logs, build, pull or find the version's image, and run the proxy's own container; besides,
+run a command once in a one-off instance of a version (the release command). Around the stop, it runs
+the app's ``pre_stop`` command in an instance; for the first start, it starts the user's other services
+(never touched again by a deploy). Compose on one host
 (:mod:`handover.compose`) is the implementation today.
 
 The interface is drawn so that a Swarm backend fits without changing the sequence: an instance's
@@ -110,10 +112,16 @@ class Backend(Protocol):
     def refresh(self, instances: Sequence[Instance]) -> list[Instance]:
         """The current state of ``instances``; those that no longer exist are left out."""
 
-    def build(self, version: str, *, with_proxy: bool = False) -> None:
-        """Build the app image of ``version`` (and the proxy's image when ``with_proxy``)."""
+    def build(self, version: str, *, with_proxy: bool = False, app: bool = True) -> None:
+        """Build the app image of ``version`` (unless not ``app``) and the proxy's image when ``with_proxy``."""
+
+    def pull(self, version: str) -> None:
+        """Fetch the ready-made app image of ``version`` from its registry (raise naming the reference)."""
 
     def has_image(self, version: str) -> bool: ...
+
+    def image_id(self, version: str) -> str:
+        """The ID of the app image of ``version`` where it runs, or "" when it is not there."""
 
     def image_versions(self) -> set[str]:
         """Versions of the app image present where it runs."""
@@ -125,6 +133,13 @@ class Backend(Protocol):
 
     def started_since(self, known: Iterable[str]) -> list[Instance]:
         """The app's instances whose IDs are not in ``known`` (what an interrupted start created)."""
+
+    def pre_stop(self, instance: Instance, argv: Sequence[str], timeout: float) -> str:
+        """Run ``argv`` in ``instance`` before it is stopped, at most ``timeout`` seconds; return what went
+        wrong in words ("" when it exited 0). Never raises for the command's own failure or hang."""
+
+    def start_services(self, services: Sequence[str]) -> None:
+        """Start the user's other services that are not running; never recreate or restart a running one."""
 
     def stop(self, instances: Sequence[Instance], grace: float) -> None:
         """Stop ``instances`` (each with ``grace`` seconds to finish) in parallel."""

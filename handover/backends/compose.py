@@ -5,6 +5,11 @@ Containers are always addressed by ID. The app service is scaled up for a deploy
 removed by ID. The ``docker compose`` command line is built in one place, :func:`compose_argv`,
 and its environment in :func:`compose_env`, both pure.
 
+The user's own compose file (``extra_compose_file``, their database, redis, workers) is a second
+``--file`` of every command; only the first start names its services (``up --no-recreate``), every
+other ``up`` names the app's service alone with ``--no-deps``, so a deploy never restarts, recreates
+or scales them.
+
 The app's secrets file reaches the containers through Compose only (``APP_ENV_FILE``). What a
 failing ``docker compose`` says is scrubbed of the file's values before anyone sees it
 (:meth:`ComposeBackend.compose`): Compose quotes the file's lines in some of its errors. The
@@ -36,6 +41,8 @@ UP_TIMEOUT = 300.0
 DOWN_EXTRA_SECONDS = 120.0
 STOP_EXTRA_SECONDS = 60.0
 BUILD_LOG_LINES = 30
+PULL_TIMEOUT = 900.0
+PULL_LOG_LINES = 5
 COMPOSE_MAJOR = "2"
 COMPOSE_MINIMUM = (2, 30)  # env_file `format: raw`
 ENV_FILE_VARIABLE = "APP_ENV_FILE"  # the secrets file, read by Compose with `format: raw`
@@ -76,8 +83,10 @@ def check_compose(runner: Runner) -> Check:
 
 
 def compose_argv(settings: Settings, *args: str) -> list[str]:
-    """``docker compose`` for this project and compose file, followed by ``args``."""
-    return ["docker", "compose", "--project-name", settings.project, "--file", settings.compose_path, *args]
+    """``docker compose`` for this project and compose file (and the user's own, with their other
+    services, when set), followed by ``args``."""
+    extra = ["--file", settings.extra_compose_path] if settings.extra_compose_path else []
+    return ["docker", "compose", "--project-name", settings.project, "--file", settings.compose_path, *extra, *args]
 
 
 def compose_env(settings: Settings, version: str | None = None,
@@ -94,16 +103,26 @@ def compose_env(settings: Settings, version: str | None = None,
         "BASE_IMAGE": s.base_image,
         "DRAIN_TIMEOUT": f"{s.drain_timeout:g}",
         "STOP_GRACE_PERIOD": f"{s.stop_grace_period:g}s",
+        "APP_STOP_SIGNAL": s.app_stop_signal,
         # A TCP app: its port, and no unix socket directory (the demo app then listens on PORT).
         "APP_PORT": str(s.app_port or APP_PORT),
         "APP_SOCKET_DIR": "" if s.tcp else "/run/handover",
     }
+    if s.build_dir:
+        env["APP_BUILD_DIR"] = s.build_dir
     if s.env_file:
         env[ENV_FILE_VARIABLE] = s.env_file
     if version is not None:
         env["APP_VERSION"] = version
     env.update(extra or {})
     return env
+
+
+def build_services(settings: Settings) -> list[str]:
+    """What the first start builds: handover's own services (the app only when it has a build directory)."""
+    from ..proxies.nginx import SERVICE as PROXY_SERVICE
+
+    return ([APP_SERVICE] if settings.app_build else []) + [PROXY_SERVICE]
 
 
 def one_off_name(settings: Settings) -> str:
@@ -279,8 +298,24 @@ class ComposeBackend:
         return running[-1] if running else None
 
     def has_image(self, version: str) -> bool:
+        return bool(self.image_id(version))
+
+    def image_id(self, version: str) -> str:
         image = f"{self.settings.app_image}:{version}"
-        return run(self.runner, ["docker", "image", "inspect", image], check=False).exited == 0
+        result = run(self.runner, ["docker", "image", "inspect", "--format", "{{.Id}}", image], check=False)
+        return result.stdout.strip() if result.exited == 0 else ""
+
+    def pull(self, version: str) -> None:
+        image = f"{self.settings.app_image}:{version}"
+        try:
+            run(self.runner, ["docker", "pull", "--quiet", image], timeout=PULL_TIMEOUT)
+        except CommandError as exc:
+            said = "\n".join(f"{exc.stdout}\n{exc.output}".strip().splitlines()[-PULL_LOG_LINES:])
+            raise BuildFailed(f"the image {image} cannot be pulled (exit {exc.exited}); no container was started "
+                              f"or stopped:\n{said}") from None
+        except CommandTimeout:
+            raise BuildFailed(f"the pull of {image} took longer than {PULL_TIMEOUT:g} s; no container was started "
+                              "or stopped") from None
 
     def image_versions(self) -> set[str]:
         out = run(self.runner, ["docker", "image", "ls", self.settings.app_image, "--format", "{{.Tag}}"]).stdout
@@ -292,8 +327,13 @@ class ComposeBackend:
                 check=False)
 
     # -- operations ------------------------------------------------------------------------------
-    def build(self, version: str, *, with_proxy: bool = False) -> None:
-        services = [] if with_proxy else [APP_SERVICE]
+    def build(self, version: str, *, with_proxy: bool = False, app: bool = True) -> None:
+        # Named, never "all": the user's own services (deploy.extra_compose_file) are not built here.
+        services = [APP_SERVICE] if app else []
+        if with_proxy:
+            services += [s for s in build_services(self.settings) if s != APP_SERVICE]
+        if not services:
+            return
         try:
             self.compose("build", *services, version=version, timeout=BUILD_TIMEOUT)
         except CommandError as exc:
@@ -314,6 +354,21 @@ class ComposeBackend:
         """The app containers that are not among ``known`` IDs (what a start created)."""
         seen = set(known)
         return [c for c in self.instances() if c.id not in seen]
+
+    def pre_stop(self, instance: Instance, argv: Sequence[str], timeout: float) -> str:
+        try:
+            result = run(self.runner, ["docker", "exec", instance.id, *argv], check=False, timeout=timeout)
+        except CommandTimeout:
+            return f"did not finish within {timeout:g} s"
+        if result.exited == 0:
+            return ""
+        said = first_line(result.stderr or result.stdout)
+        return f"exited {result.exited}" + (f": {said}" if said else "")
+
+    def start_services(self, services: Sequence[str]) -> None:
+        if services:
+            # --no-recreate: a running service stays as it is, whatever changed in its definition.
+            self.compose("up", "--detach", "--no-recreate", *services, timeout=UP_TIMEOUT)
 
     def stop(self, instances: Sequence[Instance], grace: float) -> None:
         ids = [c.id for c in instances]

@@ -145,6 +145,7 @@ def scratch(tmp_path: Path) -> Iterator[StackHandle]:
     env = stack_env(SCRATCH_PROJECT, SCRATCH_PORT, ".state")
     env["INVOKE_DEPLOY_DEPLOY_DIR"] = str(tmp_path)
     env["INVOKE_DEPLOY_APP_IMAGE"] = f"{SCRATCH_PROJECT}-app"
+    env["INVOKE_DEPLOY_APP_BUILD"] = str(tmp_path / "server")
     handle = StackHandle(SCRATCH_PROJECT, SCRATCH_PORT, tmp_path / ".state", env)
     handle.inv("local.down", check=False)
     handle.inv("local.up")

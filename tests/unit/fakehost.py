@@ -60,6 +60,11 @@ Queries: ``host.commands`` (argv lists), ``host.calls`` (with env and outcome),
 ``host.lock_held()``, ``host.image_tags()``, ``host.nginx_reloads``. ``APP_FAULT`` in a compose
 command's environment overrides a version's behaviour, as the real app obeys it.
 
+Compose commands may carry more ``--file``s: the services of the later ones (the user's own compose
+file) are modelled too, each one container of its image, without sockets or health scripts.
+``docker exec`` in an app container (a ``pre_stop``) is kept in ``container.execs`` and succeeds
+unless a rule says otherwise; ``container.stop_signal`` is the ``APP_STOP_SIGNAL`` it was created with.
+
 Other settings: ``FakeHost(tmp_path, fake_settings(tmp_path, replicas=2))``. The engine runs
 ``nginx -t`` only when nginx's files change: edit ``tmp_path/deploy/nginx/nginx.conf`` for that.
 
@@ -313,6 +318,8 @@ class Container:
     dead: bool = False
     log: list[str] = field(default_factory=list)
     nginx: Nginx | None = None
+    execs: list[list[str]] = field(default_factory=list)  # commands run in it with docker exec
+    stop_signal: str = "SIGTERM"
     address: str = ""  # its IP on the project's network while it runs
 
     @property
@@ -461,7 +468,8 @@ def _options(argv: list[str], flags: Iterable[str], valued: Iterable[str], what:
 
 
 def _compose_globals(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """``--project-name P --file F`` before the compose subcommand; returns them and the rest."""
+    """``--project-name P --file F [--file F2...]`` before the compose subcommand; returns them (``file``
+    the first, ``files`` all of them, newline-separated) and the rest."""
     found: dict[str, str] = {}
     names = {"-p": "project", "--project-name": "project", "-f": "file", "--file": "file"}
     i = 0
@@ -469,15 +477,30 @@ def _compose_globals(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         name, eq, inline = argv[i].partition("=")
         if name not in names:
             raise AssertionError(f"fakehost does not model the compose option {argv[i]}")
-        if eq:
-            found[names[name]] = inline
-        else:
+        if not eq:
             i += 1
             if i >= len(argv):
                 raise AssertionError(f"fakehost: compose option {argv[i - 1]} lacks its value")
-            found[names[name]] = argv[i]
+            inline = argv[i]
+        if names[name] == "file":
+            found["files"] = f"{found['files']}\n{inline}" if "files" in found else inline
+            found.setdefault("file", inline)
+        else:
+            found[names[name]] = inline
         i += 1
     return found, argv[i:]
+
+
+def _extra_services(files: list[str]) -> dict[str, str]:
+    """The services of the compose files after handover's own (the user's), each with its image."""
+    from invoke.vendor import yaml
+
+    out: dict[str, str] = {}
+    for file in files[1:]:
+        data = yaml.safe_load(Path(file).read_text()) or {}  # type: ignore[no-untyped-call]
+        for name, spec in (data.get("services") or {}).items():
+            out[str(name)] = str((spec or {}).get("image") or f"{name}-image:latest")
+    return out
 
 
 def _bind_socket(path: Path) -> None:
@@ -553,6 +576,7 @@ class FakeHost:
         self.daemon_running = True
         self.compose_installed = True
         self.registry: set[str] = set()  # references `docker pull` can fetch
+        self.extra: dict[str, str] = {}  # the user's services (extra compose files) of the last compose command
         self.release_outcome: Callable[[list[str], dict[str, str]], Outcome] = release_ran
         self.release_hangs = False
         self.release_runs: list[ReleaseRun] = []
@@ -939,14 +963,18 @@ class FakeHost:
         return {"Id": image_id, "RepoTags": sorted(r for r, i in self.images.items() if i == image_id)}
 
     def _image_inspect(self, argv: list[str]) -> Outcome:
-        _, _, refs = _options(argv, (), (), "docker image inspect")
+        _, values, refs = _options(argv, (), ("-f|--format",), "docker image inspect")
+        fmt = (values.get("--format") or [""])[0]
+        if fmt not in ("", "{{.Id}}"):
+            raise AssertionError(f"fakehost does not model docker image inspect --format {fmt!r}")
         found, errors = [], []
         for ref in refs:
             if _normal_ref(ref) in self.images:
                 found.append(self._image_json(_normal_ref(ref)))
             else:
                 errors.append(f"Error response from daemon: No such image: {ref}")
-        return Outcome(json.dumps(found, indent=4) + "\n", "".join(e + "\n" for e in errors), 1 if errors else 0)
+        out = "".join(f"{image['Id']}\n" for image in found) if fmt else json.dumps(found, indent=4) + "\n"
+        return Outcome(out, "".join(e + "\n" for e in errors), 1 if errors else 0)
 
     def _images(self, argv: list[str]) -> Outcome:
         _, values, positionals = _options(argv, (), ("--format",), "docker image ls")
@@ -1058,7 +1086,9 @@ class FakeHost:
             return _fail(f"Error response from daemon: container {c.id} is not running")
         args = argv[1:]
         if c.nginx is None:
-            raise AssertionError(f"fakehost models exec only in nginx containers, not in {c.name}")
+            # In an app container: a pre_stop command, kept; it succeeds unless a rule says otherwise.
+            c.execs.append(args)
+            return OK
         if args[:1] == ["nginx"]:
             return self._nginx(c, c.nginx, args[1:])
         if args[:2] == ["sh", "-c"] and len(args) >= 3 and "/proc/" in args[2] and "cmdline" in args[2]:
@@ -1146,9 +1176,12 @@ class FakeHost:
                            else f"Docker Compose version v{COMPOSE_VERSION}\n")
         if "project" not in found or "file" not in found:
             raise AssertionError("fakehost models compose commands with --project-name and --file")
-        project, file, env = found["project"], found["file"], command.env
-        if not Path(file).is_file():
-            return _fail(f"open {file}: no such file or directory")
+        project, env = found["project"], command.env
+        files = found["files"].split("\n")
+        for each in files:
+            if not Path(each).is_file():
+                return _fail(f"open {each}: no such file or directory")
+        self.extra = _extra_services(files)
         for required in ("HANDOVER_STATE_DIR", "HANDOVER_ROOT"):
             if not env.get(required):
                 return _fail(f"error while interpolating services.app.volumes.[]: required variable {required} "
@@ -1159,7 +1192,7 @@ class FakeHost:
         if sub == "config":
             flags, _, _ = _options(args, ("-q|--quiet", "--services"), (), "docker compose config")
             if "--services" in flags:
-                return Outcome(f"{APP}\n{PROXY}\n")
+                return Outcome("".join(f"{name}\n" for name in (APP, PROXY, *self.extra)))
             if "--quiet" not in flags:
                 raise AssertionError("fakehost models `compose config --quiet` and `--services`")
             return OK
@@ -1174,17 +1207,17 @@ class FakeHost:
             raise AssertionError(f"fakehost does not model `docker compose {sub}`")
         return handler(project, env, args)
 
-    @staticmethod
-    def _services(positionals: list[str]) -> list[str]:
+    def _services(self, positionals: list[str]) -> list[str]:
         for name in positionals:
-            if name not in (APP, PROXY):
-                raise AssertionError(f"fakehost knows the services {APP} and {PROXY}, not {name}")
-        return positionals or [APP, PROXY]
+            if name not in (APP, PROXY, *self.extra):
+                raise AssertionError(f"fakehost knows the services {APP}, {PROXY} and {sorted(self.extra)}, not {name}")
+        return positionals or [APP, PROXY, *self.extra]
 
-    @staticmethod
-    def _image_of(service: str, env: Mapping[str, str]) -> str:
+    def _image_of(self, service: str, env: Mapping[str, str]) -> str:
         if service == APP:
             return f"{env.get('APP_IMAGE') or 'handover-app'}:{env.get('APP_VERSION') or 'dev'}"
+        if service in self.extra:
+            return self.extra[service]
         return f"{env.get('PROXY_IMAGE') or 'handover-nginx'}:1"
 
     def _compose_build(self, project: str, env: dict[str, str], argv: list[str]) -> Outcome:
@@ -1215,6 +1248,8 @@ class FakeHost:
         out: list[str] = []
         for service in self._services(positionals):
             ref = _normal_ref(self._image_of(service, env))
+            if service in self.extra and ref not in self.images:
+                self._add_image(ref)  # pulled by compose (the user's own images)
             if ref not in self.images:
                 if "--no-build" in flags:
                     repository = ref.rpartition(":")[0]
@@ -1259,14 +1294,17 @@ class FakeHost:
                      "PORT": env.get("APP_PORT") or "8000"}
             behaviour = (Behaviour.from_fault(cenv["APP_FAULT"]) or self.behaviours.get(version)
                          or self.default_behaviour)
-        else:
+        elif service == PROXY:
             labels |= {ROLE_LABEL: "proxy"}
             cenv = {"NGINX_CONF": f"{CONTAINER_ROOT}/{env.get('HANDOVER_SOURCE_SUBDIR') or '.'}/nginx/nginx.conf"}
             behaviour = Behaviour(healthy_after=0)
+        else:  # one of the user's services: no socket, no labels of handover's
+            cenv, behaviour = {}, Behaviour(healthy_after=0, listens=False)
         c = Container(id=cid, name=f"{project}-{service}-{number}", project=project, service=service, number=number,
                       image=ref, image_id=self.images[ref], labels=labels, env=cenv, behaviour=behaviour,
                       seq=self._seq, socket_dir=state / "sockets" if service == APP else None,
                       root_mount=env.get("HANDOVER_ROOT", ""), nginx=Nginx() if service == PROXY else None,
+                      stop_signal=env.get("APP_STOP_SIGNAL") or "SIGTERM" if service == APP else "SIGTERM",
                       address=f"172.30.{self._seq // 250}.{self._seq % 250 + 2}")
         self.containers[cid] = c
         return c

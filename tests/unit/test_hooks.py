@@ -21,7 +21,7 @@ from invoke.exceptions import Exit
 
 import tasks
 from fabfile import commands, rollout
-from handover import hooks
+from handover import hooks, images
 from handover.engine import Engine
 from handover.errors import ConfigError
 from handover.hooks import Facts, Hooks, Outcome, hook_env
@@ -276,7 +276,7 @@ def test_fab_runs_pre_and_post_once_around_all_hosts(fake_host: FakeHost, hooks_
     rc = rollout.RemoteConfig(targets=[FakeTarget("web1", s), FakeTarget("web2", s)],  # type: ignore[list-item]
                               parallel=1, known_hosts=Path("/dev/null"))
     monkeypatch.setattr(commands, "remote_config", lambda c, parallel=None: rc)
-    monkeypatch.setattr(commands.images, "build_wheelhouse", lambda server_dir, progress: None)
+    monkeypatch.setattr(images, "build_wheelhouse", lambda server_dir, progress: None)
     handed: dict[str, list[str]] = {}
 
     def deploy(remote: Any, version: str, *, force: bool, progress: Progress, after_switch: Any) -> RunRecord:

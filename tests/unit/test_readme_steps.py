@@ -10,6 +10,7 @@ from handover.settings import PROJECT_ROOT
 README = PROJECT_ROOT / "README.md"
 FRONT_DOOR_STEPS = {"sync"}  # added by `fab` right after the lock
 ALTERNATIVES = {"build": "image", "sync": "files"}  # what a rollback takes instead
+IMAGE_SOURCES = {"pull": "pull", "local": "image"}  # what a ready-made image takes instead of the build
 NOT_IN_A_ROLLBACK = {"release"}  # what a rollback leaves out (the README says so)
 
 
@@ -31,6 +32,11 @@ def test_readme_lists_the_deploy_steps_in_order() -> None:
     text = section("How a deploy works")
     for name, instead in ALTERNATIVES.items():
         assert f"**{instead}** instead" in text, f"the README does not say what a rollback takes instead of {name}"
+    for source, instead in IMAGE_SOURCES.items():
+        ready_made = [s.name for s in plans.deploy(source=source)]
+        assert [instead if name == "build" else name for name in engine] == ready_made
+        assert f"**{instead}** instead" in text, f"the README does not say that a {source} image takes {instead}"
+    assert "**ship** instead" in text, "the README does not say that `fab` with app_ship takes ship"
     flat = " ".join(text.split())
     for name in NOT_IN_A_ROLLBACK:
         assert f"A rollback runs no {name}" in flat, f"the README does not say that a rollback skips {name}"

@@ -173,8 +173,12 @@ def test_the_plans_read_as_the_sequence() -> None:
         "drain", "prune"]
     rollback = [s.name for s in plans.deploy(build=False)]
     assert rollback[4] == "image" and "release" not in rollback
+    assert [s.name for s in plans.deploy(source="pull")][4:6] == ["pull", "release"]
+    assert [s.name for s in plans.deploy(source="local")][4:6] == ["image", "release"]
     assert [s.name for s in plans.first_start()] == [
-        "lock", "preflight", "build", "release", "start", "health", "switch", "proxy"]
+        "lock", "preflight", "build", "services", "release", "start", "health", "switch", "proxy"]
+    assert [s.name for s in plans.first_start(source="pull")] == [
+        "lock", "preflight", "pull", "build", "services", "release", "start", "health", "switch", "proxy"]
     extra, hook = steps.Converge(), steps.Verify()
     assert plans.deploy(after_lock=[extra])[1] is extra
     after = plans.deploy(after_switch=[hook])
