@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import envfile
+from . import envfile, tls
 from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +62,16 @@ class Settings:
     post_switch_check: float
     releases_kept: int
     env_file: str
+    # HTTPS (see handover/tls.py): the pair's local files ('' = plain HTTP), the published HTTPS port
+    # and the HSTS max-age (0 = no header).
+    tls_certificate: str = ""
+    tls_key: str = ""
+    https_port: int = 8443
+    hsts: int = 0
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certificate)
 
     @property
     def source_path(self) -> str:
@@ -195,7 +205,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
-    optional = {"deploy_dir", "source_subdir", "env_file", "app_image"}
+    optional = {"deploy_dir", "source_subdir", "env_file", "app_image", *TLS_KEYS}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -206,6 +216,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     _check_drain_budget(drain, grace)
     project = _text("project", config["project"], _PROJECT_NAME,
                     "a compose project name: lowercase letters, digits, '-' or '_'")
+    http_port = _integer("http_port", config["http_port"], 1, 65535)
     return Settings(
         project=project,
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
@@ -216,7 +227,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         state_dir=_inner_path("state_dir", config["state_dir"],
                               "a relative directory inside deploy_dir such as .state"),
         http_bind=_ipv4("http_bind", config["http_bind"]),
-        http_port=_integer("http_port", config["http_port"], 1, 65535),
+        http_port=http_port,
         replicas=_integer("replicas", config["replicas"], 1, 16),
         app_image=_app_image(config.get("app_image"), project),
         base_image=_text("base_image", config["base_image"], _IMAGE_REF, "an image reference"),
@@ -229,7 +240,31 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         post_switch_check=_number("post_switch_check", config["post_switch_check"], 0, 600),
         releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
         env_file=_env_file("env_file", config.get("env_file")),
+        **_tls(config, http_port),
     )
+
+
+TLS_KEYS = ("tls_certificate", "tls_key", "https_port", "hsts")
+
+
+def _tls(config: Mapping[str, Any], http_port: int) -> dict[str, Any]:
+    """The HTTPS keys: both files or neither; when set, the pair is read and checked now (readable,
+    matching, valid), so a bad pair stops the run before anything changes."""
+    paths = {key: _optional_text(key, config.get(key), None, "a path without newlines")
+             for key in ("tls_certificate", "tls_key")}
+    https_port = _integer("https_port", config.get("https_port", 8443), 1, 65535)
+    hsts = _integer("hsts", config.get("hsts", 0), 0, tls.HSTS_MAX)
+    if bool(paths["tls_certificate"]) != bool(paths["tls_key"]):
+        given, empty = sorted(paths, key=lambda key: not paths[key])
+        raise ConfigError(f"config key deploy.{empty}: deploy.{given} is set, so deploy.{empty} must be too "
+                          "(both files, or neither for plain HTTP)")
+    if paths["tls_certificate"]:
+        paths = {key: str(envfile.resolve(value, PROJECT_ROOT)) for key, value in paths.items()}
+        if https_port == http_port:
+            raise ConfigError(f"config key deploy.https_port: {https_port} is deploy.http_port too; with TLS on, "
+                              "http_port redirects to https_port, so they must differ")
+        tls.check_pair(paths["tls_certificate"], paths["tls_key"])
+    return {**paths, "https_port": https_port, "hsts": hsts}
 
 
 def check_version(version: str) -> str:

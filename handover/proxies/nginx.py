@@ -23,12 +23,13 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..backends import Backend, Instance
 from ..errors import HandoverError, PreflightError, ProxyConfigInvalid
 from ..settings import CONTAINER_ROOT, Settings
 from ..shell import Runner, read_file, run, write_file
+from ..tls import TlsFiles
 
 SERVICE = "nginx"
 UPSTREAM_NAME = "handover_app"
@@ -122,6 +123,11 @@ class NginxProxy:
     source_dirs: tuple[str, ...] = ("nginx",)
     _replaced_upstream: str | None = None
     _wrote_upstream: bool = False
+    tls: TlsFiles = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.tls = TlsFiles(self.runner, self.tls_dir, s.tls_certificate, s.tls_key, s.https_port, s.hsts)
 
     # -- where things are ------------------------------------------------------------------------
     @property
@@ -131,6 +137,11 @@ class NginxProxy:
     @property
     def sockets_dir(self) -> str:
         return f"{self.settings.state_path}/sockets"
+
+    @property
+    def tls_dir(self) -> str:
+        """The certificate, key and listen/redirect includes (mounted read-only at /etc/nginx/tls)."""
+        return f"{self.settings.state_path}/tls"
 
     @property
     def upstream_path(self) -> str:
@@ -146,12 +157,16 @@ class NginxProxy:
         return self.settings.proxy_base_image
 
     def build_env(self, base_image: str | None = None) -> dict[str, str]:
-        return {"PROXY_BASE_IMAGE": base_image or self.settings.proxy_base_image,
-                "PROXY_IMAGE": f"{self.settings.project}-nginx"}
+        env = {"PROXY_BASE_IMAGE": base_image or self.settings.proxy_base_image,
+               "PROXY_IMAGE": f"{self.settings.project}-nginx"}
+        if self.settings.tls:
+            env["HTTPS_PORT"] = str(self.settings.https_port)
+        return env
 
     def prepare(self) -> None:
         run(self.runner, ["mkdir", "-p", self.nginx_dir, self.sockets_dir])
         run(self.runner, ["chmod", SOCKET_DIR_MODE, self.sockets_dir])
+        self.tls.prepare()
 
     def running(self) -> Instance | None:
         return self.backend.proxy_instance(self.service)
@@ -208,7 +223,7 @@ class NginxProxy:
         write_file(self.runner, self.upstream_path, text)
 
     def remove_state(self) -> None:
-        run(self.runner, ["rm", "-rf", self.nginx_dir, self.sockets_dir])
+        run(self.runner, ["rm", "-rf", self.nginx_dir, self.sockets_dir, self.tls_dir])
 
     def test_config(self) -> None:
         """``nginx -t`` inside the running proxy; raise with nginx's own message when it fails."""
@@ -220,10 +235,11 @@ class NginxProxy:
             raise ProxyConfigInvalid(f"nginx -t failed:\n{(result.stderr + result.stdout).strip()}")
 
     def fingerprint(self) -> str:
-        """A digest of the files nginx loads (its nginx/ directory and the upstream file)."""
+        """A digest of the files nginx loads (its nginx/ directory, the upstream file and the TLS
+        includes, which name the certificate and key by a digest of their content)."""
         files = f"{self.settings.source_path}/nginx"
-        script = 'find "$1" "$2" -maxdepth 1 -name "*.conf" -type f -print0 | sort -z | xargs -0 cat'
-        text = run(self.runner, ["sh", "-c", script, "fingerprint", files, self.nginx_dir]).stdout
+        script = 'find "$@" -maxdepth 1 -name "*.conf" -type f -print0 2>/dev/null | sort -z | xargs -0 cat'
+        text = run(self.runner, ["sh", "-c", script, "fingerprint", files, self.nginx_dir, self.tls_dir]).stdout
         return hashlib.sha256(text.encode()).hexdigest()
 
     def config_changed(self) -> bool:
@@ -236,6 +252,8 @@ class NginxProxy:
         if wanted is not None and wanted != previous:
             self.write_upstream(wanted)
             self._replaced_upstream, self._wrote_upstream = previous, True
+        if slots is not None:  # a deploy (not a recovery, which loads what restore() put back)
+            self.tls.install()
         if not self.config_changed():
             return False
         try:
@@ -248,8 +266,9 @@ class NginxProxy:
         return True
 
     def restore(self) -> bool:
+        restored_tls = self.tls.restore()
         if not self._wrote_upstream:
-            return False
+            return restored_tls
         if self._replaced_upstream is not None:
             self.write_upstream(self._replaced_upstream)
         self._replaced_upstream, self._wrote_upstream = None, False
@@ -287,6 +306,7 @@ class NginxProxy:
     def start(self) -> None:
         """Start the nginx service with the current upstream and wait until it runs; record what it loaded."""
         self.write_upstream(render_upstream(self.settings.replicas))
+        self.tls.install()
         self.backend.start_proxy(self.service)
         deadline = time.monotonic() + START_TIMEOUT
         while self.running() is None:
@@ -294,3 +314,4 @@ class NginxProxy:
                 raise PreflightError("nginx did not start (see `logs`): its container is not running")
             time.sleep(START_POLL_SECONDS)
         self.configure()
+        self.tls.commit()
