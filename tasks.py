@@ -58,7 +58,7 @@ def up(c: Context, version: str | None = None) -> None:
         t0 = time.monotonic()
         images.build_wheelhouse(cli.SERVER_DIR, progress)
         Engine(c, s, progress).up(version or source_version(cli.SERVER_DIR))
-        progress.say(f"==> serving on http://{s.http_bind}:{s.http_port}/  (total {time.monotonic() - t0:.1f} s)")
+        progress.say(f"==> serving on {cli.public_url(s)}/  (total {time.monotonic() - t0:.1f} s)")
 
     cli.guarded(go)
 
@@ -337,7 +337,21 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
             raise Exit(code=1)
 
 
-local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock)
+@task
+def certs(c: Context) -> None:
+    """Install a renewed TLS certificate and key (deploy.tls_*): checked, `nginx -t`, then a reload; no deploy."""
+
+    def go() -> None:
+        s = _settings(c)
+        changed = _engine(c).refresh_proxy()
+        what = "the certificate and key" if s.tls else "the plain-HTTP configuration (TLS is off)"
+        print(f"{what}: " + ("changed; validated with nginx -t and loaded (nginx reloaded)" if changed
+                             else "unchanged; nothing reloaded"))
+
+    cli.guarded(go)
+
+
+local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock, certs)
 ns = Collection(local, probe, bench)
 ns.configure(cli.defaults())
 

@@ -80,6 +80,11 @@ def _fail(message: str, code: int, on_error: Callable[[str], None] | None) -> No
     raise Exit(code=code) from None
 
 
+def public_url(s: Settings) -> str:
+    """Where the stack answers: HTTPS on https_port when TLS is on, else HTTP on http_port."""
+    return f"https://{s.http_bind}:{s.https_port}" if s.tls else f"http://{s.http_bind}:{s.http_port}"
+
+
 def guarded(fn: Callable[[], T], on_error: Callable[[str], None] | None = None) -> T:
     with user_errors(on_error):
         return fn()

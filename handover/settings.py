@@ -248,8 +248,9 @@ TLS_KEYS = ("tls_certificate", "tls_key", "https_port", "hsts")
 
 
 def _tls(config: Mapping[str, Any], http_port: int) -> dict[str, Any]:
-    """The HTTPS keys: both files or neither; when set, the pair is read and checked now (readable,
-    matching, valid), so a bad pair stops the run before anything changes."""
+    """The HTTPS keys: both files or neither. The pair itself (readable, matching, valid) is checked
+    by every run that installs it, before anything changes (:meth:`handover.proxies.Proxy.check`), so
+    `status`, `logs` or `down` still work with an expired certificate configured."""
     paths = {key: _optional_text(key, config.get(key), None, "a path without newlines")
              for key in ("tls_certificate", "tls_key")}
     https_port = _integer("https_port", config.get("https_port", 8443), 1, 65535)
@@ -263,7 +264,6 @@ def _tls(config: Mapping[str, Any], http_port: int) -> dict[str, Any]:
         if https_port == http_port:
             raise ConfigError(f"config key deploy.https_port: {https_port} is deploy.http_port too; with TLS on, "
                               "http_port redirects to https_port, so they must differ")
-        tls.check_pair(paths["tls_certificate"], paths["tls_key"])
     return {**paths, "https_port": https_port, "hsts": hsts}
 
 

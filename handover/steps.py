@@ -185,6 +185,9 @@ class ProxyConfig(Step):
     def describe(self, run: Run) -> str:
         return "validate the proxy's configuration if it changed (loaded at the switch)"
 
+    def check(self, run: Run) -> None:
+        run.engine.proxy.check()
+
     def run(self, run: Run) -> str:
         run.proxy_pending = run.engine.proxy.configure(run.engine.settings.replicas, load=False)
         run.proxy_changed = run.proxy_changed or run.proxy_pending
@@ -358,6 +361,10 @@ class StartProxy(Step):
             return None
         s = run.engine.settings
         return f"start the proxy on http://{s.http_bind}:{s.http_port}"
+
+    def check(self, run: Run) -> None:
+        if run.facts.proxy is None:
+            run.engine.proxy.check()
 
     def run(self, run: Run) -> None:
         run.engine.proxy.start()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .errors import CommandError, ConfigError
 from .shell import Runner, read_file, run, write_file
@@ -107,8 +107,10 @@ def check_pair(cert_path: str, key_path: str, now: dt.datetime | None = None) ->
                           "nginx needs it unencrypted (keep the file mode 0600 instead)") from None
     except (ValueError, UnsupportedAlgorithm):
         raise ConfigError(f"config key deploy.tls_key: {key_path} holds no PEM private key") from None
-    if isinstance(key, dh.DHPrivateKey | x25519.X25519PrivateKey | x448.X448PrivateKey):
-        raise ConfigError(f"config key deploy.tls_key: the key in {key_path} cannot sign (not a TLS server key)")
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+                      | ed448.Ed448PrivateKey):
+        raise ConfigError(f"config key deploy.tls_key: the key in {key_path} is not an RSA, ECDSA or EdDSA key "
+                          "(not a TLS server key)")
     leaf = chain[0]
     if _spki(leaf.public_key()) != _spki(key.public_key()):
         raise ConfigError(f"config keys deploy.tls_certificate and deploy.tls_key: the key {key_path} does not "

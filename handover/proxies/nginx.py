@@ -168,6 +168,9 @@ class NginxProxy:
         run(self.runner, ["chmod", SOCKET_DIR_MODE, self.sockets_dir])
         self.tls.prepare()
 
+    def check(self) -> None:
+        self.tls.wanted()
+
     def running(self) -> Instance | None:
         return self.backend.proxy_instance(self.service)
 
