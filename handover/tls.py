@@ -15,18 +15,16 @@ then only redirects to HTTPS. This module holds:
   is validated with ``nginx -t`` first; the pair in use stays on disk until the next one replaced
   it, so a failed validation puts the previous files back and nothing changed.
 
-The key reaches the host through the command's stdin (never its command line) into a 0600 file
-made under ``umask 077``; it is never printed or logged.
+The key reaches the host over SFTP (a Fabric connection) or is written directly (this machine), into
+a file made 0600 before any byte is written: never on a command line, never printed or logged.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
-import io
+import os
 import re
-import shlex
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -34,7 +32,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .errors import CommandError, ConfigError
+from .errors import ConfigError, HandoverError
 from .shell import Runner, read_file, run, write_file
 
 CONTAINER_DIR = "/etc/nginx/tls"  # the state directory's tls/, mounted read-only into nginx
@@ -43,7 +41,7 @@ HTTPS_PORT_IN_CONTAINER = 8443
 LISTEN_FILE = "listen.conf"  # included inside the app's server block
 REDIRECT_FILE = "redirect.conf"  # included at http level: the plain-HTTP redirect server, or nothing
 CERT_SUFFIX, KEY_SUFFIX = ".crt", ".key"
-KEY_MODE, CERT_MODE, DIR_MODE = "0600", "0644", "0700"
+KEY_MODE, CERT_MODE, DIR_MODE = 0o600, 0o644, "0700"
 GENERATION_LENGTH = 16
 HSTS_MAX = 63072000  # two years, the usual preload value
 REDIRECT_STATUS = 308  # keeps the method and body, unlike 301/302
@@ -187,16 +185,28 @@ def generation_in_use(listen: str | None) -> str | None:
 
 
 # -- on the host -----------------------------------------------------------------------------------
-def write_private(runner: Runner, path: str, content: bytes, mode: str = KEY_MODE) -> None:
-    """Write ``content`` to ``path`` (``mode``, made under umask 077, via a temp file and rename)
-    through stdin: the content never appears on a command line, in output or in an error."""
+def write_private(runner: Runner, path: str, content: bytes, mode: int = KEY_MODE) -> None:
+    """Write ``content`` to ``path`` with ``mode`` (set before any byte is written), through a temp
+    file and a rename: over SFTP on a Fabric connection (as the secrets file goes), else directly
+    on this machine. The content is never on a command line, in output or in an error."""
     tmp = f"{path}.tmp"
-    script = (f"umask 077 && base64 -d > {shlex.quote(tmp)} && chmod {shlex.quote(mode)} {shlex.quote(tmp)} "
-              f"&& mv -f {shlex.quote(tmp)} {shlex.quote(path)}")
-    encoded = base64.b64encode(content).decode("ascii")
-    result = runner.run(script, hide=True, warn=True, in_stream=io.StringIO(encoded))
-    if result.exited != 0:
-        raise CommandError(f"writing {path}", result.exited, "could not write the file (its content is not shown)")
+    sftp_of = getattr(runner, "sftp", None)
+    try:
+        if callable(sftp_of):
+            sftp = sftp_of()
+            with sftp.open(tmp, "w") as out:
+                out.chmod(mode)
+                out.write(content)
+            sftp.posix_rename(tmp, path)
+            return
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        with os.fdopen(descriptor, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            out.write(content)
+        os.replace(tmp, path)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise HandoverError(f"writing {path}: {why} (its content is not shown)") from None
 
 
 @dataclass
