@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from dataclasses import dataclass
@@ -10,8 +11,11 @@ from urllib.parse import urlsplit
 SUPPORTED_SCHEMES = ("http", "https")
 
 
+@functools.lru_cache(maxsize=8)
 def tls_context(ca_file: str = "") -> ssl.SSLContext:
-    """Certificates and host names verified, against the system's CAs and ``ca_file``'s."""
+    """Certificates and host names verified, against the system's CAs and ``ca_file``'s. One per
+    ``ca_file`` for the whole run: loading the system's CA store costs tens of milliseconds of CPU,
+    too much to spend on the event loop for every new connection."""
     context = ssl.create_default_context()
     if ca_file:
         context.load_verify_locations(cafile=ca_file)
