@@ -342,11 +342,10 @@ def certs(c: Context) -> None:
     """Install a renewed TLS certificate and key (deploy.tls_*): checked, `nginx -t`, then a reload; no deploy."""
 
     def go() -> None:
-        s = _settings(c)
-        changed = _engine(c).refresh_proxy()
-        what = "the certificate and key" if s.tls else "the plain-HTTP configuration (TLS is off)"
-        print(f"{what}: " + ("changed; validated with nginx -t and loaded (nginx reloaded)" if changed
-                             else "unchanged; nothing reloaded"))
+        engine = _engine(c)
+        reloaded = engine.refresh_proxy()
+        renewed = bool(getattr(getattr(engine.proxy, "tls", None), "renewed", False))
+        print(cli.certs_outcome(engine.settings, renewed=renewed, reloaded=reloaded))
 
     cli.guarded(go)
 

@@ -8,12 +8,19 @@ then only redirects to HTTPS. This module holds:
   certificate and an unencrypted private key, the key belongs to the certificate, valid now). Its
   messages name the files and the problem, never their content;
 - :func:`render_listen` / :func:`render_redirect`: the two files nginx.conf includes, pure;
-- :class:`TlsFiles`: writes the pair and those files into the state directory's ``tls/`` on the
-  host (mounted read-only into the proxy at ``/etc/nginx/tls``), never into a release or the
-  synced sources. The pair's file names carry a digest of its content, so the proxy's
-  configuration fingerprint changes when the certificate is renewed and the reload that follows
-  is validated with ``nginx -t`` first; the pair in use stays on disk until the next one replaced
-  it, so a failed validation puts the previous files back and nothing changed.
+- :class:`TlsFiles`: writes the pair (chain and key in one file, ``<digest>.pem``, mode 0600, owned
+  by nginx's worker user) and those includes into the state directory's ``tls/`` on the host
+  (mounted read-only into the proxy at ``/etc/nginx/tls``), never into a release or the synced
+  sources.
+
+nginx names the pair through the ``live.pem`` link and a variable, so it loads the pair at each TLS
+handshake instead of at a reload. A renewal is: the new pair written, ``nginx -t`` on a throwaway
+configuration that loads exactly that pair, then one ``rename(2)`` of the link. The next handshake
+gets the new certificate; no reload, so no idle keep-alive connection is closed under its client
+(see README, "Why the switch is not an nginx reload"). The previous pair stays until the next
+renewal, so a failed deploy points the link back. The include files change only when TLS is
+turned on or off, or HSTS or the port changes: that is a configuration change, validated with
+``nginx -t`` and loaded by a reload, as any other.
 
 The key reaches the host over SFTP (a Fabric connection) or is written directly (this machine), into
 a file made 0600 before any byte is written: never on a command line, never printed or logged.
@@ -25,6 +32,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -40,14 +48,20 @@ HTTP_PORT_IN_CONTAINER = 8080
 HTTPS_PORT_IN_CONTAINER = 8443
 LISTEN_FILE = "listen.conf"  # included inside the app's server block
 REDIRECT_FILE = "redirect.conf"  # included at http level: the plain-HTTP redirect server, or nothing
-CERT_SUFFIX, KEY_SUFFIX = ".crt", ".key"
-KEY_MODE, CERT_MODE, DIR_MODE = 0o600, 0o644, "0700"
+PAIR_SUFFIX = ".pem"  # the certificate chain and the key in one file, so one rename swaps both
+LIVE_LINK = "live.pem"  # -> <generation>.pem: the pair nginx loads at each TLS handshake
+CHECK_FILE = "pair-check.nginx"  # loads a new pair alone, for `nginx -t` (not *.conf: not in the fingerprint)
+KEY_MODE = 0o600
+DIR_MODE = "0711"  # nginx's workers (another user) pass through; nobody lists it
+# nginx's workers run as this user (nginx/Dockerfile, nginx.conf `user`): they read the pair at each
+# handshake, so its file is theirs (mode 0600); on the host no account has that uid.
+WORKER_UID = 10080
 GENERATION_LENGTH = 16
 HSTS_MAX = 63072000  # two years, the usual preload value
 REDIRECT_STATUS = 308  # keeps the method and body, unlike 301/302
 DEFAULT_HTTPS_PORT = 443
 _GENERATION = re.compile(r"[0-9a-f]{16}")
-_USES = re.compile(rf"{re.escape(CONTAINER_DIR)}/([0-9a-f]{{{GENERATION_LENGTH}}}){re.escape(CERT_SUFFIX)}")
+_PAIR_FILE = re.compile(rf"([0-9a-f]{{{GENERATION_LENGTH}}}){re.escape(PAIR_SUFFIX)}")
 
 # Mozilla's "intermediate" profile (TLS 1.2 and 1.3; forward-secret AEAD suites for TLS 1.2). The
 # DHE suites are left out: they need a DH parameter file, and every client that has them has ECDHE.
@@ -130,19 +144,22 @@ def redirect_target(https_port: int) -> str:
     return f"https://$host{port}$request_uri"
 
 
-def render_listen(generation: str | None, hsts: int = 0) -> str:
-    """The app server's listen directives: plain HTTP (``generation`` None) or TLS with that pair."""
+def render_listen(tls: bool, hsts: int = 0) -> str:
+    """The app server's listen directives: plain HTTP, or TLS with the pair behind ``live.pem``.
+
+    The pair is named through a variable, so nginx loads it at each TLS handshake rather than at a
+    reload: a renewal swaps the ``live.pem`` link with one rename, and no reload (which would close
+    idle keep-alive connections under their clients) is needed."""
     lines = ["# Written by handover (deploy.tls_*): how the app's server block listens."]
-    if generation is None:
+    if not tls:
         return "\n".join([*lines, f"listen {HTTP_PORT_IN_CONTAINER} default_server;", ""])
-    if not _GENERATION.fullmatch(generation):
-        raise ValueError(f"not a pair generation: {generation!r}")
     if not 0 <= hsts <= HSTS_MAX:
         raise ValueError(f"hsts out of range: {hsts}")
+    live = f"{CONTAINER_DIR}/{LIVE_LINK}$handover_tls_pair"
     lines += [
         f"listen {HTTPS_PORT_IN_CONTAINER} ssl default_server;",
-        f"ssl_certificate {CONTAINER_DIR}/{generation}{CERT_SUFFIX};",
-        f"ssl_certificate_key {CONTAINER_DIR}/{generation}{KEY_SUFFIX};",
+        f"ssl_certificate {live};",
+        f"ssl_certificate_key {live};",
         f"ssl_protocols {PROTOCOLS};",
         f"ssl_ciphers {CIPHERS};",
         "ssl_prefer_server_ciphers off;",
@@ -157,12 +174,16 @@ def render_listen(generation: str | None, hsts: int = 0) -> str:
 
 
 def render_redirect(https_port: int | None) -> str:
-    """The plain-HTTP server when TLS is on (``https_port``): every request is redirected to HTTPS."""
+    """The http-level part: with TLS on (``https_port``), the always-empty variable that makes the
+    pair load per handshake, and the plain-HTTP server that redirects every request to HTTPS."""
     head = "# Written by handover (deploy.tls_*): the plain HTTP port"
     if https_port is None:
         return f"{head} is the app's own server (TLS is off).\n"
     return "\n".join([
         f"{head} redirects to HTTPS, keeping the path and query.",
+        "map $server_port $handover_tls_pair {",
+        '    default "";',
+        "}",
         "server {",
         f"    listen {HTTP_PORT_IN_CONTAINER} default_server;",
         "    server_name _;",
@@ -178,9 +199,30 @@ def render_redirect(https_port: int | None) -> str:
     ])
 
 
-def generation_in_use(listen: str | None) -> str | None:
-    """The pair a listen.conf names, if any."""
-    match = _USES.search(listen or "")
+def render_check(generation: str) -> str:
+    """A configuration that only loads ``generation``'s pair, for ``nginx -t`` before it goes live."""
+    if not _GENERATION.fullmatch(generation):
+        raise ValueError(f"not a pair generation: {generation!r}")
+    path = f"{CONTAINER_DIR}/{generation}{PAIR_SUFFIX}"
+    return "\n".join([
+        "# Written by handover: nginx -t loads the new certificate and key with this before they go live.",
+        "pid /tmp/handover-tls-check.pid;",
+        "error_log stderr;",
+        "events {}",
+        "http {",
+        "    server {",
+        "        listen 127.0.0.1:9 ssl;",
+        f"        ssl_certificate {path};",
+        f"        ssl_certificate_key {path};",
+        "    }",
+        "}",
+        "",
+    ])
+
+
+def generation_of(link_target: str | None) -> str | None:
+    """The pair ``live.pem`` points to, if any."""
+    match = _PAIR_FILE.fullmatch((link_target or "").strip())
     return match.group(1) if match else None
 
 
@@ -209,9 +251,16 @@ def write_private(runner: Runner, path: str, content: bytes, mode: int = KEY_MOD
         raise HandoverError(f"writing {path}: {why} (its content is not shown)") from None
 
 
+Hook = Callable[[str], None]
+
+
 @dataclass
 class TlsFiles:
-    """The proxy's TLS files in ``directory`` on the host, for the pair in ``cert``/``key`` ('' = off)."""
+    """The proxy's TLS files in ``directory`` on the host, for the pair in ``cert``/``key`` ('' = off).
+
+    ``give_to_workers(path)`` makes a pair file nginx's workers' own (a chown to :data:`WORKER_UID`);
+    ``validate(generation)`` runs ``nginx -t`` on :func:`render_check` (or does nothing when nginx
+    does not run yet) and raises with nginx's message."""
 
     runner: Runner
     directory: str
@@ -219,7 +268,10 @@ class TlsFiles:
     key: str = ""
     https_port: int = DEFAULT_HTTPS_PORT
     hsts: int = 0
-    _previous: dict[str, str | None] | None = None
+    give_to_workers: Hook | None = None
+    validate: Hook | None = None
+    renewed: bool = False  # the last install() put another pair live
+    _previous: tuple[dict[str, str | None], str | None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -237,49 +289,77 @@ class TlsFiles:
         two include files for it."""
         pair = check_pair(self.cert, self.key) if self.enabled else None
         return pair, {
-            LISTEN_FILE: render_listen(pair.generation if pair else None, self.hsts),
+            LISTEN_FILE: render_listen(pair is not None, self.hsts),
             REDIRECT_FILE: render_redirect(self.https_port if pair else None),
         }
 
+    def live(self) -> str | None:
+        """The generation ``live.pem`` points to now."""
+        result = run(self.runner, ["sh", "-c", 'readlink -- "$1" || :', "live", self._path(LIVE_LINK)])
+        return generation_of(result.stdout)
+
+    def _point(self, generation: str | None) -> None:
+        if generation is None:
+            run(self.runner, ["rm", "-f", "--", self._path(LIVE_LINK)])
+            return
+        script = 'cd "$1" && ln -sfn "$2" .live.tmp && mv -fT .live.tmp "$3"'
+        run(self.runner, ["sh", "-c", script, "point", self.directory, f"{generation}{PAIR_SUFFIX}", LIVE_LINK])
+
     def install(self) -> bool:
-        """Write the pair and the include files when they differ; returns whether anything did.
-        Keeps what :meth:`restore` needs to put the previous files back."""
+        """Put the pair live (validated by nginx first) and write the include files; returns whether
+        the include files changed (a reload is needed). Keeps what :meth:`restore` needs."""
         pair, files = self.wanted()
         self.prepare()
         current = {name: read_file(self.runner, self._path(name)) for name in files}
-        self._previous = None
-        if current == files:
-            return False
-        in_use = generation_in_use(current.get(LISTEN_FILE))
-        if pair is not None and pair.generation != in_use:
-            write_private(self.runner, self._path(pair.generation + CERT_SUFFIX), pair.certificate, CERT_MODE)
-            write_private(self.runner, self._path(pair.generation + KEY_SUFFIX), pair.key)
+        in_use = self.live()
+        self._previous, self.renewed = None, False
+        wanted = pair.generation if pair else None
+        if wanted is not None and wanted != in_use:
+            assert pair is not None
+            path = self._path(f"{wanted}{PAIR_SUFFIX}")
+            write_private(self.runner, path, pair.certificate.rstrip(b"\n") + b"\n" + pair.key)
+            if self.give_to_workers is not None:
+                self.give_to_workers(path)
+            if self.validate is not None:
+                write_file(self.runner, self._path(CHECK_FILE), render_check(wanted))
+                self.validate(f"{CONTAINER_DIR}/{CHECK_FILE}")
+            self._point(wanted)
+            self.renewed = True
         for name, text in files.items():
             if current[name] != text:
                 write_file(self.runner, self._path(name), text)
-        self._previous = current
-        self._prune(keep={g for g in (in_use, pair.generation if pair else None) if g})
-        return True
+        if self.renewed or current != files:
+            self._previous = (current, in_use)
+        self._prune(keep={g for g in (in_use, wanted) if g})
+        return current != files
 
     def commit(self) -> None:
-        """What :meth:`install` wrote is loaded: nothing to put back any more."""
+        """What :meth:`install` wrote is in use: nothing to put back any more."""
         self._previous = None
 
     def restore(self) -> bool:
-        """Put back the include files :meth:`install` replaced (the previous pair is still there)."""
+        """Put back the include files and the live pair :meth:`install` replaced; returns whether the
+        include files changed back (a reload is needed)."""
         if self._previous is None:
             return False
-        for name, text in self._previous.items():
+        files, in_use = self._previous
+        if in_use is not None or self.renewed:
+            self._point(in_use)
+        changed = False
+        for name, text in files.items():
+            if read_file(self.runner, self._path(name)) == text:
+                continue
+            changed = True
             if text is None:
                 run(self.runner, ["rm", "-f", "--", self._path(name)], check=False)
             else:
                 write_file(self.runner, self._path(name), text)
-        self._previous = None
-        return True
+        self._previous, self.renewed = None, False
+        return changed
 
     def _prune(self, keep: set[str]) -> None:
-        """Remove the pairs neither the new nor the loaded configuration names."""
-        names = [f"{g}{suffix}" for g in sorted(keep) for suffix in (CERT_SUFFIX, KEY_SUFFIX)]
-        script = ('cd "$1" || exit 0; shift; for f in *.crt *.key; do [ -f "$f" ] || continue; keep=0; '
+        """Remove the pairs that are neither live now nor were before this install."""
+        names = [f"{g}{PAIR_SUFFIX}" for g in sorted(keep)]
+        script = ('cd "$1" || exit 0; shift; for f in *.pem; do [ -f "$f" ] && [ ! -L "$f" ] || continue; keep=0; '
                   'for k; do [ "$f" = "$k" ] && keep=1; done; [ "$keep" = 1 ] || rm -f -- "$f"; done')
         run(self.runner, ["sh", "-c", script, "prune", self.directory, *names], check=False)

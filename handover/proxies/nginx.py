@@ -19,6 +19,7 @@ not exist.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import time
@@ -29,7 +30,7 @@ from ..backends import Backend, Instance
 from ..errors import HandoverError, PreflightError, ProxyConfigInvalid
 from ..settings import CONTAINER_ROOT, Settings
 from ..shell import Runner, read_file, run, write_file
-from ..tls import TlsFiles
+from ..tls import WORKER_UID, TlsFiles
 
 SERVICE = "nginx"
 UPSTREAM_NAME = "handover_app"
@@ -127,7 +128,8 @@ class NginxProxy:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.tls = TlsFiles(self.runner, self.tls_dir, s.tls_certificate, s.tls_key, s.https_port, s.hsts)
+        self.tls = TlsFiles(self.runner, self.tls_dir, s.tls_certificate, s.tls_key, s.https_port, s.hsts,
+                            give_to_workers=self._give_to_workers, validate=self._validate_pair)
 
     # -- where things are ------------------------------------------------------------------------
     @property
@@ -170,6 +172,28 @@ class NginxProxy:
 
     def check(self) -> None:
         self.tls.wanted()
+
+    def _give_to_workers(self, path: str) -> None:
+        """nginx's workers read the pair at each handshake: the file becomes theirs (mode 0600). As
+        root here, a chown; otherwise (a host reached over SSH, a user in the docker group) the chown
+        runs in a throwaway container of the proxy's image, with no network."""
+        if not callable(getattr(self.runner, "sftp", None)) and os.geteuid() == 0:
+            os.chown(path, WORKER_UID, WORKER_UID)
+            return
+        name = path.rpartition("/")[2]
+        run(self.runner, ["docker", "run", "--rm", "--network", "none", "--user", "0", "--volume",
+                          f"{self.tls_dir}:/tls", "--entrypoint", "chown", f"{self.settings.project}-nginx:1",
+                          f"{WORKER_UID}:{WORKER_UID}", f"/tls/{name}"])
+
+    def _validate_pair(self, check_conf: str) -> None:
+        """``nginx -t`` on a configuration that loads the new pair (nothing else), in the running proxy."""
+        proxy = self.running()
+        if proxy is None:
+            return  # first start: the pair was checked (match, dates) before anything ran
+        result = self.backend.exec(proxy, ["nginx", "-t", "-q", "-c", check_conf], check=False)
+        if result.exited != 0:
+            raise ProxyConfigInvalid("nginx -t refused the new certificate and key (nothing changed):\n"
+                                     f"{(result.stderr + result.stdout).strip()}")
 
     def running(self) -> Instance | None:
         return self.backend.proxy_instance(self.service)

@@ -44,17 +44,18 @@ def config(**overrides: object) -> dict[str, object]:
 
 # -- rendering ---------------------------------------------------------------------------------------
 def test_plain_http_listens_on_the_http_port_only() -> None:
-    text = tls.render_listen(None)
+    text = tls.render_listen(False)
     assert "listen 8080 default_server;" in text
     assert "ssl" not in text
-    assert "server" not in tls.render_redirect(None).replace("the app's own server", "")
+    assert "server {" not in tls.render_redirect(None)
 
 
 def test_tls_listen_has_sane_protocols_ciphers_session_cache_and_no_hsts_by_default() -> None:
-    text = tls.render_listen("0123456789abcdef")
+    text = tls.render_listen(True)
     assert "listen 8443 ssl default_server;" in text
-    assert "ssl_certificate /etc/nginx/tls/0123456789abcdef.crt;" in text
-    assert "ssl_certificate_key /etc/nginx/tls/0123456789abcdef.key;" in text
+    # Loaded at each handshake through the live link (the variable is always empty): no reload to renew.
+    assert "ssl_certificate /etc/nginx/tls/live.pem$handover_tls_pair;" in text
+    assert "ssl_certificate_key /etc/nginx/tls/live.pem$handover_tls_pair;" in text
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in text
     assert "TLSv1.1" not in text and "TLSv1 " not in text
     ciphers = next(line for line in text.splitlines() if line.startswith("ssl_ciphers"))
@@ -66,14 +67,23 @@ def test_tls_listen_has_sane_protocols_ciphers_session_cache_and_no_hsts_by_defa
 
 
 def test_hsts_header_when_asked() -> None:
-    text = tls.render_listen("0123456789abcdef", hsts=31536000)
+    text = tls.render_listen(True, hsts=31536000)
     assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in text
+    with pytest.raises(ValueError):
+        tls.render_listen(True, hsts=-1)
 
 
 @pytest.mark.parametrize("generation", ["../etc/passwd", "0123", "0123456789ABCDEF"])
 def test_only_a_generation_digest_can_name_the_files(generation: str) -> None:
     with pytest.raises(ValueError):
-        tls.render_listen(generation)
+        tls.render_check(generation)
+
+
+def test_the_check_config_loads_only_the_new_pair() -> None:
+    text = tls.render_check("0123456789abcdef")
+    assert "ssl_certificate /etc/nginx/tls/0123456789abcdef.pem;" in text
+    assert "ssl_certificate_key /etc/nginx/tls/0123456789abcdef.pem;" in text
+    assert "include" not in text and "listen 127.0.0.1:9 ssl;" in text
 
 
 @pytest.mark.parametrize(("port", "target"), [(8443, "https://$host:8443$request_uri"),
@@ -83,12 +93,13 @@ def test_plain_http_redirects_to_https_keeping_path_and_query(port: int, target:
     assert "listen 8080 default_server;" in text
     assert f"return 308 {target};" in text
     assert "location = /nginx-health" in text
+    assert "map $server_port $handover_tls_pair {" in text
 
 
-def test_the_listen_file_names_its_pair() -> None:
-    assert tls.generation_in_use(tls.render_listen("0123456789abcdef")) == "0123456789abcdef"
-    assert tls.generation_in_use(tls.render_listen(None)) is None
-    assert tls.generation_in_use(None) is None
+def test_the_live_link_names_its_pair() -> None:
+    assert tls.generation_of("0123456789abcdef.pem\n") == "0123456789abcdef"
+    assert tls.generation_of("../x.pem") is None
+    assert tls.generation_of(None) is None
 
 
 # -- the pair's checks -------------------------------------------------------------------------------
@@ -221,35 +232,56 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_install_writes_the_pair_0600_never_on_a_command_line_and_renewal_keeps_the_loaded_one(
+def test_install_writes_the_pair_0600_never_on_a_command_line_and_renewal_swaps_one_link(
         ca: Authority, pair: tuple[Path, Path], tmp_path: Path) -> None:
     runner = Recording()
     home = tmp_path / "state" / "tls"
-    files = tls.TlsFiles(runner, str(home), str(pair[0]), str(pair[1]), 8443, 0)
-    assert files.install() is True
+    given: list[str] = []
+    checked: list[str] = []
+    files = tls.TlsFiles(runner, str(home), str(pair[0]), str(pair[1]), 8443, 0,
+                         give_to_workers=given.append, validate=checked.append)
+    assert files.install() is True  # the include files changed: a reload is due
     first = tls.check_pair(str(pair[0]), str(pair[1])).generation
-    key_file = home / f"{first}.key"
-    assert key_file.read_bytes() == pair[1].read_bytes() and _mode(key_file) == 0o600
-    assert _mode(home) == 0o700
+    pem = home / f"{first}.pem"
+    assert pem.read_bytes() == pair[0].read_bytes().rstrip(b"\n") + b"\n" + pair[1].read_bytes()
+    assert _mode(pem) == 0o600 and _mode(home) == 0o711
+    assert given == [str(pem)] and checked == ["/etc/nginx/tls/pair-check.nginx"]
+    assert os.readlink(home / "live.pem") == f"{first}.pem" and files.renewed
     body = "".join(pair[1].read_text().splitlines()[1:-1])
     assert all(body[:40] not in line for line in runner.lines), "the key must never be on a command line"
-    assert tls.generation_in_use((home / tls.LISTEN_FILE).read_text()) == first
     assert "return 308" in (home / tls.REDIRECT_FILE).read_text()
-    assert files.install() is False  # nothing changed: nothing written
+    assert files.install() is False and not files.renewed  # nothing changed: nothing written
+    assert len(given) == 1
 
     renewed = ca.server_pair(tmp_path, "renewed")
     files.cert, files.key = str(renewed[0]), str(renewed[1])
-    assert files.install() is True
+    assert files.install() is False  # a renewal: no include file changes, so no reload
     second = tls.check_pair(*map(str, renewed)).generation
-    assert {p.name for p in home.glob("*.key")} == {f"{first}.key", f"{second}.key"}
-    assert files.restore() is True  # a failed nginx -t: the previous listen file is back
-    assert tls.generation_in_use((home / tls.LISTEN_FILE).read_text()) == first
+    assert files.renewed and os.readlink(home / "live.pem") == f"{second}.pem"
+    assert {p.name for p in home.glob("*.pem") if not p.is_symlink()} == {f"{first}.pem", f"{second}.pem"}
+    assert files.restore() is False  # a failed deploy: the previous pair is live again, still no reload
+    assert os.readlink(home / "live.pem") == f"{first}.pem"
 
     third = ca.server_pair(tmp_path, "third")
     files.cert, files.key = str(third[0]), str(third[1])
     files.install()
     generation = tls.check_pair(*map(str, third)).generation
-    assert {p.name for p in home.glob("*.key")} == {f"{first}.key", f"{generation}.key"}  # second never loaded
+    assert {p.name for p in home.glob("*.pem") if not p.is_symlink()} == {f"{first}.pem", f"{generation}.pem"}
+
+
+def test_a_pair_nginx_refuses_is_not_put_live(ca: Authority, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    home = tmp_path / "tls"
+    files = tls.TlsFiles(Recording(), str(home), str(pair[0]), str(pair[1]))
+    files.install()
+    renewed = ca.server_pair(tmp_path, "renewed")
+
+    def refuse(conf: str) -> None:
+        raise ConfigError("nginx -t refused it")
+
+    refusing = tls.TlsFiles(Recording(), str(home), str(renewed[0]), str(renewed[1]), validate=refuse)
+    with pytest.raises(ConfigError, match="refused"):
+        refusing.install()
+    assert tls.generation_of(os.readlink(home / "live.pem")) == tls.check_pair(*map(str, pair)).generation
 
 
 def test_a_bad_pair_writes_nothing(ca: Authority, tmp_path: Path) -> None:
