@@ -313,3 +313,41 @@ def test_the_probe_takes_a_ca_file_for_https(ca: Authority, tmp_path: Path) -> N
     assert ProbeSettings(base_url="http://127.0.0.1:8080").tls_context() is None
     with pytest.raises(ProbeError, match=r"ca_file .* is not a readable file"):
         ProbeSettings(base_url="https://127.0.0.1:8443", ca_file=str(tmp_path / "none.pem"))
+
+
+# -- through the engine (fake Docker host) -----------------------------------------------------------
+def test_a_deploy_with_an_expired_pair_stops_before_the_lock_and_is_recorded(ca: Authority, tmp_path: Path) -> None:
+    from handover.engine import DeployOptions, Engine
+    from handover.progress import Progress
+    from tests.unit.fakehost import FakeHost, fake_settings
+
+    host = FakeHost(tmp_path)
+    assert Engine(host.runner, host.settings, Progress(quiet=True)).up("v1").result == "success"
+    cert, key = ca.server_pair(tmp_path, "old", expired=True)
+    expired = fake_settings(tmp_path, tls_certificate=str(cert), tls_key=str(key))  # the same host's tree
+    calls = len(host.calls)
+    engine = Engine(host.runner, expired, Progress(quiet=True))
+    with pytest.raises(ConfigError, match=f"the certificate in {cert} expired on"):
+        engine.deploy(DeployOptions(version="v2"))
+    made = [c.command.line for c in host.calls[calls:]]
+    assert not any(line.endswith("/lock") or " up " in line or " build " in line or "docker exec" in line
+                   for line in made), made
+    assert not host.lock_held()
+    record = host.records()[-1]
+    assert (record["version"], record["result"], record["failed_step"]) == ("v2", "failed", "proxy config")
+    assert not (tmp_path / "deploy" / ".state" / "tls" / "live.pem").exists()
+
+
+@pytest.mark.parametrize(("tls_on", "renewed", "reloaded", "words"), [
+    (True, True, False, "new certificate and key live (nginx -t passed; new TLS connections get them, no reload)"),
+    (True, False, True, "TLS configuration changed (nginx -t passed, nginx reloaded)"),
+    (True, False, False, "certificate and key unchanged; nothing done"),
+    (False, False, False, "TLS is off (deploy.tls_certificate is empty); nothing to do"),
+])
+def test_certs_says_what_it_did(pair: tuple[Path, Path], tls_on: bool, renewed: bool, reloaded: bool,
+                                words: str) -> None:
+    from handover import cli
+
+    keys = {"tls_certificate": str(pair[0]), "tls_key": str(pair[1])} if tls_on else {}
+    s = settings_module.load(config(**keys))
+    assert cli.certs_outcome(s, renewed=renewed, reloaded=reloaded) == words
