@@ -337,6 +337,7 @@ class Engine:
         """Load the proxy's configuration as the settings now make it (a renewed TLS certificate),
         under the lock: validated (``nginx -t``) first, reloaded only when it changed. On a failed
         validation the previous files are put back and the proxy keeps what it runs."""
+        self.proxy.check()
         self.lock.acquire(lock_info("certs"))
         try:
             if self.proxy.running() is None:

@@ -360,7 +360,8 @@ class StartProxy(Step):
         if run.facts.proxy is not None:
             return None
         s = run.engine.settings
-        return f"start the proxy on http://{s.http_bind}:{s.http_port}"
+        https = f" and https://{s.http_bind}:{s.https_port}" if s.tls else ""
+        return f"start the proxy on http://{s.http_bind}:{s.http_port}{https}"
 
     def check(self, run: Run) -> None:
         if run.facts.proxy is None:

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..backends import Backend, Instance
-from ..errors import HandoverError, PreflightError, ProxyConfigInvalid
+from ..errors import ConfigError, HandoverError, PreflightError, ProxyConfigInvalid
 from ..settings import CONTAINER_ROOT, Settings
 from ..shell import Runner, read_file, run, write_file
-from ..tls import WORKER_UID, TlsFiles
+from ..tls import HTTPS_PORT_IN_CONTAINER, WORKER_UID, TlsFiles
 
 SERVICE = "nginx"
 UPSTREAM_NAME = "handover_app"
@@ -171,7 +171,18 @@ class NginxProxy:
         self.tls.prepare()
 
     def check(self) -> None:
-        self.tls.wanted()
+        pair, _ = self.tls.wanted()
+        proxy = self.running() if pair is not None else None
+        if proxy is None:
+            return
+        # The HTTPS port is published when nginx's container is made (compose/docker-compose.yml).
+        bind, port = self.settings.http_bind, self.settings.https_port
+        published = run(self.runner, ["docker", "port", proxy.id, f"{HTTPS_PORT_IN_CONTAINER}/tcp"], check=False)
+        if f"{bind}:{port}" not in published.stdout.split():
+            raise ConfigError(
+                f"config key deploy.https_port: nginx's container {proxy.name} does not publish {bind}:{port} "
+                f"(it was made with TLS off or another port); make it again once: `inv local.down && inv local.up` "
+                "(on a host: `fab down`, then `fab deploy`)")
 
     def _give_to_workers(self, path: str) -> None:
         """nginx's workers read the pair at each handshake: the file becomes theirs (mode 0600). As

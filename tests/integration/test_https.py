@@ -107,6 +107,7 @@ def unique(tag: str) -> str:
     return f"tls-{tag}-{time.strftime('%H%M%S')}-{time.monotonic_ns() % 100000}"
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")  # TLS 1.0/1.1 asked for on purpose
 def test_https_serves_with_hsts_and_plain_http_redirects(tls_stack: TlsStack) -> None:
     response = requests.get(f"{tls_stack.url}/api/info", timeout=5, verify=str(tls_stack.ca_file))
     assert response.status_code == 200
@@ -215,3 +216,23 @@ def test_a_bad_pair_changes_nothing_and_the_old_certificate_serves(tls_stack: Tl
     assert (after["server_id"], after["version"]) == (before["server_id"], before["version"])
     status = tls_stack.stack.inv("local.status").stdout
     assert "lock: unlocked" in status
+
+
+def test_an_https_port_nginx_does_not_publish_is_named_and_changes_nothing(tls_stack: TlsStack) -> None:
+    """TLS turned on, or https_port changed, for an nginx container made before: refused, naming the
+    key and the way out, instead of serving TLS on a port nobody can reach."""
+    served, files, before = tls_stack.served_certificate(), tls_stack.tls_files(), info(tls_stack)
+    other = HTTPS_PORT + 1
+    tls_stack.stack.env["INVOKE_DEPLOY_HTTPS_PORT"] = str(other)
+    try:
+        for args in (("local.deploy", "--version", unique("port")), ("local.certs",)):
+            result = tls_stack.stack.inv(*args, check=False)
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert f"config key deploy.https_port: nginx's container {HTTPS_PROJECT}-nginx-1 does not publish " \
+                   f"127.0.0.1:{other}" in result.stderr, result.stderr
+            assert "inv local.down && inv local.up" in result.stderr
+    finally:
+        tls_stack.stack.env["INVOKE_DEPLOY_HTTPS_PORT"] = str(HTTPS_PORT)
+    assert tls_stack.served_certificate() == served and tls_stack.tls_files() == files
+    after = info(tls_stack)
+    assert (after["server_id"], after["version"]) == (before["server_id"], before["version"])
