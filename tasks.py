@@ -63,7 +63,7 @@ def up(c: Context, version: str | None = None) -> None:
         target = cli.target_version(s, version)
         cli.prepare_build(s, progress)
         Engine(c, s, progress).up(target)
-        progress.say(f"==> serving on http://{s.http_bind}:{s.http_port}/  (total {time.monotonic() - t0:.1f} s)")
+        progress.say(f"==> serving on {cli.public_url(s)}/  (total {time.monotonic() - t0:.1f} s)")
 
     cli.guarded(go)
 
@@ -409,7 +409,20 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
             raise Exit(code=1)
 
 
-local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock)
+@task
+def certs(c: Context) -> None:
+    """Install a renewed TLS certificate and key (deploy.tls_*): checked, `nginx -t`, then a reload; no deploy."""
+
+    def go() -> None:
+        engine = _engine(c)
+        reloaded = engine.refresh_proxy()
+        renewed = bool(getattr(getattr(engine.proxy, "tls", None), "renewed", False))
+        print(cli.certs_outcome(engine.settings, renewed=renewed, reloaded=reloaded))
+
+    cli.guarded(go)
+
+
+local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock, certs)
 ns = Collection(local, probe, bench)
 ns.configure(cli.defaults())
 

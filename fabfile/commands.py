@@ -242,6 +242,20 @@ def unlock(c: Any) -> None:
 
 
 @task
+def certs(c: Any) -> None:
+    """Put a renewed TLS certificate and key (deploy.tls_*, local files) live on each host: checked, nginx -t, no
+    reload."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        engine = Engine(remote.conn, remote.target.settings, progress)
+        reloaded = engine.refresh_proxy()
+        renewed = bool(getattr(getattr(engine.proxy, "tls", None), "renewed", False))
+        progress.say(f"{remote.name}: {cli.certs_outcome(remote.target.settings, renewed=renewed, reloaded=reloaded)}")
+
+    cli.guarded(lambda: for_each_host(c, remote_config(c), work))
+
+
+@task
 def down(c: Any) -> None:
     """Stop and remove each host's whole stack (app and proxy containers, network); releases stay."""
 

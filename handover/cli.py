@@ -103,6 +103,23 @@ def _fail(message: str, code: int, on_error: Callable[[str], None] | None) -> No
     raise Exit(code=code) from None
 
 
+def public_url(s: Settings) -> str:
+    """Where the stack answers: HTTPS on https_port when TLS is on, else HTTP on http_port."""
+    return f"https://{s.http_bind}:{s.https_port}" if s.tls else f"http://{s.http_bind}:{s.http_port}"
+
+
+def certs_outcome(s: Settings, *, renewed: bool, reloaded: bool) -> str:
+    """What `certs` did, in one line (never the pair's content or digest)."""
+    if not s.tls:
+        return "TLS is off (deploy.tls_certificate is empty)" + ("; nginx reloaded" if reloaded else "; nothing to do")
+    parts = []
+    if renewed:
+        parts.append("new certificate and key live (nginx -t passed; new TLS connections get them, no reload)")
+    if reloaded:
+        parts.append("TLS configuration changed (nginx -t passed, nginx reloaded)")
+    return "; ".join(parts) if parts else "certificate and key unchanged; nothing done"
+
+
 def guarded(fn: Callable[[], T], on_error: Callable[[str], None] | None = None) -> T:
     with user_errors(on_error):
         return fn()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from . import images, plans, record
 from .backends import HEALTHY, UNHEALTHY, Backend, Instance, make_backend
-from .errors import CommandError, HandoverError, HealthCheckFailed, LockHeld
+from .errors import CommandError, HandoverError, HealthCheckFailed, LockHeld, PreflightError
 from .lock import DeployLock, lock_info
 from .progress import Progress
 from .proxies import Proxy, make_proxy
@@ -395,6 +395,20 @@ class Engine:
         return stale
 
     # -- the stack as a whole ----------------------------------------------------------------------
+    def refresh_proxy(self) -> bool:
+        """Load the proxy's configuration as the settings now make it (a renewed TLS certificate),
+        under the lock: validated (``nginx -t``) first, reloaded only when it changed. On a failed
+        validation the previous files are put back and the proxy keeps what it runs."""
+        self.proxy.check()
+        self.lock.acquire(lock_info("certs"))
+        try:
+            if self.proxy.running() is None:
+                raise PreflightError(f"the proxy of project {self.settings.project!r} is not running: start the "
+                                     "stack first (its first start installs the certificate)")
+            return self.proxy.configure(self.settings.replicas)
+        finally:
+            self.lock.release()
+
     def down(self) -> None:
         """Remove the whole stack; refused while a deploy holds the lock."""
         self.lock.acquire(lock_info("down"))

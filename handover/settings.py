@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import envfile
+from . import envfile, tls
 from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +114,16 @@ class Settings:
             return ""
         name = PurePosixPath(self.extra_compose_file).name
         return _join(self.source_path, name) if self.synced else self.extra_compose_file
+    # HTTPS (see handover/tls.py): the pair's local files ('' = plain HTTP), the published HTTPS port
+    # and the HSTS max-age (0 = no header).
+    tls_certificate: str = ""
+    tls_key: str = ""
+    https_port: int = 8443
+    hsts: int = 0
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certificate)
 
     @property
     def source_path(self) -> str:
@@ -330,7 +340,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
     optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_port", "app_health",
                 *RELEASE_AND_HOOK_DEFAULTS, "app_build", "app_ship", "app_stop_signal", "app_pre_stop",
-                "app_pre_stop_timeout", "extra_compose_file"}
+                "app_pre_stop_timeout", "extra_compose_file", *TLS_KEYS}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -351,6 +361,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     if extra_file and (Path(extra_file).name in RELEASE_NAMES or Path(extra_file).name == Path(app_build).name):
         raise ConfigError(f"config key deploy.extra_compose_file: {extra_file} would take the name of a directory "
                           "of the synced release (compose/, nginx/, the build directory); rename the file")
+    http_port = _integer("http_port", config["http_port"], 1, 65535)
     return Settings(
         project=project,
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
@@ -361,7 +372,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         state_dir=_inner_path("state_dir", config["state_dir"],
                               "a relative directory inside deploy_dir such as .state"),
         http_bind=_ipv4("http_bind", config["http_bind"]),
-        http_port=_integer("http_port", config["http_port"], 1, 65535),
+        http_port=http_port,
         replicas=_integer("replicas", config["replicas"], 1, 16),
         app_image=_app_image(config.get("app_image"), project),
         base_image=_text("base_image", config["base_image"], _IMAGE_REF, "an image reference"),
@@ -384,6 +395,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         app_pre_stop_timeout=_number("app_pre_stop_timeout", config.get("app_pre_stop_timeout", 10), 1, 600),
         extra_compose_file=extra_file,
         extra_services=extra_services,
+        **_tls(config, http_port),
     )
 
 
@@ -440,6 +452,29 @@ def _release_and_hooks(config: Mapping[str, Any]) -> dict[str, Any]:
         "hooks_dir": _hooks_dir("hooks_dir", get("hooks_dir")),
         "hook_timeout": _number("hook_timeout", get("hook_timeout"), 1, 3600),
     }
+
+
+TLS_KEYS = ("tls_certificate", "tls_key", "https_port", "hsts")
+
+
+def _tls(config: Mapping[str, Any], http_port: int) -> dict[str, Any]:
+    """The HTTPS keys: both files or neither. The pair itself (readable, matching, valid) is checked
+    by every run that installs it, before anything changes (:meth:`handover.proxies.Proxy.check`), so
+    `status`, `logs` or `down` still work with an expired certificate configured."""
+    paths = {key: _optional_text(key, config.get(key), None, "a path without newlines")
+             for key in ("tls_certificate", "tls_key")}
+    https_port = _integer("https_port", config.get("https_port", 8443), 1, 65535)
+    hsts = _integer("hsts", config.get("hsts", 0), 0, tls.HSTS_MAX)
+    if bool(paths["tls_certificate"]) != bool(paths["tls_key"]):
+        given, empty = sorted(paths, key=lambda key: not paths[key])
+        raise ConfigError(f"config key deploy.{empty}: deploy.{given} is set, so deploy.{empty} must be too "
+                          "(both files, or neither for plain HTTP)")
+    if paths["tls_certificate"]:
+        paths = {key: str(envfile.resolve(value, PROJECT_ROOT)) for key, value in paths.items()}
+        if https_port == http_port:
+            raise ConfigError(f"config key deploy.https_port: {https_port} is deploy.http_port too; with TLS on, "
+                              "http_port redirects to https_port, so they must differ")
+    return {**paths, "https_port": https_port, "hsts": hsts}
 
 
 def check_version(version: str) -> str:

@@ -228,6 +228,9 @@ class ProxyConfig(Step):
     def describe(self, run: Run) -> str:
         return "validate the proxy's configuration if it changed (loaded at the switch)"
 
+    def check(self, run: Run) -> None:
+        run.engine.proxy.check()
+
     def run(self, run: Run) -> str:
         run.proxy_pending = run.engine.proxy.configure(run.engine.settings.replicas, load=False)
         run.proxy_changed = run.proxy_changed or run.proxy_pending
@@ -404,7 +407,12 @@ class StartProxy(Step):
         if run.facts.proxy is not None:
             return None
         s = run.engine.settings
-        return f"start the proxy on http://{s.http_bind}:{s.http_port}"
+        https = f" and https://{s.http_bind}:{s.https_port}" if s.tls else ""
+        return f"start the proxy on http://{s.http_bind}:{s.http_port}{https}"
+
+    def check(self, run: Run) -> None:
+        if run.facts.proxy is None:
+            run.engine.proxy.check()
 
     def run(self, run: Run) -> None:
         run.engine.proxy.start()

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-path", default=DEFAULTS.http_path)
     parser.add_argument("--ws-path", default=DEFAULTS.ws_path)
     parser.add_argument("--settle-timeout", type=float, default=DEFAULTS.settle_timeout)
+    parser.add_argument("--ca-file", default="", help="CA certificates (PEM) to verify an https server against")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ws_clients=args.ws_clients,
             ws_message_interval=args.ws_interval,
             settle_timeout=args.settle_timeout,
+            ca_file=args.ca_file,
         )
         probe = Probe(settings)
         probe.start()

@@ -33,8 +33,10 @@ class ProbeEngine:
 
     async def start(self) -> None:
         rng = random.Random()
+        tls = self._settings.tls_context()
         self._clients = [
-            WsClient(f"c{i}", self._settings.ws_url, self._settings.ws_message_interval, self._stats, rng, self._clock)
+            WsClient(f"c{i}", self._settings.ws_url, self._settings.ws_message_interval, self._stats, rng, self._clock,
+                     tls=tls)
             for i in range(self._settings.ws_clients)
         ]
         loop = asyncio.get_running_loop()

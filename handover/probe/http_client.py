@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 import h11
+
+from .settings import tls_context
 
 READ_CHUNK_BYTES = 65536
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -49,9 +50,10 @@ class HttpTarget:
     port: int
     tls: bool
     host_header: str
+    ca_file: str = ""  # extra CA certificates for https (see ProbeSettings.ca_file)
 
     @classmethod
-    def from_url(cls, base_url: str) -> HttpTarget:
+    def from_url(cls, base_url: str, ca_file: str = "") -> HttpTarget:
         parts = urlsplit(base_url)
         if parts.hostname is None:
             raise ValueError(f"no host in {base_url!r}")
@@ -60,6 +62,7 @@ class HttpTarget:
             port=parts.port or DEFAULT_PORTS[parts.scheme],
             tls=parts.scheme == "https",
             host_header=parts.netloc,
+            ca_file=ca_file,
         )
 
 
@@ -83,7 +86,7 @@ class HttpConnection:
 
     @classmethod
     async def open(cls, target: HttpTarget, clock: Clock) -> HttpConnection:
-        tls = ssl.create_default_context() if target.tls else None
+        tls = tls_context(target.ca_file) if target.tls else None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(target.host, target.port, ssl=tls), CONNECT_TIMEOUT_SECONDS

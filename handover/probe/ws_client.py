@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import random
+import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -44,9 +46,11 @@ class SessionEnd:
 
 class WsClient:
     def __init__(
-        self, name: str, url: str, interval: float, stats: WsStats, rng: random.Random, clock: Clock = time.monotonic
+        self, name: str, url: str, interval: float, stats: WsStats, rng: random.Random, clock: Clock = time.monotonic,
+        *, tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self._tls = tls  # the verifying context for wss:// (None: the library's default)
         self._url = url
         self._interval = interval
         self._stats = stats
@@ -111,9 +115,11 @@ class WsClient:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _session(self) -> SessionEnd:
+        options: dict[str, Any] = {"ssl": self._tls} if self._tls is not None else {}
         try:
             connection = await connect(
                 self._url,
+                **options,
                 open_timeout=OPEN_TIMEOUT_SECONDS,
                 close_timeout=CLOSE_TIMEOUT_SECONDS,
                 ping_interval=PING_INTERVAL_SECONDS,

@@ -32,6 +32,10 @@ class Proxy(Protocol):
     def prepare(self) -> None:
         """Create what the proxy and the instances share (directories), idempotently."""
 
+    def check(self) -> None:
+        """Verify, before anything changes, what its configuration needs (e.g. a TLS certificate and
+        key that match and are valid); raise :class:`handover.errors.ConfigError` naming the problem."""
+
     def live_ids(self) -> set[str]:
         """Short IDs of the instances that get traffic now."""
 

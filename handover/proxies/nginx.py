@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..backends import Backend, Instance
-from ..errors import HandoverError, PreflightError, ProxyConfigInvalid
+from ..errors import ConfigError, HandoverError, PreflightError, ProxyConfigInvalid
 from ..settings import CONTAINER_ROOT, Settings
 from ..shell import Runner, read_file, run, write_file
+from ..tls import HTTPS_PORT_IN_CONTAINER, WORKER_UID, TlsFiles
 
 SERVICE = "nginx"
 UPSTREAM_NAME = "handover_app"
@@ -213,9 +215,13 @@ class NginxProxy:
     _replaced_upstream: str | None = None
     _replaced_modules: str | None = None
     _wrote_upstream: bool = False
+    tls: TlsFiles = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.settings.tcp:
+        s = self.settings
+        self.tls = TlsFiles(self.runner, self.tls_dir, s.tls_certificate, s.tls_key, s.https_port, s.hsts,
+                            give_to_workers=self._give_to_workers, validate=self._validate_pair)
+        if s.tcp:
             self.switch_words = "atomic rename of nginx's targets file, read by njs; no reload"
 
     # -- where things are ------------------------------------------------------------------------
@@ -226,6 +232,11 @@ class NginxProxy:
     @property
     def sockets_dir(self) -> str:
         return f"{self.settings.state_path}/sockets"
+
+    @property
+    def tls_dir(self) -> str:
+        """The certificate, key and listen/redirect includes (mounted read-only at /etc/nginx/tls)."""
+        return f"{self.settings.state_path}/tls"
 
     @property
     def upstream_path(self) -> str:
@@ -257,12 +268,52 @@ class NginxProxy:
         return self.settings.proxy_base_image
 
     def build_env(self, base_image: str | None = None) -> dict[str, str]:
-        return {"PROXY_BASE_IMAGE": base_image or self.settings.proxy_base_image,
-                "PROXY_IMAGE": f"{self.settings.project}-nginx"}
+        env = {"PROXY_BASE_IMAGE": base_image or self.settings.proxy_base_image,
+               "PROXY_IMAGE": f"{self.settings.project}-nginx"}
+        if self.settings.tls:
+            env["HTTPS_PORT"] = str(self.settings.https_port)
+        return env
 
     def prepare(self) -> None:
         run(self.runner, ["mkdir", "-p", self.nginx_dir, self.sockets_dir])
         run(self.runner, ["chmod", SOCKET_DIR_MODE, self.sockets_dir])
+        self.tls.prepare()
+
+    def check(self) -> None:
+        pair, _ = self.tls.wanted()
+        proxy = self.running() if pair is not None else None
+        if proxy is None:
+            return
+        # The HTTPS port is published when nginx's container is made (compose/docker-compose.yml).
+        bind, port = self.settings.http_bind, self.settings.https_port
+        published = run(self.runner, ["docker", "port", proxy.id, f"{HTTPS_PORT_IN_CONTAINER}/tcp"], check=False)
+        if f"{bind}:{port}" not in published.stdout.split():
+            raise ConfigError(
+                f"config key deploy.https_port: nginx's container {proxy.name} does not publish {bind}:{port} "
+                f"(it was made with TLS off or another port); make it again once: `inv local.down && inv local.up` "
+                "(on a host: `fab down`, then `fab deploy`)")
+
+    def _give_to_workers(self, path: str) -> None:
+        """nginx's workers read the pair at each handshake: the file becomes theirs (mode 0600). As
+        root here, a chown; otherwise (a host reached over SSH, a user in the docker group) the chown
+        runs in a throwaway container of the proxy's image, with no network."""
+        if not callable(getattr(self.runner, "sftp", None)) and os.geteuid() == 0:
+            os.chown(path, WORKER_UID, WORKER_UID)
+            return
+        name = path.rpartition("/")[2]
+        run(self.runner, ["docker", "run", "--rm", "--network", "none", "--user", "0", "--volume",
+                          f"{self.tls_dir}:/tls", "--entrypoint", "chown", f"{self.settings.project}-nginx:1",
+                          f"{WORKER_UID}:{WORKER_UID}", f"/tls/{name}"])
+
+    def _validate_pair(self, check_conf: str) -> None:
+        """``nginx -t`` on a configuration that loads the new pair (nothing else), in the running proxy."""
+        proxy = self.running()
+        if proxy is None:
+            return  # first start: the pair was checked (match, dates) before anything ran
+        result = self.backend.exec(proxy, ["nginx", "-t", "-q", "-c", check_conf], check=False)
+        if result.exited != 0:
+            raise ProxyConfigInvalid("nginx -t refused the new certificate and key (nothing changed):\n"
+                                     f"{(result.stderr + result.stdout).strip()}")
 
     def running(self) -> Instance | None:
         return self.backend.proxy_instance(self.service)
@@ -382,7 +433,7 @@ class NginxProxy:
         write_file(self.runner, self.upstream_path, text)
 
     def remove_state(self) -> None:
-        run(self.runner, ["rm", "-rf", self.nginx_dir, self.sockets_dir])
+        run(self.runner, ["rm", "-rf", self.nginx_dir, self.sockets_dir, self.tls_dir])
 
     def test_config(self) -> None:
         """``nginx -t`` inside the running proxy; raise with nginx's own message when it fails."""
@@ -394,11 +445,12 @@ class NginxProxy:
             raise ProxyConfigInvalid(f"nginx -t failed:\n{(result.stderr + result.stdout).strip()}")
 
     def fingerprint(self) -> str:
-        """A digest of the files nginx loads (its nginx/ directory and the generated files)."""
+        """A digest of the files nginx loads (its nginx/ directory, the generated files and the TLS
+        includes, which name the certificate and key by a digest of their content)."""
         files = f"{self.settings.source_path}/nginx"
-        script = ('find "$1" "$2" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
-                  '-print0 | sort -z | xargs -0 cat')
-        text = run(self.runner, ["sh", "-c", script, "fingerprint", files, self.nginx_dir]).stdout
+        script = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
+                  '-print0 2>/dev/null | sort -z | xargs -0 cat')
+        text = run(self.runner, ["sh", "-c", script, "fingerprint", files, self.nginx_dir, self.tls_dir]).stdout
         return hashlib.sha256(text.encode()).hexdigest()
 
     def config_changed(self) -> bool:
@@ -425,6 +477,8 @@ class NginxProxy:
             self.write_modules()
             self.write_upstream(wanted)
             self._replaced_upstream, self._wrote_upstream = previous, True
+        if slots is not None:  # a deploy (not a recovery, which loads what restore() put back)
+            self.tls.install()
         if not self.config_changed():
             return False
         try:
@@ -437,8 +491,9 @@ class NginxProxy:
         return True
 
     def restore(self) -> bool:
+        restored_tls = self.tls.restore()
         if not self._wrote_upstream:
-            return False
+            return restored_tls
         if self._replaced_upstream is not None:
             self.write_upstream(self._replaced_upstream)
         if self._replaced_modules is not None:
@@ -484,6 +539,7 @@ class NginxProxy:
         self.prepare()
         self.write_modules()
         self.write_upstream(self.render(self.settings.replicas))
+        self.tls.install()
         self.backend.start_proxy(self.service)
         deadline = time.monotonic() + START_TIMEOUT
         while self.running() is None:
@@ -491,3 +547,4 @@ class NginxProxy:
                 raise PreflightError("nginx did not start (see `logs`): its container is not running")
             time.sleep(START_POLL_SECONDS)
         self.configure()
+        self.tls.commit()
