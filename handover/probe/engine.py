@@ -34,7 +34,8 @@ class ProbeEngine:
     async def start(self) -> None:
         rng = random.Random()
         self._clients = [
-            WsClient(f"c{i}", self._settings.ws_url, self._settings.ws_message_interval, self._stats, rng, self._clock)
+            WsClient(f"c{i}", self._settings.ws_url, self._settings.ws_message_interval, self._stats, rng, self._clock,
+                     connect_to=self._settings.ws_connect_to)
             for i in range(self._settings.ws_clients)
         ]
         loop = asyncio.get_running_loop()

@@ -51,7 +51,7 @@ class HttpTarget:
     host_header: str
 
     @classmethod
-    def from_url(cls, base_url: str) -> HttpTarget:
+    def from_url(cls, base_url: str, host_header: str = "") -> HttpTarget:
         parts = urlsplit(base_url)
         if parts.hostname is None:
             raise ValueError(f"no host in {base_url!r}")
@@ -59,7 +59,7 @@ class HttpTarget:
             host=parts.hostname,
             port=parts.port or DEFAULT_PORTS[parts.scheme],
             tls=parts.scheme == "https",
-            host_header=parts.netloc,
+            host_header=host_header or parts.netloc,
         )
 
 

@@ -58,7 +58,8 @@ class HttpLoad:
         self._settings = settings
         self._timeline = timeline
         self._clock = clock
-        self._pool = ConnectionPool(HttpTarget.from_url(settings.base_url), settings.max_connections, clock)
+        target = HttpTarget.from_url(settings.base_url, settings.host_header)
+        self._pool = ConnectionPool(target, settings.max_connections, clock)
         self._outstanding: set[asyncio.Task[None]] = set()
         self._stop_requested = False
         self.records: list[RequestRecord] = []
