@@ -68,6 +68,12 @@ class Settings:
     release_timeout: float = 300.0
     hooks_dir: str = ""
     hook_timeout: float = 60.0
+    # Several apps on one host behind a shared front proxy (see handover/front.py); off when no hostnames.
+    hostnames: tuple[str, ...] = ()
+    front_project: str = "handover-front"
+    front_dir: str = ".state-front"
+    front_bind: str = "127.0.0.1"
+    front_port: int = 8088
 
     @property
     def source_path(self) -> str:
@@ -81,6 +87,11 @@ class Settings:
     @property
     def state_path(self) -> str:
         return _join(self.deploy_dir, self.state_dir)
+
+    @property
+    def front_path(self) -> str:
+        """The front's directory (its registry of apps, config, lock): one per host, shared by its apps."""
+        return _join(self.deploy_dir, self.front_dir)
 
 
 def _join(base: str, path: str) -> str:
@@ -201,7 +212,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
-    optional = {"deploy_dir", "source_subdir", "env_file", "app_image", *RELEASE_AND_HOOK_DEFAULTS}
+    optional = {"deploy_dir", "source_subdir", "env_file", "app_image", *RELEASE_AND_HOOK_DEFAULTS, *FRONT_DEFAULTS}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -236,6 +247,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         releases_kept=_integer("releases_kept", config["releases_kept"], 1, 100),
         env_file=_env_file("env_file", config.get("env_file")),
         **_release_and_hooks(config),
+        **_front(config),
     )
 
 
@@ -291,6 +303,52 @@ def _release_and_hooks(config: Mapping[str, Any]) -> dict[str, Any]:
         "release_timeout": _number("release_timeout", get("release_timeout"), 1, 86400),
         "hooks_dir": _hooks_dir("hooks_dir", get("hooks_dir")),
         "hook_timeout": _number("hook_timeout", get("hook_timeout"), 1, 3600),
+    }
+
+
+# Several apps per host behind one front (handover/front.py): optional keys; no hostnames = not behind it.
+FRONT_DEFAULTS: dict[str, Any] = {"hostnames": "", "front_project": "handover-front", "front_dir": ".state-front",
+                                  "front_bind": "127.0.0.1", "front_port": 8088}
+# A server name nginx matches exactly (lowercase DNS labels), or with one leading "*." wildcard label.
+_HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+                       re.ASCII)
+_HOSTNAMES_EXPECTED = ("a list of host names such as [shop.example.com, www.shop.example.com] (lowercase letters, "
+                       "digits, '-' and '.', an optional leading '*.'), or \"\" for none")
+
+
+def _hostnames(key: str, value: object) -> tuple[str, ...]:
+    """The app's server names behind the front: a list, or one string of names split on commas or
+    spaces (for INVOKE_DEPLOY_HOSTNAMES); each checked, duplicates refused."""
+    if value is None or value == "" or value == []:
+        return ()
+    if isinstance(value, str):
+        names = [name for name in re.split(r"[,\s]+", value) if name]
+    elif isinstance(value, list | tuple) and all(isinstance(name, str) for name in value):
+        names = list(value)
+    else:
+        names = []
+    _expect(key, bool(names), _HOSTNAMES_EXPECTED, value)
+    for name in names:
+        ok = len(name) <= 253 and bool(_HOSTNAME.fullmatch(name))
+        _expect(key, ok, _HOSTNAMES_EXPECTED, name)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"config key deploy.{key}: {repeated[0]!r} is listed twice")
+    return tuple(names)
+
+
+def _front(config: Mapping[str, Any]) -> dict[str, Any]:
+    def get(key: str) -> Any:
+        value = config.get(key)
+        return FRONT_DEFAULTS[key] if value is None else value
+
+    return {
+        "hostnames": _hostnames("hostnames", get("hostnames")),
+        "front_project": _text("front_project", get("front_project"), _PROJECT_NAME,
+                               "a compose project name: lowercase letters, digits, '-' or '_'"),
+        "front_dir": _text("front_dir", get("front_dir"), None, "a path without newlines"),
+        "front_bind": _ipv4("front_bind", get("front_bind")),
+        "front_port": _integer("front_port", get("front_port"), 1, 65535),
     }
 
 
