@@ -26,6 +26,7 @@ ns = Collection(
     commands.lock,
     commands.unlock,
     commands.down,
+    commands.front_,
 )
 ns.configure(cli.defaults())
 ns.configure(cli.defaults(REMOTE_DEFAULTS_FILE))

@@ -60,6 +60,7 @@ UPSTREAM_KEEPALIVE_TIMEOUT = "50s"
 # close: for up to this long, as long as the apps' own proxies keep them (proxy_read_timeout 3600s).
 WORKER_SHUTDOWN_TIMEOUT = "3600s"
 _PORT = re.compile(r"(?P<bind>[0-9.]+|\[::\]|::):(?P<port>\d+)(?:-(?P<last>\d+))?->")
+PUBLISHED_FORMAT = '{{.Names}}\t{{.Label "com.docker.compose.project"}}\t{{.Ports}}'
 _ENTRY_NAME = re.compile(r"([a-z0-9][a-z0-9_-]{0,62})\.json")
 _LIST_PROCESSES = (
     'for p in /proc/[0-9]*; do t=$(tr "\\0" " " < "$p/cmdline" 2>/dev/null) || continue; '
@@ -186,13 +187,14 @@ def published_conflicts(listing: str, settings: Settings) -> list[str]:
     return problems
 
 
-def render_conf(entries: Sequence[Entry]) -> str:
+def render_conf(entries: Sequence[Entry], empty_listen: str = f"{LOOPBACK}:8088") -> str:
     """The front's whole nginx configuration for these apps (sorted, so the same apps give the same
-    bytes). With no app it answers 404 to everything. Every entry must listen on the same address."""
+    bytes). With no app it answers 404 to everything on ``empty_listen``. Every entry must listen on
+    the same address."""
     listens = {e.listen for e in entries}
     if len(listens) > 1:
         raise ValueError(f"the apps name different front addresses: {', '.join(sorted(listens))}")
-    listen = listens.pop() if listens else f"{LOOPBACK}:8088"
+    listen = listens.pop() if listens else empty_listen
     apps = sorted(entries, key=lambda e: e.project)
     lines = [
         "# Written by handover (handover/front.py) from the registry of apps in apps/; do not edit.",
@@ -341,6 +343,10 @@ class Front:
     def nginx_dir(self) -> str:
         return f"{self.path}/{NGINX_DIR}"
 
+    @property
+    def listen(self) -> str:
+        return f"{self.settings.front_bind}:{self.settings.front_port}"
+
     def entry_path(self, project: str) -> str:
         return f"{self.apps_dir}/{project}.json"
 
@@ -376,8 +382,7 @@ class Front:
 
     def check_ports(self) -> None:
         """Refuse a port another compose project publishes already (whether behind the front or not)."""
-        listing = run(self.runner, ["docker", "ps", "--format",
-                                    '{{.Names}}\t{{.Label "com.docker.compose.project"}}\t{{.Ports}}'], check=False)
+        listing = run(self.runner, ["docker", "ps", "--format", PUBLISHED_FORMAT], check=False)
         if listing.exited != 0:
             return  # the engine's preflight names what is wrong with docker
         problems = published_conflicts(listing.stdout, self.settings)
@@ -467,7 +472,7 @@ class Front:
         with ``nginx -t`` in the running front, then put it in place and reload (waiting until every
         accepting worker runs it). Returns whether it reloaded."""
         container = self.running()
-        wanted = render_conf(entries)
+        wanted = render_conf(entries, self.listen)
         if container is None or read_file(self.runner, f"{self.nginx_dir}/{CONF_FILE}") == wanted:
             return False
         write_file(self.runner, f"{self.nginx_dir}/{CANDIDATE_FILE}", wanted)
@@ -508,7 +513,7 @@ class Front:
             run(self.runner, ["mkdir", "-p", self.nginx_dir, f"{self.path}/{IMAGE_DIR}"])
             write_file(self.runner, f"{self.path}/{IMAGE_DIR}/Dockerfile", Path(DOCKERFILE).read_text())
             write_file(self.runner, f"{self.path}/{COMPOSE_FILE}", render_compose(front_image(self.settings)))
-            write_file(self.runner, f"{self.nginx_dir}/{CONF_FILE}", render_conf(entries))
+            write_file(self.runner, f"{self.nginx_dir}/{CONF_FILE}", render_conf(entries, self.listen))
             base = images.ensure_base_image(self.runner, self.settings.proxy_base_image, self.progress)
             env = {"PROXY_BASE_IMAGE": base}
             run(self.runner, self.compose("build", SERVICE), env=env, timeout=BUILD_TIMEOUT)
