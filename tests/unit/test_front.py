@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,54 @@ def test_an_unreadable_entry_is_named(tmp_path: Path) -> None:
     with pytest.raises(HandoverError, match=r"blog\.json"):
         front.claim(runner, shop, quiet)
     assert not (registry / "shop.json").exists()
+
+
+# -- over fab (a fake Docker host, real files) ---------------------------------------------------------
+def fab_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hostnames: tuple[str, ...]) -> Any:
+    from fabfile import hostconfig, sync
+    from fabfile.connect import Remote
+
+    from .fakehost import FakeHost
+    from .test_secrets import LocalConn
+
+    settings = dataclasses.replace(fake_settings(tmp_path, source_subdir=hostconfig.RELEASE_LINK),
+                                   hostnames=hostnames, front_dir=str(tmp_path / "front"))
+    host = FakeHost(tmp_path, settings)
+    deploy = Path(settings.deploy_dir)
+
+    def upload(remote: Remote, s: Any, version: str, progress: Any, dirs: Any) -> str:
+        name = sync.release_name(version)
+        for part in ("compose", "nginx"):
+            shutil.copytree(deploy / part, deploy / sync.RELEASES_DIR / name / part)
+        return name
+
+    monkeypatch.setattr(sync, "upload", upload)
+    target = hostconfig.Target(name="web1", host="web1", user=None, port=None, settings=settings, env_file=None)
+    return host, Remote(target, LocalConn(host), tmp_path / "known_hosts")
+
+
+def test_a_fab_deploy_registers_the_app_at_the_hosts_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabfile import hostrun
+
+    _, remote = fab_remote(tmp_path, monkeypatch, ("shop.test",))
+    assert hostrun.deploy(remote, "v1", force=False, progress=Progress(quiet=True)).result == "success"
+    entry = Entry.from_json((tmp_path / "front" / "apps" / f"{remote.target.settings.project}.json").read_text(), "")
+    assert entry == entry_of(remote.target.settings)
+
+
+def test_a_fab_deploy_claiming_another_apps_name_stops_before_anything(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabfile import hostrun, sync
+
+    host, remote = fab_remote(tmp_path, monkeypatch, ("shop.test",))
+    registry = tmp_path / "front" / "apps"
+    registry.mkdir(parents=True)
+    (registry / "blog.json").write_text(dataclasses.replace(A, project="blog", port=18099,
+                                                            front_bind="127.0.0.1", front_port=8088).to_json())
+    before = sorted(p.name for p in registry.iterdir())
+    with pytest.raises(ConfigError, match=r"host name shop\.test is claimed by project 'blog'"):
+        hostrun.deploy(remote, "v1", force=False, progress=Progress(quiet=True))
+    assert sorted(p.name for p in registry.iterdir()) == before
+    assert not host.matching("--project-name")  # only the host checks ran: no compose command of the app
+    assert host.app_containers() == []
+    assert sync.list_releases(remote, remote.target.settings) == []
