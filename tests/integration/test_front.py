@@ -155,6 +155,39 @@ def test_two_apps_deployed_alternately_under_their_probes_lose_nothing(two_apps:
         assert not (app.stack.state_dir / "lock").exists()
 
 
+def test_adding_and_removing_an_app_reloads_the_front_without_disturbing_the_others(
+        two_apps: tuple[App, App]) -> None:
+    """A third app's `up` registers it (the running front is checked and reloaded) and its `down`
+    removes it, while a probe runs on each of the first two: nothing lost, and their WebSocket
+    clients stay where they were (the old workers keep them)."""
+    a, b = two_apps
+    third = make_app("c", "c.test", port=SPARE_PORT)
+    conf = ROOT / FRONT_DIR / "nginx" / "nginx.conf"
+    probes = {"a": probe_via_front(a), "b": probe_via_front(b)}
+    for probe in probes.values():
+        probe.start()
+    try:
+        with probes["a"].window("add"), probes["b"].window("add"):
+            third.stack.inv("local.up")
+        assert "server_name c.test;" in conf.read_text()
+        assert third.via_front()["server_id"] == third.stack.info()["server_id"]
+        time.sleep(SETTLE_SECONDS)
+        with probes["a"].window("remove"), probes["b"].window("remove"):
+            third.stack.inv("local.down")
+        assert "c.test" not in conf.read_text()
+        time.sleep(SETTLE_SECONDS)
+    finally:
+        reports = {name: probe.stop() for name, probe in probes.items()}
+        third.stack.inv("local.down", check=False)
+        remove_images(f"{third.stack.project}-app")
+    for name, report in reports.items():
+        assert report.ok, f"probe of app {name}:\n{report.format_table()}"
+        ws = report.to_dict()["ws"]
+        assert (ws["reconnects"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+    unknown = requests.get(f"{a.front_url}/api/info", headers={"Host": "c.test"}, timeout=5)
+    assert unknown.status_code == 404
+
+
 def registry_bytes() -> dict[str, bytes]:
     root = ROOT / FRONT_DIR
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
