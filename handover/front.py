@@ -473,7 +473,8 @@ class Front:
         accepting worker runs it). Returns whether it reloaded."""
         container = self.running()
         wanted = render_conf(entries, self.listen)
-        if container is None or read_file(self.runner, f"{self.nginx_dir}/{CONF_FILE}") == wanted:
+        loaded = read_file(self.runner, f"{self.nginx_dir}/{CONF_FILE}")
+        if container is None or loaded == wanted:
             return False
         write_file(self.runner, f"{self.nginx_dir}/{CANDIDATE_FILE}", wanted)
         test = run(self.runner, ["docker", "exec", container, "nginx", "-t", "-q", "-c",
@@ -483,16 +484,24 @@ class Front:
                                      f"{(test.stderr + test.stdout).strip()}")
         before = active_workers(self._exec(container, "sh", "-c", _LIST_PROCESSES))
         run(self.runner, ["mv", "-f", f"{self.nginx_dir}/{CANDIDATE_FILE}", f"{self.nginx_dir}/{CONF_FILE}"])
-        self._exec(container, "nginx", "-s", "reload", "-c", f"{CONF_IN_CONTAINER}/{CONF_FILE}")
-        deadline = time.monotonic() + RELOAD_TIMEOUT
-        while True:
-            now = active_workers(self._exec(container, "sh", "-c", _LIST_PROCESSES))
-            if now and not (now & before):
-                return True
-            if time.monotonic() > deadline:
-                raise ProxyConfigInvalid(f"the front's nginx did not start new workers within {RELOAD_TIMEOUT:g} s "
-                                         "of the reload")
-            time.sleep(RELOAD_POLL_SECONDS)
+        try:
+            self._exec(container, "nginx", "-s", "reload", "-c", f"{CONF_IN_CONTAINER}/{CONF_FILE}")
+            deadline = time.monotonic() + RELOAD_TIMEOUT
+            while True:
+                now = active_workers(self._exec(container, "sh", "-c", _LIST_PROCESSES))
+                if now and not (now & before):
+                    return True
+                if time.monotonic() > deadline:
+                    # e.g. a port nginx -t cannot see is taken: the old workers serve on with the old file
+                    logs = run(self.runner, ["docker", "logs", "--tail", "5", container], check=False)
+                    raise ProxyConfigInvalid(f"the front's nginx did not take the new configuration within "
+                                             f"{RELOAD_TIMEOUT:g} s of the reload; it serves on with the previous "
+                                             f"one:\n{(logs.stdout + logs.stderr).strip()}")
+                time.sleep(RELOAD_POLL_SECONDS)
+        except BaseException:
+            if loaded is not None:
+                write_file(self.runner, f"{self.nginx_dir}/{CONF_FILE}", loaded)
+            raise
 
     def up(self) -> str:
         """Start the front (building its image the first time), or bring a running one up to date

@@ -12,7 +12,7 @@ import pytest
 from invoke.context import Context
 
 from handover import front
-from handover.errors import ConfigError, HandoverError
+from handover.errors import ConfigError, HandoverError, ProxyConfigInvalid
 from handover.front import Entry, collisions, entry_of, published_conflicts, render_conf
 from handover.probe.http_client import HttpTarget
 from handover.probe.settings import ProbeError, ProbeSettings
@@ -324,3 +324,69 @@ def test_a_fab_deploy_claiming_another_apps_name_stops_before_anything(tmp_path:
     assert not host.matching("--project-name")  # only the host checks ran: no compose command of the app
     assert host.app_containers() == []
     assert sync.list_releases(remote, remote.target.settings) == []
+
+
+class RunningFront(DockerStub):
+    """A front container that runs: ``nginx -t`` answers ``test_error`` (exit 1) when set, and a
+    reload brings new workers unless ``reload_stuck``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.test_error = ""
+        self.reload_stuck = False
+        self.workers = [101]
+        self.reloads = 0
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        argv = shlex.split(command)
+        while argv and (argv[0] == "env" or "=" in argv[0]):
+            argv = argv[1:]
+        result = dataclasses.make_dataclass("R", ["stdout", "stderr", "exited"])
+        if argv[:2] == ["docker", "compose"] and "ps" in argv:
+            return result("f00d\n", "", 0)
+        if argv[:3] == ["docker", "exec", "f00d"]:
+            inner = argv[3:]
+            if inner[:2] == ["nginx", "-t"]:
+                return result("", self.test_error, 1 if self.test_error else 0)
+            if inner[:2] == ["nginx", "-s"]:
+                self.reloads += 1
+                if not self.reload_stuck:
+                    self.workers = [w + 100 for w in self.workers]
+                return result("", "", 0)
+            return result("".join(f"{w} nginx: worker process\n" for w in self.workers), "", 0)
+        return super().run(command, **kwargs)
+
+
+def running_front(tmp_path: Path) -> tuple[RunningFront, Any, Path]:
+    runner = RunningFront()
+    shop = app_settings(tmp_path, "shop", 18001, "shop.test")
+    (tmp_path / "front" / "nginx").mkdir(parents=True)
+    (tmp_path / "front" / "compose.yml").write_text(front.render_compose("x"))
+    conf = tmp_path / "front" / "nginx" / "nginx.conf"
+    conf.write_text(render_conf([], "127.0.0.1:8088"))
+    return runner, shop, conf
+
+
+def test_a_registration_reloads_a_running_front_once(tmp_path: Path) -> None:
+    runner, shop, conf = running_front(tmp_path)
+    assert front.claim(runner, shop, Progress(quiet=True)) is True
+    assert runner.reloads == 1 and "server_name shop.test;" in conf.read_text()
+    assert front.claim(runner, shop, Progress(quiet=True)) is False and runner.reloads == 1
+
+
+@pytest.mark.parametrize("fault", ["nginx -t", "reload"])
+def test_a_front_that_refuses_the_new_config_keeps_the_old_and_the_registry(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           fault: str) -> None:
+    runner, shop, conf = running_front(tmp_path)
+    monkeypatch.setattr(front, "RELOAD_TIMEOUT", 0.2)
+    before = conf.read_text()
+    if fault == "nginx -t":
+        runner.test_error = 'nginx: [emerg] unknown directive "x"'
+    else:
+        runner.reload_stuck = True
+    with pytest.raises(ProxyConfigInvalid, match=r"unknown directive|did not take the new configuration"):
+        front.claim(runner, shop, Progress(quiet=True))
+    assert conf.read_text() == before
+    assert list((tmp_path / "front" / "apps").iterdir()) == []  # the registration was undone
+    assert not (tmp_path / "front" / "lock").exists()
