@@ -20,7 +20,7 @@ from invoke.exceptions import Exit
 from invoke.runners import Local
 from invoke.tasks import task
 
-from handover import cli, hooks, images, ops
+from handover import cli, front, hooks, images, ops
 from handover.engine import DeployOptions, Engine
 from handover.errors import ConfigError, HandoverError
 from handover.progress import Progress
@@ -60,6 +60,7 @@ def up(c: Context, version: str | None = None) -> None:
         s = _settings(c)
         progress = Progress()
         t0 = time.monotonic()
+        front.claim(c, s, progress)
         target = cli.target_version(s, version)
         cli.prepare_build(s, progress)
         Engine(c, s, progress).up(target)
@@ -105,6 +106,7 @@ def deploy(
 
     def attempt(s: Settings, progress: Progress, target: str, after_switch: list[Step]) -> RunRecord:
         if not dry_run:
+            front.claim(c, s, progress)
             cli.prepare_build(s, progress)
         engine = Engine(c, s, progress)
         options = DeployOptions(
@@ -208,9 +210,23 @@ def with_hooks(found: hooks.Hooks, facts: hooks.Facts, progress: Progress, dry_r
 
 @task
 def down(c: Context) -> None:
-    """Stop and remove the whole local stack (app and proxy containers, network)."""
-    cli.guarded(lambda: _engine(c).down())
+    """Stop and remove the whole local stack (app and proxy containers, network); the front stops routing to it."""
+
+    def go() -> None:
+        engine = _engine(c)
+        engine.down()
+        front.release(c, engine.settings, engine.progress)
+
+    cli.guarded(go)
     print("stack removed")
+
+
+@task(help={"stop": "stop and remove the front's container (the registry of apps stays)",
+            "show": "only show where the front listens and which app each host name reaches"})
+def front_(c: Context, stop: bool = False, show: bool = False) -> None:
+    """Start the shared front (several apps on one host, by host name) or bring it up to date with its apps."""
+    for line in cli.guarded(lambda: front.front_task(c, _settings(c), Progress(), stop=stop, show=show)):
+        print(line)
 
 
 @task(help={"json": "print as JSON"})
@@ -423,6 +439,7 @@ def certs(c: Context) -> None:
 
 
 local = Collection("local", up, deploy, rollback, down, status, logs, releases, unlock, certs)
+local.add_task(front_, name="front")
 ns = Collection(local, probe, bench)
 ns.configure(cli.defaults())
 

@@ -27,6 +27,7 @@ ns = Collection(
     commands.unlock,
     commands.down,
     commands.certs,
+    commands.front_,
 )
 ns.configure(cli.defaults())
 ns.configure(cli.defaults(REMOTE_DEFAULTS_FILE))

@@ -15,7 +15,7 @@ from typing import Any
 from fabric.runners import Remote as RemoteRunner
 from invoke.tasks import task
 
-from handover import cli, hooks, ops
+from handover import cli, front, hooks, ops
 from handover.checks import require
 from handover.engine import Engine
 from handover.errors import ConfigError, HandoverError
@@ -50,6 +50,7 @@ def setup(c: Any, accept_new: bool = False, install: bool = False) -> None:
         for check in checks:
             progress.say(f"    {'ok' if check.ok else 'MISSING':<7} {check.name:<10} {check.detail}")
         require(checks, remote.name)
+        front.claim(remote.conn, remote.target.settings, progress)
         progress.say(f"==> {remote.name} is ready for deploys")
 
     cli.guarded(lambda: for_each_host(c, remote_config(c), work, accept_new=accept_new))
@@ -261,6 +262,19 @@ def down(c: Any) -> None:
 
     def work(remote: Remote, progress: Progress) -> None:
         Engine(remote.conn, remote.target.settings).down()
+        front.release(remote.conn, remote.target.settings, progress)
         progress.say(f"{remote.name}: stack removed")
+
+    cli.guarded(lambda: for_each_host(c, remote_config(c), work))
+
+
+@task(name="front", help={"stop": "stop and remove the front's container (the registry of apps stays)",
+                          "show": "only show where the front listens and which app each host name reaches"})
+def front_(c: Any, stop: bool = False, show: bool = False) -> None:
+    """Start each host's shared front (several apps on one host, by host name) or bring it up to date."""
+
+    def work(remote: Remote, progress: Progress) -> None:
+        for line in front.front_task(remote.conn, remote.target.settings, progress, stop=stop, show=show):
+            progress.say(f"{remote.name}: {line}")
 
     cli.guarded(lambda: for_each_host(c, remote_config(c), work))

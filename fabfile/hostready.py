@@ -44,6 +44,21 @@ def prepare_dirs(remote: Remote, s: Settings) -> Check:
     return Check("deploy_dir", True, f"{root} (mode {DIR_MODE}, owner {user})")
 
 
+def prepare_front_dir(remote: Remote, s: Settings) -> Check:
+    """The host's front directory (its registry of apps), for an app behind the front: one for all
+    the host's apps, so it is made when missing but never chmod-ed or taken over."""
+    user = str(remote.conn.user)
+    made = run(remote.conn, ["mkdir", "-p", "-m", DIR_MODE, s.front_path], check=False)
+    writable = made.exited == 0 and run(remote.conn, ["test", "-w", s.front_path], check=False).exited == 0
+    if not writable:
+        why = first_line(made.stderr) if made.exited != 0 else "not writable"
+        return Check("front_dir", False, f"cannot use {s.front_path} as {user} ({why}): create it once as root: "
+                                         f"install -d -m {DIR_MODE} -o {user} {s.front_path}")
+    return Check("front_dir", True, f"{s.front_path} (the front's registry; this app: {' '.join(s.hostnames)})")
+
+
 def check_host(remote: Remote, s: Settings) -> list[Check]:
-    """Docker engine, Compose v2, rsync, and the deploy directory (created when missing)."""
-    return [*make_backend(remote.conn, s).host_checks(), check_rsync(remote), prepare_dirs(remote, s)]
+    """Docker engine, Compose v2, rsync, the deploy directory (created when missing), and the
+    front's directory when the app is behind the front."""
+    checks = [*make_backend(remote.conn, s).host_checks(), check_rsync(remote), prepare_dirs(remote, s)]
+    return [*checks, prepare_front_dir(remote, s)] if s.hostnames else checks

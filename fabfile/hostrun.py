@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from handover import ops
+from handover import front, ops
 from handover.backends import make_backend
 from handover.checks import require
 from handover.engine import DeployOptions, Engine
@@ -219,6 +219,7 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
     version = check_version(version)
     if not dry_run:
         _ready(remote)
+        front.claim(remote.conn, remote.target.settings, progress)
     engine, s, secrets_of = _engine(remote, progress)
     rec = engine.deploy(DeployOptions(version=version, force=force, dry_run=dry_run, host=remote.name,
                                       via=FRONT_DOOR, after_lock=[Sync(remote, s, secrets_of)],

@@ -124,6 +124,12 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_certificate)
+    # Several apps on one host behind a shared front proxy (see handover/front.py); off when no hostnames.
+    hostnames: tuple[str, ...] = ()
+    front_project: str = "handover-front"
+    front_dir: str = ".state-front"
+    front_bind: str = "127.0.0.1"
+    front_port: int = 8088
 
     @property
     def source_path(self) -> str:
@@ -137,6 +143,11 @@ class Settings:
     @property
     def state_path(self) -> str:
         return _join(self.deploy_dir, self.state_dir)
+
+    @property
+    def front_path(self) -> str:
+        """The front's directory (its registry of apps, config, lock): one per host, shared by its apps."""
+        return _join(self.deploy_dir, self.front_dir)
 
 
 def _join(base: str, path: str) -> str:
@@ -340,7 +351,8 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
     optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_port", "app_health",
                 *RELEASE_AND_HOOK_DEFAULTS, "app_build", "app_ship", "app_stop_signal", "app_pre_stop",
-                "app_pre_stop_timeout", "extra_compose_file", *TLS_KEYS}
+                "app_pre_stop_timeout", "extra_compose_file", *TLS_KEYS,
+                *FRONT_DEFAULTS}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -396,6 +408,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         extra_compose_file=extra_file,
         extra_services=extra_services,
         **_tls(config, http_port),
+        **_front(config),
     )
 
 
@@ -475,6 +488,50 @@ def _tls(config: Mapping[str, Any], http_port: int) -> dict[str, Any]:
             raise ConfigError(f"config key deploy.https_port: {https_port} is deploy.http_port too; with TLS on, "
                               "http_port redirects to https_port, so they must differ")
     return {**paths, "https_port": https_port, "hsts": hsts}
+# Several apps per host behind one front (handover/front.py): optional keys; no hostnames = not behind it.
+FRONT_DEFAULTS: dict[str, Any] = {"hostnames": "", "front_project": "handover-front", "front_dir": ".state-front",
+                                  "front_bind": "127.0.0.1", "front_port": 8088}
+# A server name nginx matches exactly (lowercase DNS labels), or with one leading "*." wildcard label.
+_HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+                       re.ASCII)
+_HOSTNAMES_EXPECTED = ("a list of host names such as [shop.example.com, www.shop.example.com] (lowercase letters, "
+                       "digits, '-' and '.', an optional leading '*.'), or \"\" for none")
+
+
+def _hostnames(key: str, value: object) -> tuple[str, ...]:
+    """The app's server names behind the front: a list, or one string of names split on commas or
+    spaces (for INVOKE_DEPLOY_HOSTNAMES); each checked, duplicates refused."""
+    if value is None or value == "" or value == []:
+        return ()
+    if isinstance(value, str):
+        names = [name for name in re.split(r"[,\s]+", value) if name]
+    elif isinstance(value, list | tuple) and all(isinstance(name, str) for name in value):
+        names = list(value)
+    else:
+        names = []
+    _expect(key, bool(names), _HOSTNAMES_EXPECTED, value)
+    for name in names:
+        ok = len(name) <= 253 and bool(_HOSTNAME.fullmatch(name))
+        _expect(key, ok, _HOSTNAMES_EXPECTED, name)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"config key deploy.{key}: {repeated[0]!r} is listed twice")
+    return tuple(names)
+
+
+def _front(config: Mapping[str, Any]) -> dict[str, Any]:
+    def get(key: str) -> Any:
+        value = config.get(key)
+        return FRONT_DEFAULTS[key] if value is None else value
+
+    return {
+        "hostnames": _hostnames("hostnames", get("hostnames")),
+        "front_project": _text("front_project", get("front_project"), _PROJECT_NAME,
+                               "a compose project name: lowercase letters, digits, '-' or '_'"),
+        "front_dir": _text("front_dir", get("front_dir"), None, "a path without newlines"),
+        "front_bind": _ipv4("front_bind", get("front_bind")),
+        "front_port": _integer("front_port", get("front_port"), 1, 65535),
+    }
 
 
 def check_version(version: str) -> str:

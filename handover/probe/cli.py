@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between messages of each WebSocket client")
     parser.add_argument("--http-path", default=DEFAULTS.http_path)
     parser.add_argument("--ws-path", default=DEFAULTS.ws_path)
+    parser.add_argument("--host-header", default="",
+                        help="Host header and WebSocket authority, when not the URL's (an app behind a front proxy)")
     parser.add_argument("--settle-timeout", type=float, default=DEFAULTS.settle_timeout)
     parser.add_argument("--ca-file", default="", help="CA certificates (PEM) to verify an https server against")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -55,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ws_message_interval=args.ws_interval,
             settle_timeout=args.settle_timeout,
             ca_file=args.ca_file,
+            host_header=args.host_header,
         )
         probe = Probe(settings)
         probe.start()

@@ -36,7 +36,7 @@ class ProbeEngine:
         tls = self._settings.tls_context()
         self._clients = [
             WsClient(f"c{i}", self._settings.ws_url, self._settings.ws_message_interval, self._stats, rng, self._clock,
-                     tls=tls)
+                     tls=tls, connect_to=self._settings.ws_connect_to)
             for i in range(self._settings.ws_clients)
         ]
         loop = asyncio.get_running_loop()

@@ -53,7 +53,7 @@ class HttpTarget:
     ca_file: str = ""  # extra CA certificates for https (see ProbeSettings.ca_file)
 
     @classmethod
-    def from_url(cls, base_url: str, ca_file: str = "") -> HttpTarget:
+    def from_url(cls, base_url: str, ca_file: str = "", host_header: str = "") -> HttpTarget:
         parts = urlsplit(base_url)
         if parts.hostname is None:
             raise ValueError(f"no host in {base_url!r}")
@@ -61,7 +61,7 @@ class HttpTarget:
             host=parts.hostname,
             port=parts.port or DEFAULT_PORTS[parts.scheme],
             tls=parts.scheme == "https",
-            host_header=parts.netloc,
+            host_header=host_header or parts.netloc,
             ca_file=ca_file,
         )
 

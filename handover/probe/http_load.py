@@ -58,7 +58,7 @@ class HttpLoad:
         self._settings = settings
         self._timeline = timeline
         self._clock = clock
-        target = HttpTarget.from_url(settings.base_url, settings.ca_file)
+        target = HttpTarget.from_url(settings.base_url, settings.ca_file, settings.host_header)
         self._pool = ConnectionPool(target, settings.max_connections, clock)
         self._outstanding: set[asyncio.Task[None]] = set()
         self._stop_requested = False

@@ -42,6 +42,9 @@ class ProbeSettings:
     # CA certificates (PEM) that https:// and wss:// connections verify the server against, besides
     # the system's; "" = the system's only.
     ca_file: str = ""
+    # The Host header (and the WebSocket URL's authority) when it is not base_url's, e.g. to reach an
+    # app by its name through a front proxy at 127.0.0.1: connections still go to base_url's address.
+    host_header: str = ""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -57,6 +60,9 @@ class ProbeSettings:
             raise ProbeError(f"ws_message_interval must be > 0, got {self.ws_message_interval}")
         if self.request_timeout <= 0 or self.settle_timeout < 0:
             raise ProbeError("request_timeout must be > 0 and settle_timeout >= 0")
+        if self.host_header and (urlsplit(f"//{self.host_header}").netloc != self.host_header
+                                 or any(c in self.host_header for c in "/?#@ \t\r\n")):
+            raise ProbeError(f"host_header must be host[:port], got {self.host_header!r}")
         if self.max_connections < 1:
             raise ProbeError(f"max_connections must be >= 1, got {self.max_connections}")
         if self.ca_file and not os.access(self.ca_file, os.R_OK):
@@ -72,4 +78,13 @@ class ProbeSettings:
     def ws_url(self) -> str:
         parts = urlsplit(self.base_url)
         scheme = "wss" if parts.scheme == "https" else "ws"
-        return f"{scheme}://{parts.netloc}{self.ws_path}"
+        return f"{scheme}://{self.host_header or parts.netloc}{self.ws_path}"
+
+    @property
+    def ws_connect_to(self) -> tuple[str, int] | None:
+        """Where the WebSocket clients connect when ``host_header`` names another host than base_url's."""
+        if not self.host_header:
+            return None
+        parts = urlsplit(self.base_url)
+        assert parts.hostname is not None
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)

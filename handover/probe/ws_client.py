@@ -47,11 +47,13 @@ class SessionEnd:
 class WsClient:
     def __init__(
         self, name: str, url: str, interval: float, stats: WsStats, rng: random.Random, clock: Clock = time.monotonic,
-        *, tls: ssl.SSLContext | None = None,
+        *, tls: ssl.SSLContext | None = None, connect_to: tuple[str, int] | None = None,
     ) -> None:
         self.name = name
         self._tls = tls  # the verifying context for wss:// (None: the library's default)
         self._url = url
+        # host and port to connect to when the URL's authority is only the Host header (a front proxy)
+        self._address = {"host": connect_to[0], "port": connect_to[1]} if connect_to else {}
         self._interval = interval
         self._stats = stats
         self._rng = rng
@@ -127,6 +129,7 @@ class WsClient:
                 compression=None,
                 proxy=None,
                 max_queue=None,
+                **self._address,  # type: ignore[arg-type]
             )
         except InvalidHandshake as exc:
             return SessionEnd(KIND_HANDSHAKE_FAILED, False, str(exc))

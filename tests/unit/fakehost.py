@@ -95,6 +95,7 @@ from invoke.context import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from invoke.runners import Result, normalize_hide
 
+from handover import front
 from handover import settings as settings_mod
 from handover.cli import defaults
 from handover.settings import PROJECT_ROOT, Settings
@@ -907,9 +908,25 @@ class FakeHost:
         by_prefix = [c for c in self.containers.values() if c.id.startswith(ref)]
         return by_prefix[0] if len(by_prefix) == 1 else None
 
+    def _published(self) -> Outcome:
+        """``docker ps --format`` as the front's port check asks it: running containers with their
+        project and published ports (the proxy publishes the settings' port, as the compose file says)."""
+        lines = []
+        for c in sorted(self.containers.values(), key=lambda c: c.seq):
+            if c.status != "running":
+                continue
+            ports = (f"{self.settings.http_bind}:{self.settings.http_port}->8080/tcp" if c.service == "nginx"
+                     else "8000/tcp")
+            lines.append(f"{c.name}\t{c.project}\t{ports}\n")
+        return Outcome("".join(lines))
+
     def _ps(self, argv: list[str]) -> Outcome:
         flags, values, positionals = _options(argv, ("-a|--all", "--no-trunc", "-q|--quiet"),
-                                              ("-f|--filter",), "docker ps")
+                                              ("-f|--filter", "--format"), "docker ps")
+        if values.get("--format") == [front.PUBLISHED_FORMAT] and not positionals and not flags:
+            return self._published()
+        if "--format" in values:
+            raise AssertionError("fakehost does not model option --format of docker ps (but the front's port check)")
         if positionals or "--quiet" not in flags:
             raise AssertionError("fakehost models only `docker ps --quiet`")
         by_key: dict[str, list[str]] = {}
