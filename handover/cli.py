@@ -51,7 +51,7 @@ def target_version(s: Settings, version: str | None) -> str:
     if not s.app_build:
         raise ConfigError(f"deploy.app_build is empty, so {s.app_image}:<version> is ready-made: give --version, "
                           "the tag of the image to deploy")
-    return check_version(source_version(Path(s.app_build)))
+    return check_version(source_version(Path(s.app_build), s.app_build_args))
 
 
 def prepare_build(s: Settings, progress: Progress) -> None:
