@@ -49,6 +49,9 @@ OWN_SERVICES = ("app", "nginx")
 # What a synced release holds besides the build directory and the user's compose file (each under its
 # own name): neither may take these names.
 RELEASE_NAMES = ("compose", "nginx")
+# Keys only `fab` reads (its hosts and how it reaches them): one config file serves both front doors, so
+# `inv` leaves them alone.
+FAB_ONLY_KEYS = frozenset({"hosts", "parallel", "known_hosts"})
 _SIGNAL = re.compile(r"SIG[A-Z0-9]{2,10}|SIGRTMIN\+[0-9]{1,2}|[0-9]{1,2}")
 # A Dockerfile ARG name; the build arguments handover sets itself may not be given in app_build_args.
 _BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)

@@ -131,3 +131,65 @@ def test_dash_f_after_deploy_is_the_config_file_not_force(door: str, collection:
         Program(namespace=collection).run([door, name, "-f"], exit=True)
     assert exited.value.code == 1
     assert "Flag <Argument: config (f)> needed value" in capsys.readouterr().err
+
+
+@task
+def show_args(c: Any) -> None:
+    print(f"args={dict(c.config.deploy.app_build_args)}")
+
+
+def test_a_variable_sets_a_build_argument_only_when_a_lower_file_names_it(
+        files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = Collection(show_args)
+    namespace.configure(tasks.ns.configuration())
+    config_class = layered(Config, "invoke", files)
+    monkeypatch.setenv("INVOKE_DEPLOY_APP_BUILD_ARGS_PYTHON_IMAGE", "from-env")
+
+    def args() -> str:
+        Program(namespace=namespace, config_class=config_class).run(["inv", "show-args"], exit=False)
+        return capsys.readouterr().out.strip()
+
+    assert args() == "args={}"  # no file names it: the variable has nothing to set
+    (files / "project" / "invoke.yaml").write_text("deploy:\n  app_build_args: {PYTHON_IMAGE: from-file}\n")
+    assert args() == "args={'PYTHON_IMAGE': 'from-env'}"
+
+
+def test_the_readmes_own_app_config_is_valid_and_reaches_the_public(tmp_path: Path) -> None:
+    """The config file of the README's "Deploy your own app", with the app's directory made here: every key
+    valid, the host named by -H prod with its address and user, nginx published on every address at :80."""
+    import re
+
+    import yaml
+
+    from fabfile import hostconfig
+    from handover.settings import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    section = text[text.index("## Deploy your own app"):text.index("## What survives what")]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    app = tmp_path / "shop"
+    app.mkdir()
+    (app / "Dockerfile").write_text("FROM scratch\n")
+    (app / ".env.production").write_text("SECRET=x\n")
+    data = yaml.safe_load(block.group(1).replace("~/code/shop", str(app)))
+    merged = {**tasks.ns.configuration()["deploy"], **fabfile.ns.configuration()["deploy"], **data["deploy"]}
+    rc = hostconfig.load(merged, ["prod"])
+    [target] = rc.targets
+    assert (target.host, target.user, target.port) == ("203.0.113.10", "deploy", None)
+    s = target.settings
+    assert (s.project, s.deploy_dir, s.http_bind, s.http_port) == ("shop", "/srv/shop", "0.0.0.0", 80)  # noqa: S104 - the public address it documents
+    assert (s.app_build, s.app_port, s.app_health, s.app_image) == (str(app), 8000, "/healthz", "shop-app")
+    assert target.env_file == app / ".env.production" and rc.known_hosts == Path("~/.ssh/known_hosts").expanduser()
+
+
+def test_inv_takes_the_same_file_and_leaves_the_hosts_to_fab(tmp_path: Path) -> None:
+    """`inv -f shop.yaml local.up` with the file that also names the hosts: the local stack's settings,
+    without the hosts' overrides (those are `fab`'s)."""
+    from handover import cli
+
+    config = Config(overrides={"deploy": {**tasks.ns.configuration()["deploy"], "project": "shop",
+                                          "state_dir": ".state-shop", "known_hosts": "~/.ssh/known_hosts",
+                                          "hosts": {"prod": {"hostname": "203.0.113.10", "http_port": 80}}}})
+    s = cli.settings_from(config)
+    assert (s.project, s.state_dir, s.http_port, s.http_bind) == ("shop", ".state-shop", DEFAULT_PORT, "127.0.0.1")
