@@ -69,7 +69,9 @@ def up(c: Context, version: str | None = None) -> None:
     cli.guarded(go)
 
 
+# No short flags: `inv -f FILE` is a config file, so `-f` must not also mean --force after the task name.
 @task(
+    auto_shortflags=False,
     help={
         "version": "version to deploy (default: src-<hash> of deploy.app_build; required for a ready-made image)",
         "dry-run": "print the plan from the real state and change nothing",
@@ -160,7 +162,8 @@ def deploy(
         raise Exit(code=1)
 
 
-@task(help={"version": "the earlier version to go back to (default: the one before the live one)"})
+@task(auto_shortflags=False,
+      help={"version": "the earlier version to go back to (default: the one before the live one)"})
 def rollback(c: Context, version: str | None = None) -> None:
     """Swap back to an earlier release's image with the same zero-downtime sequence (no build)."""
 

@@ -56,7 +56,9 @@ def setup(c: Any, accept_new: bool = False, install: bool = False) -> None:
     cli.guarded(lambda: for_each_host(c, remote_config(c), work, accept_new=accept_new))
 
 
+# No short flags: `fab -f FILE` is a config file, so `-f` must not also mean --force after the task name.
 @task(
+    auto_shortflags=False,
     help={
         "version": "version to deploy (default: src-<hash> of deploy.app_build; required for a ready-made image)",
         "parallel": "hosts deployed at the same time (default: deploy.parallel, 1)",
@@ -97,6 +99,7 @@ def deploy(c: Any, version: str = "", parallel: int = 0, force: bool = False, dr
 
 
 @task(
+    auto_shortflags=False,  # as deploy: `-t` is Fabric's connect timeout
     help={
         "to": "version to go back to (default: each host's release before the live one)",
         "parallel": "hosts rolled back at the same time (default: deploy.parallel, 1)",

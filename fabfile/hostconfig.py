@@ -26,7 +26,7 @@ from handover.settings import PROJECT_ROOT, Settings
 from .executor import HOSTS_KEY
 
 REMOTE_DEFAULTS_FILE = PROJECT_ROOT / "config" / "remote.yaml"
-REMOTE_KEYS = frozenset({"hosts", "parallel", "known_hosts"})
+REMOTE_KEYS = settings_mod.FAB_ONLY_KEYS
 CONNECTION_KEYS = frozenset({"hostname", "user", "port"})
 RELEASE_LINK = "current"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"

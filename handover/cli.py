@@ -40,7 +40,9 @@ def settings_from(config: Any, deploy_dir: str | None = None) -> Settings:
     section = config.get("deploy") if hasattr(config, "get") else None
     if section is None:
         raise HandoverError("missing config section 'deploy'")
-    return settings_mod.load(dict(section), deploy_dir=deploy_dir)
+    # The host list and SSH keys of a config file shared with `fab` are not the local stack's business.
+    local = {key: value for key, value in dict(section).items() if key not in settings_mod.FAB_ONLY_KEYS}
+    return settings_mod.load(local, deploy_dir=deploy_dir)
 
 
 def target_version(s: Settings, version: str | None) -> str:
@@ -51,7 +53,7 @@ def target_version(s: Settings, version: str | None) -> str:
     if not s.app_build:
         raise ConfigError(f"deploy.app_build is empty, so {s.app_image}:<version> is ready-made: give --version, "
                           "the tag of the image to deploy")
-    return check_version(source_version(Path(s.app_build)))
+    return check_version(source_version(Path(s.app_build), s.app_build_args))
 
 
 def prepare_build(s: Settings, progress: Progress) -> None:

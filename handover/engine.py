@@ -309,6 +309,12 @@ class Engine:
                 return current
             dead = [c for c in current if c.has_failed]
             missing = {c.id for c in new} - {c.id for c in current}
+            unchecked = [c for c in current if c.status == "running" and not c.health and not self.settings.app_health]
+            if unchecked:  # Docker reports no health at all: waiting would only run into the timeout
+                raise HealthCheckFailed(
+                    f"{', '.join(c.name for c in unchecked)} has no health check: its image has no HEALTHCHECK and "
+                    "deploy.app_health is \"\"; set deploy.app_health to a path the app answers with 200 (such as "
+                    "/healthz, with deploy.app_port), or give its Dockerfile a HEALTHCHECK")
             if dead or missing:
                 what = ", ".join(self.describe(c) for c in dead)
                 raise HealthCheckFailed(what or f"containers vanished: {sorted(missing)}")

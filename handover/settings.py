@@ -49,7 +49,13 @@ OWN_SERVICES = ("app", "nginx")
 # What a synced release holds besides the build directory and the user's compose file (each under its
 # own name): neither may take these names.
 RELEASE_NAMES = ("compose", "nginx")
+# Keys only `fab` reads (its hosts and how it reaches them): one config file serves both front doors, so
+# `inv` leaves them alone.
+FAB_ONLY_KEYS = frozenset({"hosts", "parallel", "known_hosts"})
 _SIGNAL = re.compile(r"SIG[A-Z0-9]{2,10}|SIGRTMIN\+[0-9]{1,2}|[0-9]{1,2}")
+# A Dockerfile ARG name; the build arguments handover sets itself may not be given in app_build_args.
+_BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+OWN_BUILD_ARGS = {"APP_VERSION": "the version (--version, or src-<hash>)", "BASE_IMAGE": "deploy.base_image"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class Settings:
     app_pre_stop_timeout: float = 10.0
     extra_compose_file: str = ""  # the user's compose file with their other services, absolute and local
     extra_services: tuple[str, ...] = ()  # the services it defines
+    # Build arguments for the app's Dockerfile (docker compose build --build-arg NAME=VALUE), in order.
+    app_build_args: tuple[tuple[str, str], ...] = ()
 
     @property
     def synced(self) -> bool:
@@ -310,6 +318,34 @@ def _extra_compose(key: str, value: object) -> tuple[str, tuple[str, ...]]:
     return str(path), names
 
 
+def _build_args(key: str, value: object, app_build: str) -> tuple[tuple[str, str], ...]:
+    """The build arguments: a mapping of Dockerfile ARG names to values (strings, or numbers YAML did
+    not quote). They are not secret: Docker keeps them in the image's history (``docker history``)."""
+    if value in (None, "", {}):
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config key deploy.{key}: expected a mapping of build argument names to values, such as "
+                          f"{{PYTHON_IMAGE: python:3.11-slim}}, got {value!r}")
+    if not app_build:
+        raise ConfigError(f"config key deploy.{key}: build arguments need a build directory, but deploy.app_build "
+                          "is \"\" (the image is ready-made); remove the build arguments or set app_build")
+    args = []
+    for name, arg in value.items():
+        if not isinstance(name, str) or not _BUILD_ARG_NAME.fullmatch(name):
+            raise ConfigError(f"config key deploy.{key}: {name!r} is not a build argument name (letters, digits and "
+                              "'_', not starting with a digit)")
+        if name in OWN_BUILD_ARGS:
+            raise ConfigError(f"config key deploy.{key}: {name} is set by handover from {OWN_BUILD_ARGS[name]}; "
+                              "set that instead")
+        ok = isinstance(arg, str | int | float) and not isinstance(arg, bool)
+        text = str(arg) if ok else ""
+        if not ok or any(c in text for c in "\n\r\0"):
+            raise ConfigError(f"config key deploy.{key}.{name}: expected a value on one line (a string or a "
+                              f"number), got {arg!r}")
+        args.append((name, text))
+    return tuple(args)
+
+
 def app_stop_seconds(drain_timeout: float) -> float:
     """The longest the app may take to exit after SIGTERM (see the constants above)."""
     spread = min(APP_DRAIN_SPREAD, drain_timeout / 2)
@@ -351,7 +387,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         raise ConfigError(f"unknown config key deploy.{unknown[0]} (known keys: {', '.join(sorted(known))})")
     optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_port", "app_health",
                 *RELEASE_AND_HOOK_DEFAULTS, "app_build", "app_ship", "app_stop_signal", "app_pre_stop",
-                "app_pre_stop_timeout", "extra_compose_file", *TLS_KEYS,
+                "app_pre_stop_timeout", "extra_compose_file", "app_build_args", *TLS_KEYS,
                 *FRONT_DEFAULTS}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
@@ -407,6 +443,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         app_pre_stop_timeout=_number("app_pre_stop_timeout", config.get("app_pre_stop_timeout", 10), 1, 600),
         extra_compose_file=extra_file,
         extra_services=extra_services,
+        app_build_args=_build_args("app_build_args", config.get("app_build_args"), app_build),
         **_tls(config, http_port),
         **_front(config),
     )

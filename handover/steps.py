@@ -158,6 +158,9 @@ class Build(Step):
             return "the proxy's image" if self.with_proxy else None
         build_dir = run.engine.settings.app_build
         where = "" if build_dir == str(DEMO_APP_DIR) else f" from {build_dir}"
+        args = run.engine.settings.app_build_args
+        if args:  # not secrets (Docker keeps them in the image's history): said as they are
+            where += " with " + " ".join(f"{name}={value}" for name, value in args)
         return f"image {run.image}{where}" + (" and the proxy's image" if self.with_proxy else "")
 
     def run(self, run: Run) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 SKIP_DIRS = {"wheelhouse", "__pycache__"}
 
 
-def source_version(server_dir: Path) -> str:
-    """``src-<hash>`` of every file under ``server_dir`` (paths and contents), wheels excluded."""
+def source_version(server_dir: Path, build_args: Sequence[tuple[str, str]] = ()) -> str:
+    """``src-<hash>`` of every file under ``server_dir`` (paths and contents), wheels excluded, and of the
+    build arguments when there are any (another base image is another image)."""
     digest = hashlib.sha256()
+    for name, value in build_args:
+        digest.update(f"--build-arg {name}={value}".encode() + b"\0")
     for path in sorted(p for p in server_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(server_dir)
         if SKIP_DIRS & set(rel.parts):

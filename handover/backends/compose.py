@@ -118,6 +118,14 @@ def compose_env(settings: Settings, version: str | None = None,
     return env
 
 
+def build_args(settings: Settings, services: Sequence[str]) -> list[str]:
+    """What follows ``docker compose ...`` to build ``services``: ``build``, the app's build arguments
+    (``app_build_args``, each ``--build-arg=NAME=VALUE``) when the app is built alone, the services.
+    Another service's Dockerfile never sees them (see :meth:`ComposeBackend.build`)."""
+    own = list(services) == [APP_SERVICE]
+    return ["build", *(f"--build-arg={name}={value}" for name, value in settings.app_build_args if own), *services]
+
+
 def build_services(settings: Settings) -> list[str]:
     """What the first start builds: handover's own services (the app only when it has a build directory)."""
     from ..proxies.nginx import SERVICE as PROXY_SERVICE
@@ -334,8 +342,11 @@ class ComposeBackend:
             services += [s for s in build_services(self.settings) if s != APP_SERVICE]
         if not services:
             return
+        # The app apart from the proxy when it has build arguments: they are the app's alone.
+        batches = [[s] for s in services] if self.settings.app_build_args and APP_SERVICE in services else [services]
         try:
-            self.compose("build", *services, version=version, timeout=BUILD_TIMEOUT)
+            for batch in batches:
+                self.compose(*build_args(self.settings, batch), version=version, timeout=BUILD_TIMEOUT)
         except CommandError as exc:
             # The builder's own words (e.g. pip's) may be on stdout (classic builder) or stderr (BuildKit).
             log = "\n".join(f"{exc.stdout}\n{exc.output}".strip().splitlines()[-BUILD_LOG_LINES:])

@@ -189,6 +189,7 @@ class Behaviour:
     log: tuple[str, ...] = ()
     fixed_port: int | None = None
     http_status: int = 200
+    no_healthcheck: bool = False  # an image without HEALTHCHECK: Docker reports no health at all
 
     @staticmethod
     def from_fault(fault: str) -> Behaviour | None:
@@ -368,7 +369,9 @@ class Container:
             self.restarts += 1
             self.log.append(f"exited with status {b.exit_code}; restarting")
             return
-        if b.healthy_after is None or self.inspections <= b.healthy_after:
+        if b.no_healthcheck:
+            self.health = ""
+        elif b.healthy_after is None or self.inspections <= b.healthy_after:
             self.health = "starting"
         elif b.never_healthy:
             self.health = "unhealthy"
@@ -389,7 +392,7 @@ class Container:
                 "Running": self.status in ("running", "restarting"),
                 "Restarting": self.status == "restarting",
                 "ExitCode": self.exit_code,
-                "Health": {"Status": self.health, "FailingStreak": 0, "Log": []},
+                **({"Health": {"Status": self.health, "FailingStreak": 0, "Log": []}} if self.health else {}),
             },
             "Config": {
                 "Image": self.image,
@@ -1238,7 +1241,8 @@ class FakeHost:
         return f"{env.get('PROXY_IMAGE') or 'handover-nginx'}:1"
 
     def _compose_build(self, project: str, env: dict[str, str], argv: list[str]) -> Outcome:
-        _, _, positionals = _options(argv, ("--pull", "--no-cache", "-q|--quiet"), (), "docker compose build")
+        _, _, positionals = _options(argv, ("--pull", "--no-cache", "-q|--quiet"), ("--build-arg",),
+                                     "docker compose build")
         services = self._services(positionals)
         version = env.get("APP_VERSION") or "dev"
         if APP in services and version in self.build_failures:

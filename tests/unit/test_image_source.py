@@ -426,3 +426,96 @@ def test_the_stream_names_the_end_that_failed(tmp_path: Path, monkeypatch: pytes
         return
     with pytest.raises(HandoverError, match=rf"^sending img-shop:v1 to web1 failed {words}$"):
         hostrun.stream_image(remote, "img-shop:v1")
+
+
+# -- build arguments (app_build_args) --------------------------------------------------------------------
+def test_build_arguments_go_to_the_app_build_alone_in_their_order(tmp_path: Path) -> None:
+    from handover.backends.compose import build_args
+
+    s = load(app_build_args={"PYTHON_IMAGE": "localhost/python:3.11-bookworm", "PIP_EXTRA": "--pre x", "N": 3})
+    assert s.app_build_args == (("PYTHON_IMAGE", "localhost/python:3.11-bookworm"), ("PIP_EXTRA", "--pre x"),
+                                ("N", "3"))
+    assert build_args(s, ["app"]) == ["build", "--build-arg=PYTHON_IMAGE=localhost/python:3.11-bookworm",
+                                      "--build-arg=PIP_EXTRA=--pre x", "--build-arg=N=3", "app"]
+    assert build_args(s, ["nginx"]) == ["build", "nginx"]  # never another service's Dockerfile
+    assert build_args(load(), ["app"]) == ["build", "app"]  # none by default
+    # The first start builds both images: the app with its arguments, the proxy in a build of its own.
+    host = FakeHost(tmp_path, fake_settings(tmp_path, app_build_args=s.app_build_args))
+    rec = engine_for(host).up(OLD)
+    assert rec.result == "success"
+    builds = [argv[argv.index("build"):] for argv in host.matching(compose("build"))]
+    assert builds == [build_args(s, ["app"]), ["build", "nginx"]], builds
+    plan = engine_for(host).deploy(DeployOptions(version=NEW, dry_run=True))
+    build_step = next(step for step in plan.steps if step.name == "build")
+    assert build_step.detail.endswith("with PYTHON_IMAGE=localhost/python:3.11-bookworm PIP_EXTRA=--pre x N=3")
+    done = engine_for(host).deploy(DeployOptions(version=NEW))
+    assert done.result == "success" and host.live_versions() == {NEW}
+    assert [argv[argv.index("build"):] for argv in host.matching(compose("build"))][-1] == build_args(s, ["app"])
+
+
+def test_the_default_version_changes_with_the_build_arguments() -> None:
+    plain = target_version(load(app_build="examples/starlette-plain"), None)
+    local = target_version(load(app_build="examples/starlette-plain", app_build_args={"PYTHON_IMAGE": "a:1"}), None)
+    other = target_version(load(app_build="examples/starlette-plain", app_build_args={"PYTHON_IMAGE": "b:1"}), None)
+    assert len({plain, local, other}) == 3 and all(v.startswith("src-") for v in (plain, local, other))
+    assert local == target_version(load(app_build="examples/starlette-plain",
+                                        app_build_args={"PYTHON_IMAGE": "a:1"}), None)
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("PYTHON_IMAGE=x", "expected a mapping of build argument names to values"),
+    (["PYTHON_IMAGE"], "expected a mapping of build argument names to values"),
+    ({"1ST": "x"}, "'1ST' is not a build argument name"),
+    ({"A-B": "x"}, "'A-B' is not a build argument name"),
+    ({"A B": "x"}, "'A B' is not a build argument name"),
+    ({"PYTHON_IMAGE": "a\nRUN rm -rf /"}, r"deploy.app_build_args.PYTHON_IMAGE: expected a value on one line"),
+    ({"PYTHON_IMAGE": "a\rb"}, r"deploy.app_build_args.PYTHON_IMAGE: expected a value on one line"),
+    ({"PYTHON_IMAGE": None}, r"deploy.app_build_args.PYTHON_IMAGE: expected a value on one line"),
+    ({"PYTHON_IMAGE": True}, r"deploy.app_build_args.PYTHON_IMAGE: expected a value on one line"),
+    ({"PYTHON_IMAGE": {"x": 1}}, r"deploy.app_build_args.PYTHON_IMAGE: expected a value on one line"),
+    ({"APP_VERSION": "9"}, "APP_VERSION is set by handover from the version"),
+    ({"BASE_IMAGE": "x"}, r"BASE_IMAGE is set by handover from deploy.base_image"),
+])
+def test_bad_build_arguments_are_refused_naming_them(value: object, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load(app_build_args=value)
+
+
+def test_build_arguments_without_a_build_directory_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"deploy.app_build_args: build arguments need a build directory"):
+        load(app_build="", app_image=REGISTRY_IMAGE, app_build_args={"PYTHON_IMAGE": "x"})
+    assert load(app_build="", app_image=REGISTRY_IMAGE, app_build_args={}).app_build_args == ()
+
+
+def test_a_build_argument_reaches_the_command_line_as_one_quoted_word() -> None:
+    from handover.backends.compose import build_args
+    from handover.shell import command_line
+
+    s = load(app_build_args={"X": "a b; touch /tmp/pwned $(id)"})
+    line = command_line(compose_argv(s, *build_args(s, ["app"])))
+    assert "'--build-arg=X=a b; touch /tmp/pwned $(id)'" in line
+
+
+def test_an_image_without_a_health_check_and_no_health_path_is_named_at_once(tmp_path: Path) -> None:
+    from handover.errors import HealthCheckFailed
+    from handover.proxies.nginx import SERVICE as PROXY
+
+    from .fakehost import Behaviour
+
+    host = FakeHost(tmp_path, fake_settings(tmp_path))
+    assert engine_for(host).up(OLD).result == "success"
+    before = [c.id for c in host.containers_of("app")]
+    host.behave(NEW, Behaviour(no_healthcheck=True))
+    with pytest.raises(HealthCheckFailed, match=r"has no health check: its image has no HEALTHCHECK and "
+                                                r"deploy.app_health is \"\"; set deploy.app_health"):
+        engine_for(host).deploy(DeployOptions(version=NEW))
+    assert host.live_versions() == {OLD} and [c.id for c in host.containers_of("app")] == before
+    assert host.records()[-1]["failed_step"] == "health" and host.containers_of(PROXY)
+
+
+def test_the_compose_file_leaves_the_health_check_to_the_image() -> None:
+    import yaml
+
+    app = yaml.safe_load((PROJECT_ROOT / "compose" / "docker-compose.yml").read_text())["services"]["app"]
+    assert "healthcheck" not in app
+    assert "HEALTHCHECK" in (DEMO_APP_DIR / "Dockerfile").read_text()
