@@ -129,13 +129,13 @@ def test_down_is_refused_while_a_deploy_holds_the_lock(host: FakeHost) -> None:
 @pytest.mark.parametrize(("behaviour", "starts"), [
     (Behaviour(crash=True, listens=False), "handover-app-2 crashed: exited with status 1, restarted"),
     (Behaviour(never_healthy=True), "handover-app-2 is unhealthy\n"),
-    (Behaviour(healthy_after=None), "not healthy within 2 s: handover-app-2 is starting\n"),
+    (Behaviour(healthy_after=None), "not healthy within 0.25 s: handover-app-2 is starting\n"),
 ], ids=["crash", "unhealthy", "stuck-starting"])
 def test_health_says_at_once_what_is_wrong(host: FakeHost, behaviour: Behaviour, starts: str) -> None:
     host.behave(NEW, behaviour)
 
     with pytest.raises(HealthCheckFailed) as failed:
-        engine_for(host).deploy(DeployOptions(version=NEW))
+        engine_for(host, health_timeout=0.25).deploy(DeployOptions(version=NEW))
 
     assert str(failed.value).startswith(starts)
 
