@@ -610,6 +610,16 @@ class FakeHost:
         for ref in (self.settings.base_image, self.settings.proxy_base_image):
             self._add_image(ref)
 
+    def context(self) -> Context:
+        """An Invoke ``Context`` whose ``run`` is this host's, to call tasks as Invoke does."""
+        host = self
+
+        class HostContext(Context):
+            def run(self, command: str, **kwargs: Any) -> Result:
+                return host.run(command, **kwargs)
+
+        return HostContext()
+
     # -- scripting ---------------------------------------------------------------------------------
     def behave(self, version: str, behaviour: Behaviour) -> None:
         """App containers of ``version`` started from now on behave so."""

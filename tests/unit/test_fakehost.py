@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from invoke.context import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from invoke.runners import Result
 
 from handover.engine import DeployOptions, Engine
 from handover.errors import HealthCheckFailed
+from handover.lock import DeployLock, LockHeld
 from handover.progress import Progress
 from handover.proxies.nginx import link_script
 from handover.shell import read_file, write_file
@@ -270,3 +272,26 @@ def test_a_deploy_needs_the_real_shell_for_no_file_command(fake_host: FakeHost) 
     assert fake_host.shell_lines == []
     fake_host.in_process = False
     assert fake_host.runner.run("mkdir -p x", hide=True).exited == 0 and fake_host.shell_lines == ["mkdir -p x"]
+
+
+def test_the_lock_keeper_kept_in_process_excludes_real_keepers_as_flock_does(fake_host: FakeHost) -> None:
+    state = fake_host.settings.state_path
+    info = {"holder": "ann@box", "action": "deploy"}
+    real = DeployLock(Context(), state)
+    real.acquire(info)
+    with pytest.raises(LockHeld, match="ann@box"):  # a real flock process holds it
+        DeployLock(fake_host.runner, state).acquire({"holder": "bob@box", "action": "deploy"})
+    real.release()
+
+    DeployLock(fake_host.runner, state).acquire(info)
+    keeper = fake_host.keepers[-1]
+    assert not keeper.process_is_finished and fake_host.lock_held()
+    with pytest.raises(LockHeld, match="ann@box"):  # ... and a real one is refused while the fake holds it
+        DeployLock(Context(), state).acquire({"holder": "bob@box", "action": "deploy"})
+    DeployLock(fake_host.runner, state).release()  # unlock, from another run: it ends the keeper
+    assert (keeper.process_is_finished, keeper.exited) == (True, 143) and not fake_host.lock_held()
+
+    again = DeployLock(Context(), state)
+    assert again.acquire(info) is None
+    again.release()
+    assert fake_host.shell_lines == []
