@@ -21,8 +21,8 @@ from pathlib import Path
 import invoke
 import pytest
 from invoke.context import Context
-from invoke.program import Program
 from invoke.exceptions import Exit
+from invoke.program import Program
 
 import tasks
 from handover import cli, images, ops
