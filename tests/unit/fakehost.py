@@ -3,9 +3,14 @@
 The engine reaches a host only through a runner (anything with ``.run(line, **kwargs)``, as Invoke's
 ``Context`` and Fabric's ``Connection``). :class:`FakeHost` gives it one, ``host.runner``, that:
 
-* runs every command that is not ``docker ...`` FOR REAL, with ``bash -c <line>`` in the test's
-  ``tmp_path``: the state directory, the live socket links, the deploy lock and the release log
-  are real files there, read and written by the engine's own shell snippets;
+* carries out every command that is not ``docker ...`` for real in the test's ``tmp_path``: the
+  state directory, the live socket links, the deploy lock and the release log are real files there.
+  The plain file commands and the engine's own file scripts (``mkdir -p``, ``chmod``, the link
+  swaps, the release log append, the holder file...) are done in this process by
+  :mod:`tests.unit.fakeshell`, which test_fakehost.py holds to the real shell's outcome; anything
+  else runs with ``sh -c <line>`` (``host.shell_lines`` lists those; ``host.in_process = False``
+  sends every command to the real shell). The lock's keeper (``flock``) is kept in this process
+  too (:class:`FakeKeeper`, the same ``flock(2)`` on the same file);
 * answers ``docker ...`` (after an ``env K=V ...`` prefix, whose variables count) from an in-memory
   model of images and containers (IDs, names ``<project>-<service>-<n>``, compose labels, status,
   health, restart count, creation order, exit code), shaped as Docker and Compose v2 answer;
@@ -778,7 +783,8 @@ class FakeHost:
             return self._result(command, outcome, kwargs)
 
     def _background(self, command: Command, kwargs: Mapping[str, Any]) -> Any:
-        """A command left running (the lock's keeper): a real local process, as Invoke's Promise.
+        """A command left running (the lock's keeper): a :class:`FakeKeeper`, or else a real local
+        process, as Invoke's Promise.
 
         It lives until its stdin closes: when the engine releases it, or when the tool is killed
         (:meth:`kill_on` closes every background command's stdin, as the death of the process does).
