@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -620,14 +621,33 @@ def test_compose_starting_no_container_fails_the_start(host: FakeHost) -> None:
     only(host, OLD)
 
 
-def test_a_first_start_pulls_the_proxys_missing_base_image(fake_host: FakeHost) -> None:
-    base = fake_host.settings.proxy_base_image
-    fake_host.images = {ref: i for ref, i in fake_host.images.items() if not base.startswith(ref.split(":")[0])}
-    fake_host.registry.add(base if ":" in base else f"{base}:latest")
+def _host_with_proxy_base(root: Path, base: str) -> FakeHost:
+    """A host whose proxy is built on ``base`` (unlike the app), which the host does not have."""
+    host = FakeHost(root, fake_settings(root, proxy_base_image=base))
+    del host.images[base]
+    return host
 
-    assert engine_for(fake_host).up(OLD).result == "success"
 
-    assert fake_host.matching(docker("pull")) == [["docker", "pull", "--quiet", base]]
+def test_a_first_start_pulls_the_proxys_missing_base_image(tmp_path: Path) -> None:
+    host = _host_with_proxy_base(tmp_path, "debian:trixie-slim")
+    host.registry.add("debian:trixie-slim")
+
+    assert engine_for(host).up(OLD).result == "success"
+
+    assert host.matching(docker("pull")) == [["docker", "pull", "--quiet", "debian:trixie-slim"]]
+    host._end_background()
+
+
+def test_a_proxy_base_image_that_cannot_be_pulled_is_built_on_the_local_one(tmp_path: Path) -> None:
+    host = _host_with_proxy_base(tmp_path, "debian:trixie-slim")
+    host._add_image("localhost/debian-minbase:trixie")  # made by an earlier run with debootstrap
+
+    assert engine_for(host).up(OLD).result == "success"
+
+    (build,) = [c for c in host.calls if compose("build")(c.command)]
+    assert build.command.env["PROXY_BASE_IMAGE"] == "localhost/debian-minbase:trixie"
+    assert build.command.env["BASE_IMAGE"] == host.settings.base_image
+    host._end_background()
 
 
 @pytest.mark.parametrize(("serving_first", "words"), [
