@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -334,3 +335,61 @@ def test_a_busy_flock_without_a_holder_file_is_a_run_taking_the_lock(fake_host: 
     with pytest.raises(LockHeld, match=r"^another run is taking the deploy lock at .* right now; try again shortly$"):
         _lock(fake_host).acquire({"holder": "bob", "action": "deploy"})
     first.release()
+
+
+@pytest.mark.parametrize("holder", [
+    {"holder": "ops", "action": "lock", "reason": "migration"},  # written before holder files named a keeper
+    {"holder": "ops", "action": "deploy", "keeper": "none", "reason": "migration"},  # a holder that keeps none
+], ids=["by-hand-without-keeper-field", "keeper-none"])
+def test_a_lock_kept_by_no_process_is_never_taken_over(fake_host: FakeHost, holder: dict[str, str]) -> None:
+    lock_dir = fake_host.state_path / "lock"
+    lock_dir.mkdir(parents=True)
+    (lock_dir / HOLDER_FILE).write_text(json.dumps(holder))
+
+    with pytest.raises(LockHeld, match=r"^deploys to this host are stopped: "):
+        _lock(fake_host, notify=lambda text: pytest.fail(text)).acquire({"holder": "bob", "action": "deploy"})
+
+    assert json.loads((lock_dir / HOLDER_FILE).read_text()) == holder
+
+
+def test_a_dead_holder_without_its_machine_is_its_process(fake_host: FakeHost) -> None:
+    lock_dir = fake_host.state_path / "lock"
+    lock_dir.mkdir(parents=True)
+    (lock_dir / HOLDER_FILE).write_text(json.dumps({"holder": "ann", "action": "deploy", "pid": "4242"}))
+    notice = _lock(fake_host, notify=lambda text: None).acquire({"holder": "bob", "action": "deploy"})
+    assert notice is not None and "(its process no longer holds it)" in notice
+    _lock(fake_host).release()
+
+
+def test_a_takeover_is_said_on_stderr_by_default(fake_host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    lock_dir = fake_host.state_path / "lock"
+    lock_dir.mkdir(parents=True)
+    (lock_dir / HOLDER_FILE).write_text(json.dumps({"holder": "ann", "action": "deploy"}))
+    lock = _lock(fake_host)
+
+    notice = lock.acquire({"holder": "bob", "action": "deploy"})
+
+    assert capsys.readouterr().err == f"! {notice}\n"
+    lock.release()
+
+
+def test_a_live_holder_is_named_with_what_to_do(fake_host: FakeHost) -> None:
+    first = _lock(fake_host)
+    first.acquire({"holder": "ann@box", "since": LONG_AGO, "action": "deploy", "version": "v3"})
+    try:
+        with pytest.raises(LockHeld) as refused:
+            _lock(fake_host).acquire({"holder": "bob", "action": "deploy"})
+    finally:
+        first.release()
+    message = str(refused.value)
+    assert message.startswith(f"another deploy holds the lock at {fake_host.state_path}/lock: held by ann@box since "
+                              f"{LONG_AGO} (")
+    assert message.endswith(f"): deploy v3 (pid {os.getpid()} on {socket.gethostname()}; its flock is held, so it "
+                            "is still running). Wait for it to finish; if it is gone for good (a lost connection), "
+                            "free the lock with the unlock task.")
+
+
+def test_describe_reads_the_holder_it_is_given(fake_host: FakeHost) -> None:
+    given = {"holder": "ann", "since": LONG_AGO, "action": "rollback"}
+    assert _lock(fake_host).describe(given) == describe_holder(given) != _lock(fake_host).describe()
+    assert _lock(fake_host).describe() == "not held"
