@@ -393,3 +393,32 @@ def test_describe_reads_the_holder_it_is_given(fake_host: FakeHost) -> None:
     given = {"holder": "ann", "since": LONG_AGO, "action": "rollback"}
     assert _lock(fake_host).describe(given) == describe_holder(given) != _lock(fake_host).describe()
     assert _lock(fake_host).describe() == "not held"
+
+
+def test_the_holder_file_says_since_when_in_utc(fake_host: FakeHost) -> None:
+    lock = _lock(fake_host)
+    lock.acquire({"holder": "ann", "action": "deploy"})
+    held = lock.holder()
+    lock.release()
+    assert held is not None and held["since"].endswith("+00:00") and holder_age(held) == "0 s"
+
+
+def test_an_acquire_interrupted_at_its_mkdir_leaves_a_dead_holders_lock_alone(fake_host: FakeHost) -> None:
+    lock_dir = fake_host.state_path / "lock"
+    lock_dir.mkdir(parents=True)
+    dead = {"holder": "ann", "action": "deploy", "version": "v1"}
+    (lock_dir / HOLDER_FILE).write_text(json.dumps(dead))
+    fake_host.interrupt_on(lambda c: c.argv == ["mkdir", str(lock_dir)])
+
+    with pytest.raises(KeyboardInterrupt):
+        _lock(fake_host).acquire({"holder": "bob", "action": "deploy"})
+
+    assert json.loads((lock_dir / HOLDER_FILE).read_text()) == dead
+    assert all(k.process_is_finished for k in fake_host.keepers)
+
+
+def test_the_keeper_prints_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lock = DeployLock(Context(), str(tmp_path))
+    lock.acquire({"holder": "a", "action": "deploy"})
+    lock.release()
+    assert capsys.readouterr() == ("", "")
