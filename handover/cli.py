@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import sys
@@ -29,7 +31,17 @@ PROBE_SETTINGS_MODULE = "handover.probe.settings"
 
 
 def defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
-    """The defaults file, to be given to ``Collection.configure`` (the lowest config layer)."""
+    """The defaults file, to be given to ``Collection.configure`` (the lowest config layer).
+
+    Each version of the file (its size and modification time) is parsed once; every caller gets a
+    copy of its own.
+    """
+    found = path.stat()
+    return copy.deepcopy(_parsed_defaults(path, found.st_mtime_ns, found.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_defaults(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())  # type: ignore[no-untyped-call]
     if not isinstance(data, dict):
         raise HandoverError(f"{path}: expected a mapping at the top")

@@ -64,15 +64,16 @@ def start_server(port: int, **extra: str) -> subprocess.Popen[str]:
 
 def wait_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited early with {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(POLL_INTERVAL)
+    with httpx.Client(timeout=1) as client:  # one client: each new one loads the CA bundle again
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"server exited early with {process.returncode}")
+            try:
+                if client.get(f"{base_url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(POLL_INTERVAL)
     pytest.fail("server did not become healthy")
 
 

@@ -1,4 +1,8 @@
-"""The fake Docker host fixture: a fresh host per test, checked at the end for commands it did not model."""
+"""The fake Docker host fixture: a fresh host per test, checked at the end for commands it did not model.
+
+nginx's reload and start polls wait 20 ms and 50 ms between looks at a real proxy; the fake one answers
+at once, so the tests poll it every millisecond (what is checked between polls stays the same).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from handover.proxies import nginx
+
 from .fakehost import FakeHost
+
+FAST_POLL = 0.001
+
+
+@pytest.fixture(autouse=True)
+def _fast_proxy_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nginx, "RELOAD_POLL_SECONDS", FAST_POLL)
+    monkeypatch.setattr(nginx, "START_POLL_SECONDS", FAST_POLL)
 
 
 @pytest.fixture

@@ -3,9 +3,14 @@
 The engine reaches a host only through a runner (anything with ``.run(line, **kwargs)``, as Invoke's
 ``Context`` and Fabric's ``Connection``). :class:`FakeHost` gives it one, ``host.runner``, that:
 
-* runs every command that is not ``docker ...`` FOR REAL, with ``bash -c <line>`` in the test's
-  ``tmp_path``: the state directory, the live socket links, the deploy lock and the release log
-  are real files there, read and written by the engine's own shell snippets;
+* carries out every command that is not ``docker ...`` for real in the test's ``tmp_path``: the
+  state directory, the live socket links, the deploy lock and the release log are real files there.
+  The plain file commands and the engine's own file scripts (``mkdir -p``, ``chmod``, the link
+  swaps, the release log append, the holder file...) are done in this process by
+  :mod:`tests.unit.fakeshell`, which test_fakehost.py holds to the real shell's outcome; anything
+  else runs with ``sh -c <line>`` (``host.shell_lines`` lists those; ``host.in_process = False``
+  sends every command to the real shell). The lock's keeper (``flock``) is kept in this process
+  too (:class:`FakeKeeper`, the same ``flock(2)`` on the same file);
 * answers ``docker ...`` (after an ``env K=V ...`` prefix, whose variables count) from an in-memory
   model of images and containers (IDs, names ``<project>-<service>-<n>``, compose labels, status,
   health, restart count, creation order, exit code), shaped as Docker and Compose v2 answer;
@@ -76,6 +81,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -95,10 +101,12 @@ from invoke.context import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from invoke.runners import Result, normalize_hide
 
-from handover import front
+from handover import front, lock
 from handover import settings as settings_mod
 from handover.cli import defaults
 from handover.settings import PROJECT_ROOT, Settings
+
+from . import fakeshell
 
 DOCKER_VERSION = "27.3.1"
 COMPOSE_VERSION = "2.29.7"
@@ -114,6 +122,8 @@ EXIT_NOT_FOUND = 127
 SHIM_EXIT = 97  # the docker stand-in on PATH for real shell commands exits with this
 SHIM_MARK = "fakehost: a real shell command called docker"
 TIMED_OUT_EXIT = -1
+TERMINATED_EXIT = 143  # a process ended by SIGTERM, as its shell reports it
+KILLED_EXIT = 137  # ... by SIGKILL
 SHELL = "/bin/sh"  # POSIX sh (dash on Debian): fast to start, and it catches bashisms
 CREATED_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 APP, PROXY = "app", "nginx"
@@ -550,6 +560,81 @@ def fake_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return dataclasses.replace(loaded, **{**FAST_TIMINGS, **overrides})
 
 
+class FakeKeeper:
+    """The deploy lock's keeper, ``flock -n -o -E 75 FILE sh -c 'printf "locked ..."; exec cat'``, done in
+    this process: the same ``flock(2)`` on the same file (so it conflicts with real keepers and with other
+    fake ones exactly as two flock processes do), held until its stdin closes or unlock kills it.
+
+    It stands in for Invoke's Promise and Runner: ``promise.runner.stdout``, ``process_is_finished``,
+    ``close_proc_stdin()``, ``kill()`` and ``promise.join()``. Its pid is above the kernel's pid_max,
+    so no real process has it (unlock's kill reaches it through the fake host). When the lock file
+    cannot be opened the real keeper runs instead, to report the real reason.
+    """
+
+    def __init__(self, command: Command, path: str, fd: int, pid: str) -> None:
+        self.command, self.path, self.pid = command, path, pid
+        self.boot_id = _boot_id()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.exited: int | None = None
+        self.fd: int | None = fd
+        self.promise = self
+        self.runner = self
+
+    @classmethod
+    def start(cls, command: Command, root: Path, seq: int) -> FakeKeeper | None:
+        argv = command.argv
+        if argv[:3] != ["sh", "-c", lock.KEEPER_SCRIPT] or len(argv) != 5 or argv[3] != "keeper" \
+                or shlex.join(argv) != command.line:
+            return None
+        try:
+            fd = os.open(root / argv[4], os.O_RDONLY | os.O_CREAT | os.O_NOCTTY, 0o666)
+        except OSError:
+            return None
+        keeper = cls(command, argv[4], fd, str(_pid_max() + 1 + seq))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            keeper.end(lock.KEEPER_BUSY)
+        else:
+            keeper.stdout.append(f"{lock.KEEPER_READY} {keeper.boot_id} {keeper.pid}\n")
+        return keeper
+
+    @property
+    def process_is_finished(self) -> bool:
+        return self.exited is not None
+
+    def end(self, exited: int) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.exited is None:
+            self.exited = exited
+
+    def close_proc_stdin(self) -> None:
+        self.end(0)  # cat sees the end of its input; flock's child exits 0, and so does flock
+
+    def kill(self) -> None:
+        self.end(KILLED_EXIT)
+
+    def join(self) -> Result:
+        if self.exited is None:
+            raise AssertionError("fakehost: join() of a lock keeper that still runs would wait forever")
+        return Result(stdout="".join(self.stdout), stderr="", command=self.command.line, shell=SHELL, env={},
+                      exited=self.exited, pty=False, hide=("stdout", "stderr"))
+
+
+def _boot_id() -> str:
+    try:
+        return Path(lock.BOOT_ID_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pid_max() -> int:
+    return int(Path("/proc/sys/kernel/pid_max").read_text())
+
+
 class FakeRunner:
     """What the engine gets: ``run(line, **kwargs)`` as Invoke's ``Context.run``."""
 
@@ -596,6 +681,9 @@ class FakeHost:
         self.calls: list[Call] = []
         self.background: list[Any] = []  # invoke Promises of commands left running
         self.unknown: list[str] = []
+        self.in_process = True  # answer plain file commands without a real sh (see fakeshell)
+        self.shell_lines: list[str] = []  # the lines a real sh ran
+        self.keepers: list[FakeKeeper] = []  # the lock keepers modelled in this process
         self._lock = threading.RLock()
         self._shim = self.root / ".fakehost" / "bin"
         self._shim.mkdir(parents=True, exist_ok=True)
@@ -604,6 +692,16 @@ class FakeHost:
         docker_shim.chmod(0o755)
         for ref in (self.settings.base_image, self.settings.proxy_base_image):
             self._add_image(ref)
+
+    def context(self) -> Context:
+        """An Invoke ``Context`` whose ``run`` is this host's, to call tasks as Invoke does."""
+        host = self
+
+        class HostContext(Context):
+            def run(self, command: str, **kwargs: Any) -> Result:
+                return host.run(command, **kwargs)
+
+        return HostContext()
 
     # -- scripting ---------------------------------------------------------------------------------
     def behave(self, version: str, behaviour: Behaviour) -> None:
@@ -729,7 +827,7 @@ class FakeHost:
 
     # -- the runner --------------------------------------------------------------------------------
     def parse(self, line: str, env: Mapping[str, str] | None = None) -> Command:
-        argv = shlex.split(line)
+        argv = fakeshell.split(line)
         merged = dict(env or {})
         if argv and argv[0] == "env":
             i = 1
@@ -771,13 +869,20 @@ class FakeHost:
             return self._result(command, outcome, kwargs)
 
     def _background(self, command: Command, kwargs: Mapping[str, Any]) -> Any:
-        """A command left running (the lock's keeper): a real local process, as Invoke's Promise.
+        """A command left running (the lock's keeper): a :class:`FakeKeeper`, or else a real local
+        process, as Invoke's Promise.
 
         It lives until its stdin closes: when the engine releases it, or when the tool is killed
         (:meth:`kill_on` closes every background command's stdin, as the death of the process does).
         """
         if command.is_docker:
             raise AssertionError(f"fakehost does not model docker in the background: {command.line}")
+        if self.in_process and not kwargs.get("env"):
+            keeper = FakeKeeper.start(command, self.root, len(self.keepers))
+            if keeper is not None:
+                self.keepers.append(keeper)
+                self.background.append(keeper.promise)
+                return keeper.promise
         env = {**{k: str(v) for k, v in (kwargs.get("env") or {}).items()},
                "PATH": f"{self._shim}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
         options = {k: v for k, v in kwargs.items() if k not in ("env", "asynchronous", "timeout")}
@@ -827,18 +932,46 @@ class FakeHost:
 
     def _shell(self, command: Command, kwargs: Mapping[str, Any]) -> Outcome:
         env = {**os.environ, **{k: str(v) for k, v in (kwargs.get("env") or {}).items()}}
-        env["PATH"] = f"{self._shim}:{env.get('PATH', '/usr/bin:/bin')}"
         stream = kwargs.get("in_stream")
         stdin_text = stream.read() if stream is not None and stream is not False and hasattr(stream, "read") else None
+        if self.in_process:
+            stopped = self._stop_stale_keeper(command)
+            if stopped is not None:
+                return stopped
+            answered = fakeshell.answer(command.argv, command.line, str(self.root), env)
+            if answered is not None:
+                return Outcome(*answered)
+        return self.real_shell(command.line, env, stdin_text, kwargs)
+
+    def _stop_stale_keeper(self, command: Command) -> Outcome | None:
+        """unlock's ``kill`` of a keeper modelled here (the real script finds no such process)."""
+        argv = command.argv
+        if argv[:3] != ["sh", "-c", lock.STOP_STALE_KEEPER_SCRIPT] or len(argv) != 7 \
+                or shlex.join(argv) != command.line:
+            return None
+        pid, flock_path, boot_id = argv[4:]
+        for keeper in self.keepers:
+            if keeper.pid == pid:
+                if flock_path == keeper.path and boot_id == keeper.boot_id:
+                    keeper.end(TERMINATED_EXIT)
+                return OK
+        return None
+
+    def real_shell(self, line: str, env: Mapping[str, str], stdin_text: str | None = None,
+                   kwargs: Mapping[str, Any] | None = None) -> Outcome:
+        """Run ``line`` with the real ``sh`` in the test's directory (docker answers only in memory)."""
+        kwargs = kwargs or {}
+        self.shell_lines.append(line)
+        env = {**env, "PATH": f"{self._shim}:{env.get('PATH', '/usr/bin:/bin')}"}
         try:
-            done = subprocess.run([SHELL, "-c", command.line], cwd=self.root, env=env, capture_output=True,
+            done = subprocess.run([SHELL, "-c", line], cwd=self.root, env=env, capture_output=True,
                                   text=True, input=stdin_text, stdin=None if stdin_text is not None else
                                   subprocess.DEVNULL, timeout=kwargs.get("timeout"), check=False)
         except subprocess.TimeoutExpired as exc:
-            result = self._invoke_result(command, Outcome(exited=TIMED_OUT_EXIT), kwargs)
+            result = self._invoke_result(self.parse(line, kwargs.get("env")), Outcome(exited=TIMED_OUT_EXIT), kwargs)
             raise CommandTimedOut(result, timeout=int(exc.timeout)) from None
         if done.returncode == SHIM_EXIT and SHIM_MARK in done.stderr:
-            message = f"fakehost cannot answer docker called from a shell script: {command.line}"
+            message = f"fakehost cannot answer docker called from a shell script: {line}"
             self.unknown.append(message)
             raise AssertionError(message)
         return Outcome(done.stdout, done.stderr, done.returncode)

@@ -9,11 +9,12 @@ import io
 import pytest
 
 from handover.engine import MAX_ERROR_CHARS, DeployOptions, Engine
-from handover.errors import HandoverError, HealthCheckFailed, LockHeld
+from handover.errors import HandoverError, HealthCheckFailed, LockHeld, PreflightError, ProxyConfigInvalid
 from handover.lock import DeployLock
 from handover.progress import Progress
+from handover.proxies import nginx
 
-from .fakehost import Behaviour, Command, FakeHost, docker
+from .fakehost import Behaviour, Command, FakeHost, compose, docker, fake_settings
 
 OLD, NEW = "v1", "v2"
 
@@ -129,13 +130,13 @@ def test_down_is_refused_while_a_deploy_holds_the_lock(host: FakeHost) -> None:
 @pytest.mark.parametrize(("behaviour", "starts"), [
     (Behaviour(crash=True, listens=False), "handover-app-2 crashed: exited with status 1, restarted"),
     (Behaviour(never_healthy=True), "handover-app-2 is unhealthy\n"),
-    (Behaviour(healthy_after=None), "not healthy within 2 s: handover-app-2 is starting\n"),
+    (Behaviour(healthy_after=None), "not healthy within 0.25 s: handover-app-2 is starting\n"),
 ], ids=["crash", "unhealthy", "stuck-starting"])
 def test_health_says_at_once_what_is_wrong(host: FakeHost, behaviour: Behaviour, starts: str) -> None:
     host.behave(NEW, behaviour)
 
     with pytest.raises(HealthCheckFailed) as failed:
-        engine_for(host).deploy(DeployOptions(version=NEW))
+        engine_for(host, health_timeout=0.25).deploy(DeployOptions(version=NEW))
 
     assert str(failed.value).startswith(starts)
 
@@ -178,3 +179,80 @@ def test_prune_never_removes_what_runs(host: FakeHost) -> None:
 
     assert engine.prune_images(keep=set()) == []  # NEW runs; nothing else is known and present
     assert NEW in host.image_tags(host.settings.app_image)
+
+
+# -- the proxy: what it says when it does not do its part ---------------------------------------------
+def test_a_reload_that_brings_no_new_workers_fails_naming_the_old_ones(host: FakeHost) -> None:
+    proxy = engine_for(host, reload_timeout=0.05).proxy
+    before = proxy.workers()
+    host.nginx_reload_delay = None  # the reload is accepted, but no new worker ever starts
+
+    with pytest.raises(ProxyConfigInvalid) as failed:
+        proxy.reload()
+
+    assert str(failed.value) == ("nginx did not start new workers within 0.05 s of the reload (old workers still "
+                                 f"accepting: {sorted(before)})")
+
+
+def test_a_reload_waits_for_the_new_workers(host: FakeHost) -> None:
+    proxy = engine_for(host).proxy
+    before = proxy.workers()
+    host.nginx_reload_delay = 3  # three more listings before the new workers show
+
+    proxy.reload()
+
+    after = proxy.workers()
+    assert after and not after & before
+
+
+def test_asking_a_stopped_proxy_names_its_project(host: FakeHost) -> None:
+    (proxy,) = host.containers_of("nginx")
+    host.crash_container(proxy.id)
+    with pytest.raises(PreflightError, match=r"^the nginx container of project 'handover' is not running$"):
+        engine_for(host).proxy.workers()
+
+
+def test_an_invalid_proxy_configuration_is_nginxs_own_words(host: FakeHost) -> None:
+    conf = host.root / "deploy" / "nginx" / "nginx.conf"
+    conf.write_text(conf.read_text() + "\nbogus on;\n")
+    host.nginx_test_error = 'unknown directive "bogus"'
+
+    with pytest.raises(ProxyConfigInvalid) as failed:
+        engine_for(host).proxy.test_config()
+
+    assert str(failed.value) == ("nginx -t failed:\nnginx: [emerg] unknown directive \"bogus\" in "
+                                 "/etc/handover/./nginx/nginx.conf:1\nnginx: configuration file "
+                                 "/etc/handover/./nginx/nginx.conf test failed")
+
+
+def test_a_proxy_that_never_runs_stops_the_first_start(fake_host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nginx, "START_TIMEOUT", 0.05)
+    fake_host.fail_on(compose("up", "nginx"), exited=0, times=None)  # compose says yes; nothing runs
+
+    with pytest.raises(PreflightError, match=r"^nginx did not start \(see `logs`\): its container is not running$"):
+        engine_for(fake_host).up(OLD)
+
+
+def test_two_new_containers_without_sockets_are_both_named(tmp_path: object) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    host = FakeHost(root, fake_settings(root, replicas=2))
+    engine_for(host).up(OLD)
+    host.behave(NEW, Behaviour(listens=False))
+    mark = len(host.commands)
+
+    with pytest.raises(HandoverError) as failed:
+        engine_for(host).deploy(DeployOptions(version=NEW))
+
+    (checked,) = host.matching(lambda c: c.argv[:2] == ["sh", "-c"] and c.argv[3:4] == ["check"], since=mark)
+    names = checked[5:]
+    assert len(names) == 2
+    assert str(failed.value).startswith(f"the new app does not listen on its unix socket ({', '.join(names)} "
+                                        f"missing in {host.state_path}/sockets)")
+    host._end_background()
+
+
+def test_backup_links_that_cannot_be_dropped_do_not_fail_a_deploy(host: FakeHost) -> None:
+    (host.state_path / "sockets" / "prev-9.sock").mkdir()  # rm -f cannot remove a directory
+    assert engine_for(host).deploy(DeployOptions(version=NEW)).result == "success"

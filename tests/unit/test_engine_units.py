@@ -30,6 +30,29 @@ def test_upstream_names_fixed_socket_slots() -> None:
         upstream.render_upstream(0)
 
 
+def test_the_upstream_file_is_exactly_the_slots_and_their_backups() -> None:
+    assert upstream.render_upstream(1) == (
+        "# Written by handover; the live app containers are the targets of these symlinks.\n"
+        "upstream handover_app {\n"
+        "    server unix:/run/handover/live-0.sock max_fails=0;\n"
+        "    server unix:/run/handover/prev-0.sock max_fails=0 backup;\n"
+        "}\n"
+        "map $uri $handover_target { default handover_app; }\n"
+        'map $uri $handover_fallback { default ""; }\n'
+    )
+    with pytest.raises(ValueError, match=r"^an upstream needs at least one slot$"):
+        upstream.render_upstream(-1)
+
+
+def test_only_workers_that_accept_connections_count() -> None:
+    listing = ("1 nginx: master process nginx -g daemon off;\n"
+               "7 nginx: worker process \n"
+               "8 nginx: worker process is shutting down \n"
+               "x nginx: worker process\n"
+               "9 sh -c for p in /proc/[0-9]*; do ...; done\n")
+    assert upstream.active_workers(listing) == {7}
+
+
 def test_live_links_are_parsed_to_short_ids() -> None:
     listing = "live-0.sock app-0123456789ab.sock\nlive-1.sock app-ba9876543210.sock\nlive-x.sock app-zz.sock\n"
     assert upstream.parse_links(listing) == {0: "0123456789ab", 1: "ba9876543210"}

@@ -8,14 +8,28 @@ failure, Ctrl-C and kill are in test_steps.py.
 
 from __future__ import annotations
 
+import os
+import shlex
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
+from invoke.context import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
+from invoke.runners import Result
 
 from handover.engine import DeployOptions, Engine
 from handover.errors import HealthCheckFailed
+from handover.lock import DeployLock, LockHeld
 from handover.progress import Progress
+from handover.proxies.nginx import link_script
+from handover.shell import read_file, write_file
 
-from .fakehost import Behaviour, FakeHost, docker
+from . import fakeshell
+from .fakehost import Behaviour, FakeHost, _bind_socket, docker
 
 OLD, NEW = "v1", "v2"
 
@@ -102,3 +116,195 @@ def test_the_fake_answers_like_docker_and_fails_loudly_on_the_unknown(fake_host:
     assert run("sh -c 'echo one'", hide=True, warn=True).stdout == "one\n"
     second = run("sh -c 'echo two'", hide=True, warn=True)
     assert (second.exited, second.stderr, failing.fired) == (7, "disk full", 1)
+
+
+# -- in-process file commands: the same outcome as the real sh ----------------------------------------
+def _tree(root: Path) -> None:
+    """A state directory with what the engine meets: links, a socket, logs, a lock, things in the way."""
+    (root / "d" / "sub").mkdir(parents=True)
+    (root / "d" / "a.conf").write_text("a {}\n")
+    (root / "d" / "b.conf").write_text("b {}\n")
+    (root / "d" / "notes.txt").write_text("not loaded\n")
+    (root / "d" / "dir.conf").mkdir()
+    (root / "d" / "link.conf").symlink_to("a.conf")
+    (root / "n").mkdir()
+    (root / "n" / "upstream.conf").write_text("upstream x {}\n")
+    (root / "n" / ".loaded").write_text("abc")
+    (root / "n" / "modules.main").write_text("load_module x;\n")
+    (root / "d" / "handover.js").write_text("export default {};\n")
+    t = root / "t"
+    t.mkdir()
+    for name in ("a.pem", "b.pem", ".hidden.pem", "notes.txt"):
+        (t / name).write_text(name)
+    (t / "live.pem").symlink_to("a.pem")
+    (t / "dir.pem").mkdir()
+    s = root / "s"
+    s.mkdir()
+    _bind_socket(s / "app-1.sock")
+    (s / "live-0.sock").symlink_to("app-1.sock")
+    (s / "live-1.sock").symlink_to("app-gone.sock")
+    (s / "prev-0.sock").symlink_to("app-1.sock")
+    (s / "live-x.sock").write_text("a file")
+    (s / "other").symlink_to("app-1.sock")
+    (s / "prev-dir.sock").mkdir()
+    (root / "torn.jsonl").write_bytes(b'{"a": 1}\n{"b"')
+    (root / "whole.jsonl").write_bytes(b'{"a": 1}\n')
+    (root / "empty").write_bytes(b"")
+    (root / "lock").mkdir()
+    (root / "lock" / "holder.json").write_text('{"token": "tok123"}')
+    (root / "bare").mkdir()
+    (root / "cur").symlink_to("d")
+    (root / "plain").write_text("plain text\n")
+    (root / "with space").write_text("spaced\n")
+    os.chmod(root / "plain", 0o640)
+    for path in (root / "plain", root / "cur"):
+        os.utime(path, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    out: dict[str, tuple[Any, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        kind = stat.S_IFMT(info.st_mode)
+        body = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
+        out[str(path.relative_to(root))] = (kind, stat.S_IMODE(info.st_mode), body)
+    return out
+
+
+class _Recorder:
+    """A runner that keeps the line a handover helper sends and answers it with nothing."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def run(self, line: str, **kwargs: Any) -> Any:
+        self.lines.append(line)
+        return Result(command=line, exited=0)
+
+
+def _line_of(helper: Callable[[_Recorder], object]) -> str:
+    recorder = _Recorder()
+    helper(recorder)
+    (line,) = recorder.lines
+    return line
+
+
+def _sh(script: str, *words: str) -> str:
+    return shlex.join(["sh", "-c", script, *words])
+
+
+# Each line: answered here (True) or left to the real sh for its own words (False).
+SHELL_CASES: list[tuple[str, bool]] = [
+    ("mkdir -p new", True), ("mkdir -p new/a/b", True), ("mkdir -p d", True), ("mkdir -p cur", True),
+    ("mkdir -p n/x n/y", True), ("mkdir -p plain", False), ("mkdir -p plain/x", False),
+    ("mkdir -p -m 0750 new/a", True), ("mkdir -p -m 0750 d", True), ("mkdir -p -m 1777 x", True),
+    ("mkdir new", True), ("mkdir d", False), ("mkdir no/such", False), ("mkdir -p -m u+x z", False),
+    ("chmod 1777 s", True), ("chmod 0750 d", True), ("chmod 0600 plain cur", True), ("chmod 0644 missing", False),
+    ("chmod u+x plain", False),
+    ("readlink cur", True), ("readlink s/live-1.sock", True), ("readlink plain", False), ("readlink missing", False),
+    ("test -d d", True), ("test -d cur", True), ("test -d plain", True), ("test -d missing", True),
+    ("rm -rf d", True), ("rm -rf plain missing", True), ("rm -rf cur", True), ("rm -rf s n", True),
+    ("stat -c %Y plain", True), ("stat -c %Y cur", True), ("stat -c %U plain", True), ("stat -c %Y missing", False),
+    ("mv -T cur cur2", True), ("mv -T plain torn.jsonl", True), ("mv -T plain d", False), ("mv -T missing x", False),
+    ("mv -T plain plain", False),
+    ("ln -sfn d newlink", True), ("ln -sfn bare cur", True), ("ln -sfn x plain", True), ("ln -sfn x d", False),
+    ("ls -1A d", True), ("ls -1A s", True), ("ls -1A bare", True), ("ls -1A missing", False),
+    (_sh(fakeshell.LINKS, "links", "s"), True), (_sh(fakeshell.LINKS, "links", "missing"), True),
+    (_sh(fakeshell.LINKS, "links", "plain"), True),
+    (_sh(fakeshell.CHECK, "check", "s", "app-1.sock", "live-0.sock", "live-1.sock", "live-x.sock", "app-2.sock"),
+     True),
+    (_sh(fakeshell.CHECK, "check", "s"), True), (_sh(fakeshell.CHECK, "check", "missing", "x"), False),
+    (_sh(fakeshell.UNLINK, "unlink", "n"), True), (_sh(fakeshell.UNLINK, "unlink", "missing"), True),
+    (_sh(fakeshell.UNLINK, "unlink", "s"), False),  # prev-dir.sock: rm's own words
+    (_sh(fakeshell.FORGET, "forget", "s", "app-1.sock", "nothing.sock", "live-0.sock"), True),
+    (_sh(fakeshell.FORGET, "forget", "s"), True), (_sh(fakeshell.FORGET, "forget", "missing", "a"), False),
+    (_sh(fakeshell.FORGET, "forget", "s", "prev-dir.sock"), False),
+    (_sh(fakeshell.FINGERPRINT, "fingerprint", "d", "n"), True),
+    (_sh(fakeshell.FINGERPRINT, "fingerprint", "n", "d"), True),
+    (_sh(fakeshell.FINGERPRINT, "fingerprint", "d", "d"), True),
+    (_sh(fakeshell.FINGERPRINT, "fingerprint", "bare", "bare"), True),
+    (_sh(fakeshell.FINGERPRINT, "fingerprint", "missing", "d"), True),
+    (_sh(fakeshell.FINGERPRINT, "fingerprint", "d", "n", "missing"), True),
+    (_sh(fakeshell.FINGERPRINT, "fingerprint", "cur", "d"), False),
+    (_sh(fakeshell.READ_LINK, "live", "cur"), True), (_sh(fakeshell.READ_LINK, "live", "plain"), True),
+    (_sh(fakeshell.READ_LINK, "live", "missing"), True),
+    (_sh(fakeshell.PRUNE_PEMS, "prune", "t", "b.pem"), True), (_sh(fakeshell.PRUNE_PEMS, "prune", "t"), True),
+    (_sh(fakeshell.PRUNE_PEMS, "prune", "missing", "a.pem"), False),
+    (_sh(fakeshell.APPEND, "append", '{"r": 1}', "torn.jsonl"), True),
+    (_sh(fakeshell.APPEND, "append", '{"r": 1}', "whole.jsonl"), True),
+    (_sh(fakeshell.APPEND, "append", '{"r": "\u00e9 \\n \'q\'"}', "empty"), True),
+    (_sh(fakeshell.APPEND, "append", "h\u00e9 \\ $x", "new.jsonl"), True),
+    (_sh(fakeshell.APPEND, "append", "x", "d"), False), (_sh(fakeshell.APPEND, "append", "x", "no/such"), False),
+    (_sh(fakeshell.RELEASE, "release", "lock", "tok123"), True),
+    (_sh(fakeshell.RELEASE, "release", "lock", "tok999"), True),
+    (_sh(fakeshell.RELEASE, "release", "bare", "tok123"), True),
+    (_sh(fakeshell.RELEASE, "release", "missing", "tok123"), True),
+    (_sh(fakeshell.HALF_MADE, "half-made", "lock", "holder.json"), True),
+    (_sh(fakeshell.HALF_MADE, "half-made", "bare", "holder.json"), True),
+    (_sh(fakeshell.HALF_MADE, "half-made", "plain", "holder.json"), True),
+    (_sh(fakeshell.HALF_MADE, "half-made", "missing", "holder.json"), True),
+    (_line_of(lambda r: read_file(r, "plain")), True), (_line_of(lambda r: read_file(r, "n/.loaded")), True),
+    (_line_of(lambda r: read_file(r, "missing")), True), (_line_of(lambda r: read_file(r, "d")), True),
+    (_line_of(lambda r: read_file(r, "cur")), True), (_line_of(lambda r: read_file(r, "with space")), True),
+    (_line_of(lambda r: write_file(r, "w", "h\u00e9llo\n'quoted'\n")), True),
+    (_line_of(lambda r: write_file(r, "plain", "over", mode="0600")), True),
+    (_line_of(lambda r: write_file(r, "n/upstream.conf", "")), True),
+    (_line_of(lambda r: write_file(r, "no/such", "x")), False), (_line_of(lambda r: write_file(r, "d", "x")), False),
+    (_sh(link_script([("prev-0.sock", "app-1.sock"), ("live-0.sock", "app-2.sock")]), "point", "s"), True),
+    (_sh(link_script([("live-0.sock", "app-1.sock"), ("live-1.sock", "app-1.sock")]), "point", "s"), True),
+    (_sh(link_script([("live-0.sock", "app-1.sock")]), "point", "missing"), False),
+    (_sh(link_script([("prev-dir.sock", "app-1.sock")]), "point", "s"), False),
+    ("sh -c 'echo one'", False), ("echo one", False), ("env A=1 mkdir -p new", False),
+]
+
+
+@pytest.mark.parametrize(("line", "answered"), SHELL_CASES, ids=[line[:60] for line, _ in SHELL_CASES])
+def test_file_commands_answered_in_process_do_what_the_real_shell_does(tmp_path: Path, line: str,
+                                                                       answered: bool) -> None:
+    here, real = tmp_path / "here", tmp_path / "real"
+    for root in (here, real):
+        root.mkdir()
+        _tree(root)
+    env = dict(os.environ)
+
+    got = fakeshell.answer(fakeshell.split(line), line, str(here), env)
+    done = subprocess.run(["/bin/sh", "-c", line], cwd=real, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, check=False)
+
+    assert (got is not None) == answered
+    if got is None:
+        return
+    assert got == (done.stdout, done.stderr, done.returncode)
+    assert _snapshot(here) == _snapshot(real)
+
+
+def test_a_deploy_needs_the_real_shell_for_no_file_command(fake_host: FakeHost) -> None:
+    engine = started(fake_host)
+    engine.deploy(DeployOptions(version=NEW))
+
+    assert fake_host.shell_lines == []
+    fake_host.in_process = False
+    assert fake_host.runner.run("mkdir -p x", hide=True).exited == 0 and fake_host.shell_lines == ["mkdir -p x"]
+
+
+def test_the_lock_keeper_kept_in_process_excludes_real_keepers_as_flock_does(fake_host: FakeHost) -> None:
+    state = fake_host.settings.state_path
+    info = {"holder": "ann@box", "action": "deploy"}
+    real = DeployLock(Context(), state)
+    real.acquire(info)
+    with pytest.raises(LockHeld, match="ann@box"):  # a real flock process holds it
+        DeployLock(fake_host.runner, state).acquire({"holder": "bob@box", "action": "deploy"})
+    real.release()
+
+    DeployLock(fake_host.runner, state).acquire(info)
+    keeper = fake_host.keepers[-1]
+    assert not keeper.process_is_finished and fake_host.lock_held()
+    with pytest.raises(LockHeld, match="ann@box"):  # ... and a real one is refused while the fake holds it
+        DeployLock(Context(), state).acquire({"holder": "bob@box", "action": "deploy"})
+    DeployLock(fake_host.runner, state).release()  # unlock, from another run: it ends the keeper
+    assert (keeper.process_is_finished, keeper.exited) == (True, 143) and not fake_host.lock_held()
+
+    again = DeployLock(Context(), state)
+    assert again.acquire(info) is None
+    again.release()
+    assert fake_host.shell_lines == []

@@ -18,9 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import invoke
 import pytest
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.program import Program
 
 import tasks
 from handover import cli, images, ops
@@ -34,7 +36,8 @@ from .fakehost import FakeHost
 ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW = "v1", "v2"
 REASON = "db migration until 20:00"
-INTERRUPT_AFTER = 0.5  # seconds into the follow when the test presses Ctrl-C
+POLL = 0.005  # how often the test looks whether the followed command runs, to press Ctrl-C
+SETTLE = 0.05  # then it waits this long before pressing it
 STOP_WITHIN = 5.0
 
 
@@ -67,26 +70,54 @@ def manual_lock(host: FakeHost) -> DeployLock:
 # --- messages, not tracebacks ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("args", "deploy", "says", "code"),
-    [
-        (["probe", "--duration", "1"], {"http_port": "eighty"}, "config key deploy.http_port", 2),
-        (["probe", "--url", "ftp://example.invalid", "--duration", "1"], {}, "probe: base_url must be", 2),
-        (["probe", "--duration", "-1"], {}, "--duration: expected seconds above 0", 2),
-        (["bench", "--only", "fast"], {}, "--only: expected some of", 2),
-        (["bench", "--only", "tcp,fast"], {}, "--only: expected some of engine, simple, tcp, tcp-reload, got 'fast'",
-         2),
-        (["bench", "--project", "Not A Project"], {}, "project 'Not A Project': expected a compose project name", 2),
-        (["local.status"], {"app_port": 70000}, "config key deploy.app_port", 2),
-        (["local.status"], {"app_health": "/healthz"}, "config key deploy.app_health ('/healthz') needs", 2),
-        (["local.status"], {"replicas": 0}, "config key deploy.replicas", 2),
-        (["local.deploy", "--json"], {"app_image": "Not An Image"}, "config key deploy.app_image", 2),
-    ],
-)
+BAD_INPUT = [
+    (["probe", "--duration", "1"], {"http_port": "eighty"}, "config key deploy.http_port", 2),
+    (["probe", "--url", "ftp://example.invalid", "--duration", "1"], {}, "probe: base_url must be", 2),
+    (["probe", "--duration", "-1"], {}, "--duration: expected seconds above 0", 2),
+    (["bench", "--only", "fast"], {}, "--only: expected some of", 2),
+    (["bench", "--only", "tcp,fast"], {}, "--only: expected some of engine, simple, tcp, tcp-reload, got 'fast'",
+     2),
+    (["bench", "--project", "Not A Project"], {}, "project 'Not A Project': expected a compose project name", 2),
+    (["local.status"], {"app_port": 70000}, "config key deploy.app_port", 2),
+    (["local.status"], {"app_health": "/healthz"}, "config key deploy.app_health ('/healthz') needs", 2),
+    (["local.status"], {"replicas": 0}, "config key deploy.replicas", 2),
+    (["local.deploy", "--json"], {"app_image": "Not An Image"}, "config key deploy.app_image", 2),
+]
+
+
+def inv_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """What ``inv`` runs (Invoke's own program, this repository's tasks.py), in this process: exit code, stderr."""
+    for key in [k for k in os.environ if k.startswith(("INVOKE_", "FABRIC_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setitem(sys.modules, "tasks", tasks)  # Invoke loads tasks.py afresh; keep the tests' module
+    program = Program(name="Invoke", binary="inv[oke]", binary_names=["invoke", "inv"], version=invoke.__version__)
+    code: int | str | None = 0
+    capsys.readouterr()
+    try:
+        program.run(["invoke", *args])
+    except SystemExit as done:
+        code = done.code
+    return int(code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "deploy", "says", "code"), BAD_INPUT)
 def test_bad_input_to_a_task_is_a_message(args: list[str], deploy: dict[str, object], says: str, code: int,
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "invoke.yaml"
     config.write_text(json.dumps({"deploy": deploy}))  # JSON is YAML
+    returncode, stderr = inv_in_process(["-f", str(config), *args], monkeypatch, capsys)
+    assert "Traceback" not in stderr
+    assert says in stderr and stderr.startswith("error: ")
+    assert returncode == code
+
+
+def test_bad_input_to_the_real_inv_is_a_message(tmp_path: Path) -> None:
+    args, deploy, says, code = BAD_INPUT[-1]
+    config = tmp_path / "invoke.yaml"
+    config.write_text(json.dumps({"deploy": deploy}))
     result = inv("-f", str(config), *args)
     assert "Traceback" not in result.stderr
     assert says in result.stderr and result.stderr.startswith("error: ")
@@ -126,7 +157,7 @@ def test_an_unexpected_error_is_named_not_a_traceback(capsys: pytest.CaptureFixt
 def test_a_failed_deploy_prints_its_record_as_json(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     host.fail_build(NEW)
     with pytest.raises(Exit) as info:
-        tasks.deploy(Context(), version=NEW, json=True)
+        tasks.deploy(host.context(), version=NEW, json=True)
     assert info.value.code == 1
     out, err = capsys.readouterr()
     record = json.loads(out)
@@ -142,7 +173,7 @@ def test_a_deploy_stopped_before_the_engine_prints_json_too(host: FakeHost, monk
 
     monkeypatch.setattr(tasks.images, "build_wheelhouse", no_wheels)
     with pytest.raises(Exit) as info:
-        tasks.deploy(Context(), version=NEW, json=True)
+        tasks.deploy(host.context(), version=NEW, json=True)
     assert info.value.code == 1
     record = json.loads(capsys.readouterr().out)
     assert record["result"] == "failed" and record["failed_step"] == tasks.PREPARE_STEP
@@ -152,7 +183,7 @@ def test_a_deploy_stopped_before_the_engine_prints_json_too(host: FakeHost, monk
 
 def test_a_bad_version_under_json_is_json(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(Exit) as info:
-        tasks.deploy(Context(), version="-bad", json=True)
+        tasks.deploy(host.context(), version="-bad", json=True)
     assert info.value.code == 2
     record = json.loads(capsys.readouterr().out)
     assert record["result"] == "failed" and "version '-bad'" in record["error"]
@@ -162,16 +193,16 @@ def test_a_bad_version_under_json_is_json(host: FakeHost, capsys: pytest.Capture
 
 
 def test_status_shows_the_lock(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
-    tasks.status(Context())
+    tasks.status(host.context())
     assert "lock: unlocked" in capsys.readouterr().out.splitlines()
-    tasks.status(Context(), json=True)
+    tasks.status(host.context(), json=True)
     assert json.loads(capsys.readouterr().out)["lock"] == {"held": False, "description": "unlocked"}
 
     manual_lock(host)
-    tasks.status(Context())
+    tasks.status(host.context())
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lock: "))
     assert line.startswith("lock: held by ") and line.endswith(f"s): {REASON}") and "since 20" in line
-    tasks.status(Context(), json=True)
+    tasks.status(host.context(), json=True)
     lock = json.loads(capsys.readouterr().out)["lock"]
     assert lock["held"] is True and lock["reason"] == REASON and lock["action"] == "lock"
     assert without_age(lock["description"]) == without_age(line.removeprefix("lock: "))
@@ -182,7 +213,7 @@ def test_status_shows_the_lock(host: FakeHost, capsys: pytest.CaptureFixture[str
 def test_a_deploy_refused_by_a_manual_lock_says_why(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     manual_lock(host)
     with pytest.raises(Exit) as info:
-        tasks.deploy(Context(), version=NEW)
+        tasks.deploy(host.context(), version=NEW)
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: deploys to this host are stopped: the lock at ")
@@ -192,11 +223,11 @@ def test_a_deploy_refused_by_a_manual_lock_says_why(host: FakeHost, capsys: pyte
 
 def test_unlock_says_what_it_released(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     manual_lock(host)
-    tasks.unlock(Context())
+    tasks.unlock(host.context())
     out = capsys.readouterr().out.strip()
     assert out.startswith("lock released; it was held by ") and out.endswith(f": {REASON}")
     assert "{" not in out
-    tasks.unlock(Context())
+    tasks.unlock(host.context())
     assert capsys.readouterr().out.strip() == "no lock was held"
 
 
@@ -218,13 +249,27 @@ def test_local_follow_ends_on_one_interrupt(tmp_path: Path) -> None:
     """A SIGINT to this process alone (not the command's group) still ends the followed command."""
     pid_file = tmp_path / "pid"
     runner = tasks.FollowLocal(context=Context())
-    timer = threading.Timer(INTERRUPT_AFTER, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    stop = threading.Event()
+
+    def interrupt_once_it_runs() -> None:  # Ctrl-C once Invoke waits on the running command, not before
+        deadline = time.monotonic() + STOP_WITHIN
+        while not stop.is_set() and time.monotonic() < deadline:
+            threads = list(getattr(runner, "threads", {}).values())
+            if pid_file.exists() and threads and all(t.ident for t in threads):
+                time.sleep(SETTLE)  # past the last thread start, into the wait
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(POLL)
+
+    watcher = threading.Thread(target=interrupt_once_it_runs, daemon=True)
+    watcher.start()
     started = time.monotonic()
     try:
-        runner.run(f"echo $$ > {pid_file}; exec sleep 600", pty=False, in_stream=False, warn=True, hide=True)
+        runner.run(f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 600", pty=False,
+                   in_stream=False, warn=True, hide=True)
     finally:
-        timer.cancel()
+        stop.set()
+        watcher.join()
     assert runner.interrupted and time.monotonic() - started < STOP_WITHIN
     pid = int(pid_file.read_text())
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]

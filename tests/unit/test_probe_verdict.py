@@ -24,7 +24,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from handover.probe import HttpSummary, HttpWindowStats, LatencySummary, ProbeReport, ProbeSettings, WsSummary
+from handover.probe import HttpSummary, HttpWindowStats, LatencySummary, ProbeReport, ProbeSettings, WsSummary, backoff
 from handover.probe.http_client import HttpFailureKind
 from handover.probe.http_load import HttpLoad, RequestRecord
 from handover.probe.report import FAILURE_KINDS
@@ -46,11 +46,17 @@ CLEAN_REQUESTS = 5
 CLEAN_MESSAGES = 3
 WAIT_TIMEOUT_SECONDS = 5.0
 POLL_SECONDS = 0.01
-HTTP_RATE = 40.0
-HTTP_RUN_SECONDS = 0.15
-SHORT_REQUEST_TIMEOUT = 0.2
+HTTP_RATE = 100.0
+HTTP_RUN_SECONDS = 0.06
+SHORT_REQUEST_TIMEOUT = 0.1
+RECONNECT_BACKOFF_SECONDS = 0.01  # the first reconnect waits 5-10 ms here instead of 125-250 ms
 WS_MESSAGE_INTERVAL = 0.02
 MESSAGES_BEFORE_STOP = 3
+
+
+@pytest.fixture(autouse=True)
+def _quick_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backoff, "BACKOFF_BASE_SECONDS", RECONNECT_BACKOFF_SECONDS)
 
 
 # ---------------------------------------------------------------- verdict from raw records and counters

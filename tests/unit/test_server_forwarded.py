@@ -7,6 +7,7 @@ nginx reaches the app over its unix socket and is believed; on TCP only FORWARDE
 from __future__ import annotations
 
 import socket
+import ssl
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,8 @@ SPOOFED = "6.6.6.6"
 # Another loopback address: routed locally like 127.0.0.1 but not in the default trusted list.
 UNTRUSTED_LOOPBACK = "127.0.0.2"
 REQUEST_TIMEOUT = 5.0
+# One TLS context for every transport (each new one would load the CA bundle again; the requests are HTTP).
+TLS = ssl.create_default_context()
 
 
 def seen_client(transport: httpx.HTTPTransport, url: str) -> object:
@@ -29,12 +32,13 @@ def seen_client(transport: httpx.HTTPTransport, url: str) -> object:
 def test_only_the_unix_socket_and_trusted_tcp_peers_may_set_the_client_address(tmp_path: Path) -> None:
     with running_server(UNIX_SOCKET_DIR=str(tmp_path)) as (_, port):
         url = f"http://{LOOPBACK}:{port}/api/client"
-        untrusted = httpx.HTTPTransport(local_address=UNTRUSTED_LOOPBACK)
+        untrusted = httpx.HTTPTransport(local_address=UNTRUSTED_LOOPBACK, verify=TLS)
         assert seen_client(untrusted, url) == UNTRUSTED_LOOPBACK
 
-        trusted = httpx.HTTPTransport(local_address=LOOPBACK)
+        trusted = httpx.HTTPTransport(local_address=LOOPBACK, verify=TLS)
         assert seen_client(trusted, url) == SPOOFED
 
         unix_path = tmp_path / f"app-{socket.gethostname()}.sock"
-        assert seen_client(httpx.HTTPTransport(uds=str(unix_path)), "http://app/api/client") == SPOOFED
+        unix = httpx.HTTPTransport(uds=str(unix_path), verify=TLS)
+        assert seen_client(unix, "http://app/api/client") == SPOOFED
 

@@ -207,8 +207,9 @@ def test_garbage_from_clients_leaves_the_server_serving(fuzz_server: tuple[subpr
     process, port = fuzz_server
     base = f"http://{LOOPBACK}:{port}"
     rng = random.Random(SEED)
+    client = httpx.Client(timeout=5)  # one client: each new one loads the CA bundle again
     for _ in range(20):  # warm up before measuring
-        httpx.get(f"{base}/api/info", timeout=5)
+        client.get(f"{base}/api/info")
     rss_before = rss_kb(process.pid)
 
     async def websocket_fuzz() -> int | None:
@@ -227,7 +228,8 @@ def test_garbage_from_clients_leaves_the_server_serving(fuzz_server: tuple[subpr
         assert process.poll() is None
 
     assert process.poll() is None
-    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    assert client.get(f"{base}/healthz").status_code == 200
+    client.close()
     rss_after = rss_kb(process.pid)
     assert rss_after - rss_before < RSS_SLACK_KB, (rss_before, rss_after)
     print(f"\n[fuzz] VmRSS {rss_before} kB -> {rss_after} kB; /healthz 200", flush=True)

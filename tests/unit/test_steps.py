@@ -9,7 +9,9 @@ and the record says what happened.
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -555,3 +557,138 @@ def test_plan_lines_count_the_containers(tmp_path: object) -> None:
     assert lines["drain"] == "stop handover-app-1, handover-app-2 (grace 25 s), remove by ID"
     assert lines["build"] == f"image handover-app:{NEW}"
     host._end_background()
+
+
+# -- what a switch leaves while it is checked, and the words of a few failures ------------------------
+def _is_point(command: Command) -> bool:
+    return command.argv[:2] == ["sh", "-c"] and "point" in command.argv
+
+
+def test_the_old_container_is_the_backup_while_the_switch_is_checked(host: FakeHost) -> None:
+    engine = serving(host)
+    (old,) = host.app_containers()
+    seen: list[tuple[dict[int, str], str | None]] = []
+    backup = host.state_path / "sockets" / "prev-0.sock"
+    mark = len(host.commands)
+
+    def look_while_verifying(command: Command) -> bool:
+        if command.argv[:2] == ["docker", "inspect"] and host.matching(_is_point, since=mark) and not seen:
+            seen.append((host.live_targets(), str(backup.readlink()) if backup.is_symlink() else None))
+        return False
+
+    host.fail_on(look_while_verifying)
+    assert engine.deploy(DeployOptions(version=NEW)).result == "success"
+
+    (new,) = host.app_containers()
+    assert seen == [({0: f"app-{new.short_id}.sock"}, f"app-{old.short_id}.sock")]
+    assert not backup.is_symlink()  # gone once the old container is drained
+
+
+def test_a_ctrl_c_held_during_the_link_swap_switches_back(host: FakeHost) -> None:
+    engine = serving(host)
+    host.interrupt_on(_is_point, after=True)  # the links were swapped, then Ctrl-C was raised
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.deploy(DeployOptions(version=NEW))
+
+    only(host, OLD)
+    record = host.records()[-1]
+    assert (record["result"], record["failed_step"]) == ("rolled-back", "switch")
+    assert "switch back" in [s["name"] for s in record["steps"]]
+
+
+def test_a_new_container_removed_during_the_drain_is_named(host: FakeHost) -> None:
+    engine = serving(host)
+
+    def remove_the_new_one(command: Command) -> bool:
+        if command.argv[:2] == ["docker", "stop"]:
+            del host.containers[host.app_containers()[-1].id]
+        return False
+
+    host.fail_on(remove_the_new_one)
+
+    with pytest.raises(HandoverError) as failed:
+        engine.deploy(DeployOptions(version=NEW))
+
+    assert str(failed.value) == ("the new containers stopped during the drain: handover-app-2; the old version is "
+                                 "drained already, nothing may be serving. Deploy again.")
+
+
+def test_without_a_post_switch_check_there_is_no_verify_step(host: FakeHost) -> None:
+    serving(host)
+    engine = Engine(host.runner, dataclasses.replace(host.settings, post_switch_check=0.0), Progress(quiet=True))
+
+    plan = engine.deploy(DeployOptions(version=NEW, dry_run=True))
+    rec = engine.deploy(DeployOptions(version=NEW))
+
+    assert "verify" not in [s.name for s in plan.steps] and "switch" in [s.name for s in plan.steps]
+    assert rec.result == "success" and "verify" not in [s.name for s in rec.steps]
+
+
+def test_compose_starting_no_container_fails_the_start(host: FakeHost) -> None:
+    engine = serving(host)
+    host.fail_on(compose("up", "app"), exited=0)  # compose says nothing went wrong, yet nothing started
+
+    with pytest.raises(HandoverError, match=r"^compose started no new app container$"):
+        engine.deploy(DeployOptions(version=NEW))
+
+    only(host, OLD)
+
+
+def _host_with_proxy_base(root: Path, base: str) -> FakeHost:
+    """A host whose proxy is built on ``base`` (unlike the app), which the host does not have."""
+    host = FakeHost(root, fake_settings(root, proxy_base_image=base))
+    del host.images[base]
+    return host
+
+
+def test_a_first_start_pulls_the_proxys_missing_base_image(tmp_path: Path) -> None:
+    host = _host_with_proxy_base(tmp_path, "debian:trixie-slim")
+    host.registry.add("debian:trixie-slim")
+
+    assert engine_for(host).up(OLD).result == "success"
+
+    assert host.matching(docker("pull")) == [["docker", "pull", "--quiet", "debian:trixie-slim"]]
+    host._end_background()
+
+
+def test_a_proxy_base_image_that_cannot_be_pulled_is_built_on_the_local_one(tmp_path: Path) -> None:
+    host = _host_with_proxy_base(tmp_path, "debian:trixie-slim")
+    host._add_image("localhost/debian-minbase:trixie")  # made by an earlier run with debootstrap
+
+    assert engine_for(host).up(OLD).result == "success"
+
+    (build,) = [c for c in host.calls if compose("build")(c.command)]
+    assert build.command.env["PROXY_BASE_IMAGE"] == "localhost/debian-minbase:trixie"
+    assert build.command.env["BASE_IMAGE"] == host.settings.base_image
+    host._end_background()
+
+
+@pytest.mark.parametrize(("serving_first", "words"), [
+    (True, "remove the new containers; the old version keeps serving"),
+    (False, "remove the new containers"),
+])
+def test_the_rollback_says_what_keeps_serving(fake_host: FakeHost, serving_first: bool, words: str) -> None:
+    engine = serving(fake_host) if serving_first else engine_for(fake_host)
+    fake_host.behave(NEW, Behaviour(never_healthy=True))
+    progress = io.StringIO()
+    engine.progress = Progress(stream=progress)
+
+    with pytest.raises(HandoverError):
+        engine.deploy(DeployOptions(version=NEW, action="deploy" if serving_first else "up"))
+
+    assert f"==> rollback: {words}\n" in progress.getvalue()
+
+
+def test_a_converge_says_what_it_removed(host: FakeHost) -> None:
+    engine = _leftover(host)
+    rec = engine.deploy(DeployOptions(version=NEW))
+    (converge,) = [s for s in rec.steps if s.name == "converge"]
+    assert converge.detail == "removed handover-app-2"
+
+
+def test_the_plan_of_a_first_start_routes_the_proxy(fake_host: FakeHost) -> None:
+    plan = engine_for(fake_host).deploy(DeployOptions(version=OLD, action="up", dry_run=True))
+    lines = {s.name: s.detail for s in plan.steps}
+    assert lines["switch"] == "route the proxy to them"
+    assert steps.names([]) == "nothing"
