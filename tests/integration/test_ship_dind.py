@@ -1,0 +1,289 @@
+"""`fab deploy` with ``app_ship`` to a host with its own Docker engine and no registry: the image really
+travels (``docker save`` here, ``ssh host docker load`` there), three times under the probe.
+
+The host is a container made from the debootstrap base with docker.io, openssh-server, rsync and this
+machine's Compose v2 plugin; dockerd runs inside it (the capabilities a nested dockerd needs, since
+``--privileged`` is refused here, and a volume of its own for /var/lib/docker). Its sshd and its
+published HTTP port are on 127.0.0.1 only; the host key is generated and recorded in a known_hosts
+file, so the connection is as strict as to any host. The inner engine starts empty: its provisioning
+(``docker save`` of the debootstrap base into it, done here as an operator would with ``docker load``)
+gives it the base the proxy's image is built from; everything else the app needs comes with the ship.
+The image is tagged by its content, so a rerun reuses it; the container and its volume are removed after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from invoke import Context
+
+from handover import images
+from handover.probe import Probe, ProbeSettings
+from handover.progress import Progress
+
+from .conftest import LAB_PORT_SHIFT, PROBE_RATE, PROBE_WS_CLIENTS, TEST_PROJECT, docker_ready
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).parent / "fab")
+NAME = f"{TEST_PROJECT}-dind-host"
+VOLUME = f"{NAME}-lib"
+SSH_PORT = 28600 + LAB_PORT_SHIFT
+HTTP_PORT = SSH_PORT + 1
+INNER_HTTP_PORT = 8080  # nginx's published port inside the host, on 0.0.0.0 there
+PROJECT = f"{TEST_PROJECT}-dshop"
+APP_IMAGE = f"{PROJECT}-app"
+VERSIONS = ("v1", "v2", "v3")
+DEPLOY_DIR = "/srv/dshop"
+BASE = "debian:bookworm"  # or the local debootstrap minbase made in its stead (handover.images)
+COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
+EXTRA_CAS = Path("/usr/local/share/ca-certificates")
+BUILD_TIMEOUT = 600
+FAB_TIMEOUT = 400  # the first deploy builds the proxy's image on the host (apt in the inner engine)
+START_TIMEOUT = 60.0
+
+DOCKERFILE = """\
+FROM {base}
+RUN apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io openssh-server rsync \\
+    ca-certificates iptables procps >/dev/null \\
+ && rm -rf /var/lib/apt/lists/*
+COPY cas/ /usr/local/share/ca-certificates/
+COPY docker-compose /usr/local/lib/docker/cli-plugins/docker-compose
+COPY sshd.conf /etc/ssh/sshd_config.d/test.conf
+COPY start-host /usr/local/bin/start-host
+RUN update-ca-certificates >/dev/null && mkdir -p /run/sshd
+CMD ["/usr/local/bin/start-host"]
+"""
+SSHD_CONF = """\
+HostKey /etc/ssh/test_host_key
+AuthorizedKeysFile /etc/ssh/test_authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+"""
+# overlay2 works on the volume; STORAGE_DRIVER=vfs is the fallback where it does not.
+START_HOST = """\
+#!/bin/sh
+set -e
+dockerd --storage-driver "${STORAGE_DRIVER:-overlay2}" >/var/log/dockerd.log 2>&1 &
+exec /usr/sbin/sshd -D -e
+"""
+# What a nested dockerd needs without --privileged (which this machine refuses).
+NESTED_DOCKER = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
+                 "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
+                 "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--mount", f"type=volume,src={VOLUME},dst=/var/lib/docker"]
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def inner(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``docker`` on the host's own engine."""
+    return docker("exec", NAME, "docker", *args, check=check)
+
+
+def host_image(tmp: Path, base: str) -> str:
+    """The Docker host's image, built when its content tag is not there yet."""
+    context = tmp / "image"
+    (context / "cas").mkdir(parents=True)
+    files = {"Dockerfile": DOCKERFILE.format(base=base), "sshd.conf": SSHD_CONF, "start-host": START_HOST}
+    digest = hashlib.sha256()
+    for name, text in files.items():
+        (context / name).write_text(text)
+        digest.update(name.encode() + text.encode())
+    (context / "start-host").chmod(0o755)
+    plugin = COMPOSE_PLUGIN.read_bytes()
+    (context / "docker-compose").write_bytes(plugin)
+    (context / "docker-compose").chmod(0o755)
+    digest.update(plugin)
+    for ca in sorted(EXTRA_CAS.glob("*.crt")) if EXTRA_CAS.is_dir() else []:
+        (context / "cas" / ca.name).write_bytes(ca.read_bytes())
+        digest.update(ca.name.encode() + ca.read_bytes())
+    image = f"{NAME}:{digest.hexdigest()[:12]}"
+    if docker("image", "inspect", image, check=False).returncode != 0:
+        docker("build", "--quiet", "--tag", image, str(context), timeout=BUILD_TIMEOUT)
+    return image
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def wait_for_host() -> None:
+    """sshd answers on its published port and the inner dockerd takes commands."""
+    deadline = time.monotonic() + START_TIMEOUT
+    ssh_up = False
+    while time.monotonic() < deadline:
+        if not ssh_up:
+            try:
+                with socket.create_connection(("127.0.0.1", SSH_PORT), timeout=1) as sock:
+                    ssh_up = sock.recv(64).startswith(b"SSH-2.0-")
+            except OSError:
+                pass
+        if ssh_up and inner("info", check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    logs = docker("exec", NAME, "tail", "-20", "/var/log/dockerd.log", check=False)
+    raise AssertionError(f"{NAME} is not ready (sshd {ssh_up}):\n{logs.stdout}{logs.stderr}")
+
+
+@dataclass
+class DockerHost:
+    client_key: Path
+    config: Path
+
+    def fab(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_"))}
+        env["PYTHONPATH"] = str(ROOT)
+        argv = [FAB, "-f", str(self.config), "-i", str(self.client_key), "-H", f"root@127.0.0.1:{SSH_PORT}", *args]
+        done = subprocess.run(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=FAB_TIMEOUT)
+        assert done.returncode == 0, f"fab {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        return done
+
+    @staticmethod
+    def image_id(ref: str) -> str:
+        done = inner("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    @staticmethod
+    def version() -> str:
+        return str(requests.get(f"http://127.0.0.1:{HTTP_PORT}/api/info", timeout=5).json()["version"])
+
+
+def local_id(ref: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def minbase() -> str:
+    docker_ready()
+    return images.ensure_base_image(Context(), BASE, Progress(quiet=True))
+
+
+@pytest.fixture(scope="module")
+def app_images(minbase: str) -> Iterator[dict[str, str]]:
+    """The demo app built here, as three versions with three image IDs: version -> image ID."""
+    images.build_wheelhouse(ROOT / "server", Progress(quiet=True))
+    built = f"{APP_IMAGE}:built"
+    docker("build", "--quiet", "--build-arg", f"BASE_IMAGE={minbase}", "--tag", built, str(ROOT / "server"),
+           timeout=BUILD_TIMEOUT)
+    ids = {}
+    try:
+        for version in VERSIONS:
+            ref = f"{APP_IMAGE}:{version}"
+            subprocess.run(["docker", "build", "--quiet", "--tag", ref, "-"], input=f"FROM {built}\nLABEL "
+                           f"shop.release={version}\n", text=True, capture_output=True, check=True, timeout=120)
+            ids[version] = local_id(ref)
+        yield ids
+    finally:
+        tags = docker("image", "ls", APP_IMAGE, "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        if tags:
+            docker("image", "rm", *tags, check=False)
+
+
+@pytest.fixture(scope="module")
+def docker_host(tmp_path_factory: pytest.TempPathFactory, minbase: str) -> Iterator[DockerHost]:
+    tmp = tmp_path_factory.mktemp("dind-host")
+    image = host_image(tmp, minbase)
+    host_key = tmp / "host_key"
+    host_pub = keygen(host_key)
+    client_key = tmp / "id_ed25519"
+    authorized = tmp / "authorized_keys"
+    authorized.write_text(keygen(client_key) + "\n")
+    authorized.chmod(0o644)
+    known_hosts = tmp / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{SSH_PORT} {' '.join(host_pub.split()[:2])}\n")
+    config = tmp / "fabric.yaml"
+    config.write_text(yaml.safe_dump({"deploy": {
+        "known_hosts": str(known_hosts), "deploy_dir": DEPLOY_DIR, "project": PROJECT,
+        "app_build": "", "app_ship": True, "app_image": APP_IMAGE,
+        "http_bind": "0.0.0.0", "http_port": INNER_HTTP_PORT,  # noqa: S104 - inside the host; published to loopback
+        "base_image": minbase, "proxy_base_image": minbase,
+        "drain_timeout": 2, "stop_grace_period": 6}}))
+    docker("rm", "--force", "--volumes", NAME, check=False)
+    docker("volume", "rm", VOLUME, check=False)
+    docker("run", "--detach", "--name", NAME, "--hostname", "dind-host", "--publish", f"127.0.0.1:{SSH_PORT}:22",
+           "--publish", f"127.0.0.1:{HTTP_PORT}:{INNER_HTTP_PORT}", *NESTED_DOCKER,
+           "-v", f"{host_key}:/etc/ssh/test_host_key:ro", "-v", f"{authorized}:/etc/ssh/test_authorized_keys:ro",
+           image)
+    try:
+        wait_for_host()
+        # The host's provisioning: the debootstrap base the proxy's image is built from (no registry there).
+        save = subprocess.Popen(["docker", "save", minbase], stdout=subprocess.PIPE)
+        loaded = subprocess.run(["docker", "exec", "-i", NAME, "docker", "load", "--quiet"], stdin=save.stdout,
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert save.stdout is not None
+        save.stdout.close()
+        assert save.wait() == 0 and loaded.returncode == 0, loaded.stderr
+        yield DockerHost(client_key, config)
+    finally:
+        docker("rm", "--force", "--volumes", NAME, check=False)
+        docker("volume", "rm", VOLUME, check=False)
+
+
+def test_fab_ships_the_image_to_a_host_without_it_and_skips_it_when_the_host_has_it(
+        app_images: dict[str, str], docker_host: DockerHost) -> None:
+    host = docker_host
+    v1, v2, v3 = VERSIONS
+    assert inner("image", "ls", "--quiet", APP_IMAGE).stdout.strip() == "", "the host has the app's image already"
+    assert "is ready for deploys" in host.fab("setup").stdout
+    plan = host.fab("deploy", "--version", v1, "--dry-run").stdout
+    assert f"ship: {APP_IMAGE}:{v1} from this machine to" in plan, plan
+    assert host.image_id(f"{APP_IMAGE}:{v1}") == ""  # a dry run sends nothing
+
+    t0 = time.monotonic()
+    first = host.fab("deploy", "--version", v1).stdout
+    print(f"first deploy (ship + the proxy's image built on the host): {time.monotonic() - t0:.1f} s")
+    assert f"==> ship: {APP_IMAGE}:{v1} from this machine to" in first and "(sent)" in first, first
+    assert "==> pull" not in first, first
+    assert host.image_id(f"{APP_IMAGE}:{v1}") == app_images[v1]
+    assert host.version() == v1
+
+    probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
+                                ws_clients=PROBE_WS_CLIENTS))
+    outputs: dict[str, str] = {}
+    probe.start()
+    try:
+        for n, version in enumerate((v2, v3, v1)):
+            assert host.image_id(f"{APP_IMAGE}:{version}") == ("" if version != v1 else app_images[v1])
+            with probe.window(f"deploy-{n}"):
+                t0 = time.monotonic()
+                outputs[version] = host.fab("deploy", "--version", version, "--force").stdout
+                print(f"deploy {version}: {time.monotonic() - t0:.1f} s")
+            assert host.version() == version
+            assert host.image_id(f"{APP_IMAGE}:{version}") == app_images[version]
+            time.sleep(1.0)
+    finally:
+        report = probe.stop()
+    data = report.to_dict()
+    http, ws = data["http"], data["ws"]
+    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+    assert report.ok, report.format_table()
+    for version in (v2, v3):
+        assert "(sent)" in outputs[version] and "nothing sent" not in outputs[version], outputs[version]
+    # v1 is on the host with the same image ID: nothing travels the second time.
+    assert "(on the host already, nothing sent)" in outputs[v1], outputs[v1]
+    # The app image was never built or pulled on the host: only the proxy's image was built there.
+    built_there = inner("image", "ls", "--format", "{{.Repository}}").stdout.split()
+    assert f"{PROJECT}-nginx" in built_there and "localhost/debian-minbase" in built_there, built_there
