@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import docker_ready
+from .conftest import LAB_PORT_SHIFT, docker_ready, loopback
 from .sshd import SshLab
 from .test_remote import PWNED, HostSetup, Lab
 from .test_remote_faults import app_containers, project_copy, records
 
 pytestmark = pytest.mark.integration
 
-ADDRESSES = ["127.0.0.11"]
-PORT_BASE = 28500
+ADDRESSES = [loopback(11)]
+PORT_BASE = 28540 + LAB_PORT_SHIFT  # apart from the other labs (test_fresh_host has 28500)
 SECRET = "s3cret-never-shown-9d1e"  # noqa: S105 - a test value, to be looked for
 VERBATIM = {
     "APP_SECRET_TOKEN": SECRET,
