@@ -20,10 +20,11 @@ from invoke.exceptions import Exit
 from invoke.runners import Local
 from invoke.tasks import task
 
-from handover import cli, front, hooks, images, ops
+from handover import cli, hooks, images, ops
 from handover.engine import DeployOptions, Engine
 from handover.errors import ConfigError, HandoverError
 from handover.progress import Progress
+from handover.proxies import front
 from handover.record import RunRecord, history
 from handover.settings import Settings, check_project, check_version, default_app_image
 from handover.shell import command_line

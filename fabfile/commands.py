@@ -15,12 +15,13 @@ from typing import Any
 from fabric.runners import Remote as RemoteRunner
 from invoke.tasks import task
 
-from handover import cli, front, hooks, ops
+from handover import cli, hooks, ops
 from handover.checks import require
 from handover.engine import Engine
 from handover.errors import ConfigError, HandoverError
 from handover.lock import DeployLock, lock_info
 from handover.progress import Progress
+from handover.proxies import front
 from handover.record import RunRecord, history
 from handover.settings import check_version
 from handover.shell import command_line

@@ -14,12 +14,13 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from handover import front, ops
+from handover import ops
 from handover.backends import make_backend
 from handover.checks import require
 from handover.engine import DeployOptions, Engine
 from handover.errors import HandoverError, PreflightError
 from handover.progress import Progress
+from handover.proxies import front
 from handover.record import RunRecord
 from handover.settings import Settings, check_version
 from handover.shell import run

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import envfile, tls
+from . import envfile
 from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,8 @@ _SUBDIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # An HTTP path for app_health: '/' then URL path characters (no query spaces, quotes or controls).
 _HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,254}")
 _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.ASCII)
+
+HSTS_MAX = 63072000  # Strict-Transport-Security max-age: two years, the usual preload value
 
 # What the app needs between SIGTERM and its exit (see server/webapp.py): reconnect notices spread
 # over min(DRAIN_SPREAD, drain_timeout / 2), then up to drain_timeout for the WebSocket handlers,
@@ -122,7 +124,7 @@ class Settings:
             return ""
         name = PurePosixPath(self.extra_compose_file).name
         return _join(self.source_path, name) if self.synced else self.extra_compose_file
-    # HTTPS (see handover/tls.py): the pair's local files ('' = plain HTTP), the published HTTPS port
+    # HTTPS (see handover/proxies/tls.py): the pair's local files ('' = plain HTTP), the published HTTPS port
     # and the HSTS max-age (0 = no header).
     tls_certificate: str = ""
     tls_key: str = ""
@@ -132,7 +134,7 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_certificate)
-    # Several apps on one host behind a shared front proxy (see handover/front.py); off when no hostnames.
+    # Several apps on one host behind a shared front proxy (see handover/proxies/front.py); off when no hostnames.
     hostnames: tuple[str, ...] = ()
     front_project: str = "handover-front"
     front_dir: str = ".state-front"
@@ -514,7 +516,7 @@ def _tls(config: Mapping[str, Any], http_port: int) -> dict[str, Any]:
     paths = {key: _optional_text(key, config.get(key), None, "a path without newlines")
              for key in ("tls_certificate", "tls_key")}
     https_port = _integer("https_port", config.get("https_port", 8443), 1, 65535)
-    hsts = _integer("hsts", config.get("hsts", 0), 0, tls.HSTS_MAX)
+    hsts = _integer("hsts", config.get("hsts", 0), 0, HSTS_MAX)
     if bool(paths["tls_certificate"]) != bool(paths["tls_key"]):
         given, empty = sorted(paths, key=lambda key: not paths[key])
         raise ConfigError(f"config key deploy.{empty}: deploy.{given} is set, so deploy.{empty} must be too "
@@ -525,7 +527,7 @@ def _tls(config: Mapping[str, Any], http_port: int) -> dict[str, Any]:
             raise ConfigError(f"config key deploy.https_port: {https_port} is deploy.http_port too; with TLS on, "
                               "http_port redirects to https_port, so they must differ")
     return {**paths, "https_port": https_port, "hsts": hsts}
-# Several apps per host behind one front (handover/front.py): optional keys; no hostnames = not behind it.
+# Several apps per host behind one front (handover/proxies/front.py): optional keys; no hostnames = not behind it.
 FRONT_DEFAULTS: dict[str, Any] = {"hostnames": "", "front_project": "handover-front", "front_dir": ".state-front",
                                   "front_bind": "127.0.0.1", "front_port": 8088}
 # A server name nginx matches exactly (lowercase DNS labels), or with one leading "*." wildcard label.

@@ -165,7 +165,7 @@ class Build(Step):
 
     def run(self, run: Run) -> None:
         run.engine.use_base_images(with_proxy=self.with_proxy, app=self.app)
-        run.engine.backend.build(run.version, with_proxy=self.with_proxy, app=self.app)
+        run.engine.backend.build(run.version, proxy=run.engine.proxy.service if self.with_proxy else "", app=self.app)
 
 
 class Pull(Step):

@@ -112,8 +112,8 @@ class Backend(Protocol):
     def refresh(self, instances: Sequence[Instance]) -> list[Instance]:
         """The current state of ``instances``; those that no longer exist are left out."""
 
-    def build(self, version: str, *, with_proxy: bool = False, app: bool = True) -> None:
-        """Build the app image of ``version`` (unless not ``app``) and the proxy's image when ``with_proxy``."""
+    def build(self, version: str, *, proxy: str = "", app: bool = True) -> None:
+        """Build the app image of ``version`` (unless not ``app``) and the image of the ``proxy`` service, if named."""
 
     def pull(self, version: str) -> None:
         """Fetch the ready-made app image of ``version`` from its registry (raise naming the reference)."""

@@ -126,13 +126,6 @@ def build_args(settings: Settings, services: Sequence[str]) -> list[str]:
     return ["build", *(f"--build-arg={name}={value}" for name, value in settings.app_build_args if own), *services]
 
 
-def build_services(settings: Settings) -> list[str]:
-    """What the first start builds: handover's own services (the app only when it has a build directory)."""
-    from ..proxies.nginx import SERVICE as PROXY_SERVICE
-
-    return ([APP_SERVICE] if settings.app_build else []) + [PROXY_SERVICE]
-
-
 def one_off_name(settings: Settings) -> str:
     """The release command's container: one name per project (the deploy lock makes it one at a
     time), so a run can always find and remove it, also one left by a killed run."""
@@ -335,11 +328,9 @@ class ComposeBackend:
                 check=False)
 
     # -- operations ------------------------------------------------------------------------------
-    def build(self, version: str, *, with_proxy: bool = False, app: bool = True) -> None:
+    def build(self, version: str, *, proxy: str = "", app: bool = True) -> None:
         # Named, never "all": the user's own services (deploy.extra_compose_file) are not built here.
-        services = [APP_SERVICE] if app else []
-        if with_proxy:
-            services += [s for s in build_services(self.settings) if s != APP_SERVICE]
+        services = ([APP_SERVICE] if app else []) + ([proxy] if proxy else [])
         if not services:
             return
         # The app apart from the proxy when it has build arguments: they are the app's alone.

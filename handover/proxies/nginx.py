@@ -40,7 +40,7 @@ from ..backends import Backend, Instance
 from ..errors import ConfigError, HandoverError, PreflightError, ProxyConfigInvalid
 from ..settings import CONTAINER_ROOT, Settings
 from ..shell import Runner, read_file, run, write_file
-from ..tls import HTTPS_PORT_IN_CONTAINER, WORKER_UID, TlsFiles
+from .tls import HTTPS_PORT_IN_CONTAINER, WORKER_UID, TlsFiles
 
 SERVICE = "nginx"
 UPSTREAM_NAME = "handover_app"

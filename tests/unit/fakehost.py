@@ -101,9 +101,10 @@ from invoke.context import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from invoke.runners import Result, normalize_hide
 
-from handover import front, lock
+from handover import lock
 from handover import settings as settings_mod
 from handover.cli import defaults
+from handover.proxies import front
 from handover.settings import PROJECT_ROOT, Settings
 
 from . import fakeshell

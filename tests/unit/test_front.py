@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from invoke.context import Context
 
-from handover import front
 from handover.errors import ConfigError, HandoverError, ProxyConfigInvalid
-from handover.front import Entry, collisions, entry_of, published_conflicts, render_conf
 from handover.probe.http_client import HttpTarget
 from handover.probe.settings import ProbeError, ProbeSettings
 from handover.progress import Progress
+from handover.proxies import front
+from handover.proxies.front import Entry, collisions, entry_of, published_conflicts, render_conf
 from handover.settings import load
 
 from .fakehost import fake_settings

@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from invoke.context import Context
 
 from handover import settings as settings_module
-from handover import tls
 from handover.errors import ConfigError
 from handover.probe import ProbeError, ProbeSettings
 from handover.probe.http_client import HttpTarget
+from handover.proxies import tls
 from tests.tlsfiles import Authority, other_key
 
 DEFAULTS = settings_module.DEFAULTS_FILE

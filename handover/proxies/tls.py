@@ -40,8 +40,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .errors import ConfigError, HandoverError
-from .shell import Runner, read_file, run, write_file
+from ..errors import ConfigError, HandoverError
+from ..settings import HSTS_MAX
+from ..shell import Runner, read_file, run, write_file
 
 CONTAINER_DIR = "/etc/nginx/tls"  # the state directory's tls/, mounted read-only into nginx
 HTTP_PORT_IN_CONTAINER = 8080
@@ -57,7 +58,6 @@ DIR_MODE = "0711"  # nginx's workers (another user) pass through; nobody lists i
 # handshake, so its file is theirs (mode 0600); on the host no account has that uid.
 WORKER_UID = 10080
 GENERATION_LENGTH = 16
-HSTS_MAX = 63072000  # two years, the usual preload value
 REDIRECT_STATUS = 308  # keeps the method and body, unlike 301/302
 DEFAULT_HTTPS_PORT = 443
 _GENERATION = re.compile(r"[0-9a-f]{16}")

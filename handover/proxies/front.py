@@ -28,11 +28,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConfigError, HandoverError, LockHeld, PreflightError, ProxyConfigInvalid
-from .lock import DeployLock, lock_info
-from .progress import Progress
-from .settings import PROJECT_ROOT, Settings
-from .shell import Runner, read_file, run, write_file
+from ..errors import ConfigError, HandoverError, LockHeld, PreflightError, ProxyConfigInvalid
+from ..lock import DeployLock, lock_info
+from ..progress import Progress
+from ..settings import PROJECT_ROOT, Settings
+from ..shell import Runner, read_file, run, write_file
 
 APPS_DIR = "apps"
 NGINX_DIR = "nginx"
@@ -197,7 +197,7 @@ def render_conf(entries: Sequence[Entry], empty_listen: str = f"{LOOPBACK}:8088"
     listen = listens.pop() if listens else empty_listen
     apps = sorted(entries, key=lambda e: e.project)
     lines = [
-        "# Written by handover (handover/front.py) from the registry of apps in apps/; do not edit.",
+        "# Written by handover (handover/proxies/front.py) from the registry of apps in apps/; do not edit.",
         "worker_processes auto;",
         "pid /run/nginx.pid;",
         "error_log /dev/stderr warn;",
@@ -281,7 +281,7 @@ def render_compose(image: str) -> str:
     """The front's compose file: one nginx on host networking (it reaches each app on loopback and
     listens where its configuration says), configured from this directory."""
     return "\n".join([
-        "# Written by handover (handover/front.py): the shared front of this host's apps.",
+        "# Written by handover (handover/proxies/front.py): the shared front of this host's apps.",
         "services:",
         f"  {SERVICE}:",
         "    build:",
@@ -506,7 +506,7 @@ class Front:
     def up(self) -> str:
         """Start the front (building its image the first time), or bring a running one up to date
         with the registry. Returns what it did."""
-        from . import images
+        from .. import images
 
         lock = self.locked()
         try:
