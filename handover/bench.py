@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .backends import Instance, make_backend
 from .backends.compose import APP_PORT, APP_SERVICE
@@ -246,9 +247,9 @@ def format_per_deploy(results: list[SequenceResult]) -> str:
     for r in results:
         if r.report is None:
             continue
-        http = r.report.to_dict()["http"]
-        steady = http["steady"]["latency"]["p99_ms"]  # type: ignore[index]
-        windows = {w["name"]: w for w in http["windows"]}  # type: ignore[attr-defined]
+        http: Any = r.report.to_dict()["http"]
+        steady = http["steady"]["latency"]["p99_ms"]
+        windows = {w["name"]: w for w in http["windows"]}
         lines.append(f"{r.name}: steady p99 {_ms(steady)} ms")
         lines.append(f"  {'deploy':>6}  {'requests':>8}  {'p99 ms':>7}  {'max ms':>7}  {'p99/steady':>10}  "
                      f"{'failed':>6}  {'wall s':>6}  {'healthy s':>9}  {'rest s':>6}")

@@ -13,7 +13,7 @@ from handover.errors import HandoverError, HealthCheckFailed, LockHeld
 from handover.lock import DeployLock
 from handover.progress import Progress
 
-from .fakehost import Behaviour, Command, FakeHost, docker
+from .fakehost import Behaviour, Command, FakeHost, compose, docker
 
 OLD, NEW = "v1", "v2"
 
@@ -178,3 +178,23 @@ def test_prune_never_removes_what_runs(host: FakeHost) -> None:
 
     assert engine.prune_images(keep=set()) == []  # NEW runs; nothing else is known and present
     assert NEW in host.image_tags(host.settings.app_image)
+
+
+def test_a_source_version_whose_image_exists_is_not_built_again(host: FakeHost) -> None:
+    """src-<hash> names the build directory's sources: its image, once built, is that build."""
+    same, before = "src-0123456789", len(host.matching(compose("build", "app")))
+    engine_for(host).deploy(DeployOptions(version=same))
+    builds = len(host.matching(compose("build", "app")))
+    assert builds == before + 1 and host.live_versions() == {same}
+
+    plan = engine_for(host).deploy(DeployOptions(version=same, force=True, dry_run=True))
+    assert "not rebuilt" in next(s.detail for s in plan.steps if s.name == "build")
+    again = engine_for(host).deploy(DeployOptions(version=same, force=True))
+    assert again.result == "success" and host.live_versions() == {same}
+    assert len(host.matching(compose("build", "app"))) == builds  # no second build
+    assert "not rebuilt" in next(s.detail for s in again.steps if s.name == "build")
+
+    named = "v7"  # any other tag may name other sources: always built
+    engine_for(host).deploy(DeployOptions(version=named))
+    engine_for(host).deploy(DeployOptions(version=named, force=True))
+    assert len(host.matching(compose("build", "app"))) == builds + 2

@@ -20,7 +20,7 @@ def answering(status: int) -> Iterator[int]:
     paths: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        def do_GET(self) -> None:
             paths.append(self.path)
             self.send_response(status)
             self.send_header("Content-Length", "0")
