@@ -61,7 +61,7 @@ def main() -> None:
     steady = http["steady"]["latency"]["p99_ms"]  # type: ignore[index]
     print(f"steady p99 {steady:.1f} ms")
     for kind in KINDS:
-        windows = [w for w in http["windows"] if w["name"].startswith(f"{kind}-")]  # type: ignore[attr-defined]
+        windows = [w for w in http["windows"] if w["name"].rsplit("-", 1)[0] == kind]  # type: ignore[attr-defined]
         p99s = sorted(w["latency"]["p99_ms"] or 0.0 for w in windows)
         worst = max((w["latency"]["max_ms"] or 0.0) for w in windows)
         failed = sum(w["failure_total"] for w in windows)
