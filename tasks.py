@@ -424,6 +424,8 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
 
     results = cli.guarded(go)
     print(bench_mod.format_comparison(results, rate, ws_clients))
+    print()
+    print(bench_mod.format_per_deploy(results))
     for r in results:
         if r.name in (ENGINE_SEQUENCE, TCP_SEQUENCE) and (r.errors or not (r.report and r.report.ok)):
             raise Exit(code=1)

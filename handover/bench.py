@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .backends import Instance, make_backend
 from .backends.compose import APP_PORT, APP_SERVICE
@@ -36,6 +37,7 @@ WARMUP_SECONDS = 2.0
 class DeployTiming:
     wall: float
     to_healthy: float  # from starting the new container until Docker reports it healthy
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step, from the release record
 
     @property
     def overhead(self) -> float:
@@ -82,7 +84,10 @@ def engine_deploy(engine: Engine) -> Callable[[str], DeployTiming]:
     def deploy(version: str) -> DeployTiming:
         rec = engine.deploy(DeployOptions(version=version, host="bench"))
         healthy = sum(s.seconds for s in rec.steps if s.name in ("start", "health"))
-        return DeployTiming(rec.seconds, healthy)
+        steps: dict[str, float] = {}
+        for s in rec.steps:
+            steps[s.name] = steps.get(s.name, 0.0) + s.seconds
+        return DeployTiming(rec.seconds, healthy, steps)
 
     return deploy
 
@@ -233,3 +238,35 @@ def format_comparison(results: list[SequenceResult], rate: float, ws_clients: in
 
 def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def format_per_deploy(results: list[SequenceResult]) -> str:
+    """What users felt in each deploy's window against the same run's steady p99, and the tool's time
+    per deploy (wall, to healthy, the rest) and per step (means over the deploys, from the records)."""
+    lines = []
+    for r in results:
+        if r.report is None:
+            continue
+        http: Any = r.report.to_dict()["http"]
+        steady = http["steady"]["latency"]["p99_ms"]
+        windows = {w["name"]: w for w in http["windows"]}
+        lines.append(f"{r.name}: steady p99 {_ms(steady)} ms")
+        lines.append(f"  {'deploy':>6}  {'requests':>8}  {'p99 ms':>7}  {'max ms':>7}  {'p99/steady':>10}  "
+                     f"{'failed':>6}  {'wall s':>6}  {'healthy s':>9}  {'rest s':>6}")
+        for n, timing in enumerate(r.timings):
+            w = windows.get(f"deploy-{n}")
+            if w is None:
+                continue
+            lat = w["latency"]
+            ratio = f"{lat['p99_ms'] / steady:.2f}x" if steady and lat["p99_ms"] is not None else "-"
+            lines.append(f"  {n + 1:>6}  {w['count']:>8}  {_ms(lat['p99_ms']):>7}  {_ms(lat['max_ms']):>7}  "
+                         f"{ratio:>10}  {w['failure_total']:>6}  {timing.wall:>6.2f}  {timing.to_healthy:>9.2f}  "
+                         f"{timing.overhead:>6.2f}")
+        names = list(dict.fromkeys(name for t in r.timings for name in t.steps))
+        if names:
+            means = [(name, _mean([t.steps.get(name, 0.0) for t in r.timings]) or 0.0) for name in names]
+            lines.append("  step means s: " + ", ".join(f"{name} {value:.2f}" for name, value in means))
+            tool = [name for name in names if name not in ("start", "health")]
+            lines.append(f"  tool's steps (all but start and health) s: "
+                         f"{sum(value for name, value in means if name in tool):.2f}")
+    return "\n".join(lines)

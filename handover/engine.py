@@ -106,8 +106,9 @@ class Engine:
     # -- facts -------------------------------------------------------------------------------------
     def facts(self) -> Facts:
         try:
-            instances = self.backend.instances()
-            proxy = self.proxy.running()
+            with self.backend.one_look():
+                instances = self.backend.instances()
+                proxy = self.proxy.running()
         except CommandError:
             self.backend.diagnose()  # names a missing engine or Compose v2; else the error stands
             raise

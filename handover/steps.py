@@ -22,6 +22,7 @@ from .backends import STOPPED_STATES, Instance
 from .errors import HandoverError, HealthCheckFailed, ReleaseFailed
 from .lock import lock_info
 from .settings import DEFAULT_STOP_SIGNAL, DEMO_APP_DIR
+from .version import is_source_version
 
 # After an interrupted start, how many looks (one health poll interval apart) for what it created.
 START_SETTLE_POLLS = 8
@@ -146,7 +147,12 @@ class Converge(Step):
 
 
 class Build(Step):
-    """Build the app's image from ``app_build`` (and, for a first start, the proxy's image)."""
+    """Build the app's image from ``app_build`` (and, for a first start, the proxy's image).
+
+    A version named after the build directory's sources (``src-<hash>``, the default) whose image is
+    on the host already is not built again: the same sources made it. That saves a ``compose build``
+    (a Go client, BuildKit walking the context) on every deploy that changed nothing in the app.
+    """
 
     name = "build"
 
@@ -161,11 +167,19 @@ class Build(Step):
         args = run.engine.settings.app_build_args
         if args:  # not secrets (Docker keeps them in the image's history): said as they are
             where += " with " + " ".join(f"{name}={value}" for name, value in args)
-        return f"image {run.image}{where}" + (" and the proxy's image" if self.with_proxy else "")
+        built = " (on the host already from the same sources: not rebuilt)" if self._built(run) else ""
+        return f"image {run.image}{where}{built}" + (" and the proxy's image" if self.with_proxy else "")
 
-    def run(self, run: Run) -> None:
-        run.engine.use_base_images(with_proxy=self.with_proxy, app=self.app)
-        run.engine.backend.build(run.version, proxy=run.engine.proxy.service if self.with_proxy else "", app=self.app)
+    @staticmethod
+    def _built(run: Run) -> bool:
+        return is_source_version(run.version) and run.engine.backend.has_image(run.version)
+
+    def run(self, run: Run) -> str | None:
+        app = self.app and not self._built(run)
+        if app or self.with_proxy:
+            run.engine.use_base_images(with_proxy=self.with_proxy, app=app)
+            run.engine.backend.build(run.version, proxy=run.engine.proxy.service if self.with_proxy else "", app=app)
+        return None if app or not self.app else f"{run.image} is on the host already (same sources): not rebuilt"
 
 
 class Pull(Step):

@@ -7,6 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SKIP_DIRS = {"wheelhouse", "__pycache__"}
+SOURCE_PREFIX = "src-"  # a version named after its sources: the same tag is the same build
+
+
+def is_source_version(version: str) -> bool:
+    """``version`` names the hash of the build directory (see :func:`source_version`)."""
+    return version.startswith(SOURCE_PREFIX)
 
 
 def source_version(server_dir: Path, build_args: Sequence[tuple[str, str]] = ()) -> str:
@@ -20,4 +26,4 @@ def source_version(server_dir: Path, build_args: Sequence[tuple[str, str]] = ())
         if SKIP_DIRS & set(rel.parts):
             continue
         digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
-    return f"src-{digest.hexdigest()[:10]}"
+    return f"{SOURCE_PREFIX}{digest.hexdigest()[:10]}"

@@ -21,6 +21,7 @@ sequence never asks for: it always stops every instance of the old version.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -105,6 +106,9 @@ class Backend(Protocol):
 
     def instances(self) -> list[Instance]:
         """The app's instances in every state, oldest first."""
+
+    def one_look(self) -> AbstractContextManager[None]:
+        """Inside, :meth:`instances` and :meth:`proxy_instance` answer from one look at the host."""
 
     def proxy_instance(self, service: str) -> Instance | None:
         """The running instance of the proxy's service, if any."""

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .. import envfile
@@ -203,6 +204,7 @@ class ComposeBackend:
     runner: Runner
     settings: Settings
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the base images the build uses
+    _look: list[Instance] | None = None  # inside one_look(): every container of the project, seen once
 
     # -- compose ---------------------------------------------------------------------------------
     def set_env(self, env: Mapping[str, str]) -> None:
@@ -288,14 +290,30 @@ class ComposeBackend:
             return sorted((parse_container(raw, net) for raw in found), key=lambda c: c.created)
         return sorted((parse_container(raw, net) for raw in _parse_inspect(result.stdout)), key=lambda c: c.created)
 
+    @contextmanager
+    def one_look(self) -> Iterator[None]:
+        """Inside, the app's and the proxy's containers come from one ``docker ps`` and one ``docker
+        inspect`` of the whole project: one consistent view, and two Docker clients started instead
+        of four (each is a Go program start, some 20 ms of CPU)."""
+        self._look = self.inspect(self.container_ids())
+        try:
+            yield
+        finally:
+            self._look = None
+
+    def _of_service(self, service: str) -> list[Instance]:
+        if self._look is not None:
+            return [c for c in self._look if c.service == service]
+        return self.inspect(self.container_ids(service))
+
     def instances(self) -> list[Instance]:
-        return self.inspect(self.container_ids(APP_SERVICE))
+        return self._of_service(APP_SERVICE)
 
     def refresh(self, instances: Sequence[Instance]) -> list[Instance]:
         return self.inspect(c.id for c in instances)
 
     def proxy_instance(self, service: str) -> Instance | None:
-        running = [c for c in self.inspect(self.container_ids(service)) if c.status == "running"]
+        running = [c for c in self._of_service(service) if c.status == "running"]
         return running[-1] if running else None
 
     def has_image(self, version: str) -> bool:

@@ -35,11 +35,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-
 from ..errors import ConfigError, HandoverError
 from ..settings import HSTS_MAX
 from ..shell import Runner, read_file, run, write_file
@@ -98,12 +93,21 @@ def _read(key: str, path: str) -> bytes:
 
 
 def _spki(public_key: object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def check_pair(cert_path: str, key_path: str, now: dt.datetime | None = None) -> Pair:
     """Read and check the pair; raise :class:`ConfigError` naming the file and the problem."""
+    # Imported here: every command of the tool imports this module, only a TLS setup needs them
+    # (cryptography's import is a tenth of a second of the tool's start-up on a small machine).
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
     cert_bytes, key_bytes = _read("tls_certificate", cert_path), _read("tls_key", key_path)
     try:
         chain = x509.load_pem_x509_certificates(cert_bytes)

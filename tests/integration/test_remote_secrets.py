@@ -98,7 +98,7 @@ def test_a_failed_run_shows_no_secret_anywhere(slab: Lab, web: tuple[Path, HostS
     log lines; no value of the secrets file is in any of it."""
     config, host, _ = web
     root = project_copy(tmp_path)
-    (root / "server" / "healthcheck.py").write_text("raise SystemExit(1)\n")
+    (root / "server" / "healthcheck.sh").write_text("exit 1\n")
     result = slab.fab(config, [host], "deploy", "--version", "sick1", "--json", check=False, root=root)
     assert result.returncode == 1, result.stdout + result.stderr
     outcome = json.loads(result.stdout)

@@ -256,3 +256,21 @@ def test_two_new_containers_without_sockets_are_both_named(tmp_path: object) -> 
 def test_backup_links_that_cannot_be_dropped_do_not_fail_a_deploy(host: FakeHost) -> None:
     (host.state_path / "sockets" / "prev-9.sock").mkdir()  # rm -f cannot remove a directory
     assert engine_for(host).deploy(DeployOptions(version=NEW)).result == "success"
+def test_a_source_version_whose_image_exists_is_not_built_again(host: FakeHost) -> None:
+    """src-<hash> names the build directory's sources: its image, once built, is that build."""
+    same, before = "src-0123456789", len(host.matching(compose("build", "app")))
+    engine_for(host).deploy(DeployOptions(version=same))
+    builds = len(host.matching(compose("build", "app")))
+    assert builds == before + 1 and host.live_versions() == {same}
+
+    plan = engine_for(host).deploy(DeployOptions(version=same, force=True, dry_run=True))
+    assert "not rebuilt" in next(s.detail for s in plan.steps if s.name == "build")
+    again = engine_for(host).deploy(DeployOptions(version=same, force=True))
+    assert again.result == "success" and host.live_versions() == {same}
+    assert len(host.matching(compose("build", "app"))) == builds  # no second build
+    assert "not rebuilt" in next(s.detail for s in again.steps if s.name == "build")
+
+    named = "v7"  # any other tag may name other sources: always built
+    engine_for(host).deploy(DeployOptions(version=named))
+    engine_for(host).deploy(DeployOptions(version=named, force=True))
+    assert len(host.matching(compose("build", "app"))) == builds + 2
