@@ -170,13 +170,13 @@ def test_a_failing_pre_deploy_hook_stops_everything(host: FakeHost, hooks_dir: P
 
 def test_a_hanging_pre_deploy_hook_is_killed_at_its_timeout(host: FakeHost, hooks_dir: Path, log: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    host.settings = dataclasses.replace(host.settings, hook_timeout=1.0)
+    host.settings = dataclasses.replace(host.settings, hook_timeout=0.2)
     write_hook(hooks_dir, "pre-deploy", LOGGER + "sleep 30 &\nsleep 30\n")
     mark = len(host.commands)
     with pytest.raises(Exit):
         tasks.deploy(Context(), version=NEW)
     err = capsys.readouterr().err
-    assert "did not finish within 1 s (deploy.hook_timeout) and was killed" in err
+    assert "did not finish within 0.2 s (deploy.hook_timeout) and was killed" in err
     assert host.commands_since(mark) == []
 
 
