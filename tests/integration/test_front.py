@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 FRONT_PROJECT = f"{TEST_PROJECT}-front"
 FRONT_DIR = f".state-{TEST_PROJECT}-front"
-FRONT_PORT = TEST_PORT
+FRONT_PORT = TEST_PORT + 5  # +0 is the session stack (still up), +1 the scratch stack, +2..+4 the apps
 APP_PORTS = {"a": TEST_PORT + 2, "b": TEST_PORT + 3}  # TEST_PORT + 1 is the scratch stack's
 SPARE_PORT = TEST_PORT + 4
 PROBE_RATE = 50.0
