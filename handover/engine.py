@@ -131,6 +131,8 @@ class Engine:
     def plan(self, options: DeployOptions, facts: Facts) -> list[Step]:
         """The steps of this run; empty when there is nothing to do."""
         source = self.image_source()
+        if self.settings.swarm:
+            return self._swarm_plan(options, facts)
         if options.action == "up":
             if facts.proxy is not None and facts.healthy_live:
                 return []
@@ -146,6 +148,16 @@ class Engine:
             return plans.converge() if facts.leftovers or self.lock.holder() is not None else []
         return plans.deploy(build=options.build, after_lock=options.after_lock, after_switch=options.after_switch,
                             source=source, ship=options.ship)
+
+    def _swarm_plan(self, options: DeployOptions, facts: Facts) -> list[Step]:
+        """A stack on a swarm: Swarm rolls it; nothing to do when the version asked for is what runs."""
+        if options.action == "rollback" and not facts.serving:
+            raise HandoverError(f"nothing of {self.settings.project!r} is serving; there is nothing to roll back")
+        live = facts.live
+        if facts.serving and live and all(c.version == options.version for c in live) and (
+                options.action == "up" or not options.force) and len(live) >= self.settings.replicas:
+            return []
+        return plans.swarm(after_lock=options.after_lock, after_switch=options.after_switch)
 
     def planned(self, run: Run, steps: Iterable[Step]) -> list[tuple[Step, str]]:
         """Each step this run takes, with its plan line."""

@@ -20,10 +20,12 @@ from .steps import (
     Prune,
     Pull,
     Release,
+    Rollout,
     Services,
     Start,
     StartProxy,
     Step,
+    SwarmImages,
     Switch,
     UseImage,
     Verify,
@@ -93,3 +95,9 @@ def first_start(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step]
         *([] if proxy_first else [StartProxy()]),
         *after_switch,
     ]
+
+
+def swarm(*, after_lock: Sequence[Step] = (), after_switch: Sequence[Step] = ()) -> list[Step]:
+    """A stack on a swarm (``deploy.backend: swarm``), first start, deploy and rollback alike: Swarm rolls
+    the tasks itself (see :mod:`handover.backends.swarm`), so after the images there is one rollout."""
+    return [Lock(), *after_lock, Preflight(), SwarmImages(), Rollout(), *after_switch]

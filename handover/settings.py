@@ -104,6 +104,15 @@ class Settings:
     extra_services: tuple[str, ...] = ()  # the services it defines
     # Build arguments for the app's Dockerfile (docker compose build --build-arg NAME=VALUE), in order.
     app_build_args: tuple[tuple[str, str], ...] = ()
+    # Where the app runs (see handover/backends/): "compose" on each host, or "swarm" as a stack of one
+    # swarm, rolled by Swarm itself (swarm_parallelism tasks at a time, each watched for swarm_monitor s).
+    backend: str = "compose"
+    swarm_parallelism: int = 1
+    swarm_monitor: float = 5.0
+
+    @property
+    def swarm(self) -> bool:
+        return self.backend == "swarm"
 
     @property
     def synced(self) -> bool:
@@ -390,7 +399,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_port", "app_health",
                 *RELEASE_AND_HOOK_DEFAULTS, "app_build", "app_ship", "app_stop_signal", "app_pre_stop",
                 "app_pre_stop_timeout", "extra_compose_file", "app_build_args", *TLS_KEYS,
-                *FRONT_DEFAULTS}
+                *FRONT_DEFAULTS, *BACKEND_DEFAULTS}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -412,7 +421,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         raise ConfigError(f"config key deploy.extra_compose_file: {extra_file} would take the name of a directory "
                           "of the synced release (compose/, nginx/, the build directory); rename the file")
     http_port = _integer("http_port", config["http_port"], 1, 65535)
-    return Settings(
+    settings = Settings(
         project=project,
         deploy_dir=_text("deploy_dir", raw_dir, None, path_expected),
         source_subdir=_optional_text("source_subdir", config.get("source_subdir"), _SUBDIR,
@@ -448,7 +457,58 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         app_build_args=_build_args("app_build_args", config.get("app_build_args"), app_build),
         **_tls(config, http_port),
         **_front(config),
+        **_backend(config),
     )
+    if settings.swarm:
+        _check_swarm(settings)
+    return settings
+
+
+# Where the app runs: optional keys, Compose when absent.
+BACKENDS = ("compose", "swarm")
+ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 - what a host-mode published port of a Swarm service binds
+BACKEND_DEFAULTS: dict[str, Any] = {"backend": "compose", "swarm_parallelism": 1, "swarm_monitor": 5}
+
+
+def _backend(config: Mapping[str, Any]) -> dict[str, Any]:
+    def get(key: str) -> Any:
+        value = config.get(key)
+        return BACKEND_DEFAULTS[key] if value is None else value
+
+    backend = get("backend")
+    _expect("backend", isinstance(backend, str) and backend in BACKENDS, " or ".join(BACKENDS), backend)
+    return {"backend": backend,
+            "swarm_parallelism": _integer("swarm_parallelism", get("swarm_parallelism"), 1, 16),
+            "swarm_monitor": _number("swarm_monitor", get("swarm_monitor"), 0, 600)}
+
+
+# What a Swarm stack cannot do yet (or ever: a unix socket does not cross nodes), each with the way out.
+SWARM_UNSUPPORTED = (
+    ("app_port", lambda s: not s.tcp, "the app must listen on a TCP port (deploy.app_port, e.g. 8000): nginx "
+     "reaches its tasks on other nodes by Swarm DNS, a unix socket does not cross nodes"),
+    ("app_build", lambda s: bool(s.app_build), "Swarm runs a ready-made image on every node: set deploy.app_build "
+     "to \"\" and give the image <app_image>:<version> to every node (a registry every node reaches, or "
+     "docker save | docker load on each)"),
+    ("app_health", lambda s: bool(s.app_health), "Swarm gates on the image's own Docker HEALTHCHECK: give the "
+     "image one and set deploy.app_health to \"\""),
+    ("http_bind", lambda s: s.http_bind != ALL_ADDRESSES, "Swarm publishes nginx's port in host mode on every address "
+     "of the manager that runs it (it takes no bind address): set deploy.http_bind to 0.0.0.0 and keep the port "
+     "behind the node's firewall where it must not be public"),
+    ("env_file", lambda s: bool(s.env_file), "not with backend swarm yet (Swarm secrets are the way there)"),
+    ("app_ship", lambda s: s.app_ship, "not with backend swarm yet: load the image on every node"),
+    ("release_command", lambda s: bool(s.release_command), "not with backend swarm yet"),
+    ("app_pre_stop", lambda s: bool(s.app_pre_stop), "not with backend swarm yet (Swarm sends the stop signal)"),
+    ("extra_compose_file", lambda s: bool(s.extra_compose_file), "not with backend swarm yet"),
+    ("tls_certificate", lambda s: s.tls, "not with backend swarm yet: plain HTTP only"),
+    ("hostnames", lambda s: bool(s.hostnames), "not with backend swarm yet: no shared front"),
+)
+
+
+def _check_swarm(settings: Settings) -> None:
+    """Refuse, naming the key, what the Swarm backend does not do."""
+    for key, bad, why in SWARM_UNSUPPORTED:
+        if bad(settings):
+            raise ConfigError(f"config key deploy.{key} with deploy.backend swarm: {why}")
 
 
 # The release command and hooks: optional keys, off when absent.

@@ -28,6 +28,7 @@ from .version import is_source_version
 START_SETTLE_POLLS = 8
 
 if TYPE_CHECKING:
+    from .backends.swarm import SwarmBackend
     from .engine import DeployOptions, Engine, Facts
     from .record import RunRecord
 
@@ -123,6 +124,8 @@ class Preflight(Step):
     name = "preflight"
 
     def describe(self, run: Run) -> str:
+        if run.engine.settings.swarm:
+            return "docker, a manager of an active swarm, no service of the stack on a virtual IP"
         return "docker, compose v2, the compose file"
 
     def run(self, run: Run) -> None:
@@ -475,3 +478,74 @@ class Release(Step):
         serving = "the old version keeps serving" if run.old else "nothing serves yet"
         raise ReleaseFailed(f"the release command `{command}` {what}; no new container was started, {serving}. "
                             f"Its last lines (secrets hidden):\n{output or '(no output)'}")
+
+
+# -- a stack on a swarm (deploy.backend: swarm): Swarm rolls the tasks itself -----------------------
+def _swarm(run: Run) -> SwarmBackend:
+    from .backends.swarm import SwarmBackend
+
+    backend = run.engine.backend
+    assert isinstance(backend, SwarmBackend)
+    return backend
+
+
+class SwarmImages(Step):
+    """The app's image by reference (on the manager, or pulled there from its registry; every node needs it
+    too: from the same registry, or loaded), and the proxy's image on the manager (built there when absent)."""
+
+    name = "images"
+
+    def describe(self, run: Run) -> str:
+        backend = _swarm(run)
+        app = (f"{run.image} is on the manager" if backend.has_image(run.version)
+               else f"pull {run.image} on the manager")
+        proxy = "" if backend.has_proxy_image() else "; build the proxy's image on the manager"
+        return f"{app} (each node runs it from its own engine: a registry or docker load){proxy}"
+
+    def run(self, run: Run) -> None:
+        backend = _swarm(run)
+        if not backend.has_image(run.version):
+            backend.pull(run.version)
+        if not backend.has_proxy_image():
+            run.engine.use_base_images(with_proxy=True, app=False)
+            backend.build(run.version, proxy=run.engine.proxy.service, app=False)
+
+
+class Rollout(Step):
+    """``docker stack deploy`` and Swarm's rolling update: start-first, health-gated, watched, rolled back by
+    Swarm on failure. Once submitted Swarm carries it out whatever this run does, so it is a forward step:
+    an interrupted one is waited for, not undone."""
+
+    name = "rollout"
+    forward = True
+
+    def describe(self, run: Run) -> str:
+        s = run.engine.settings
+        old = f" of {run.facts.live_version}" if run.facts.live else ""
+        return (f"docker stack deploy {s.project}: Swarm replaces {plural(s.replicas, 'task')}{old} with "
+                f"{run.version}, {s.swarm_parallelism} at a time, start-first, each healthy before the next, "
+                f"watched {s.swarm_monitor:g} s, rolled back by Swarm on failure; nginx follows Swarm's DNS")
+
+    def run(self, run: Run) -> str:
+        backend = _swarm(run)
+        self.before, self.changed = backend.deploy_stack(run.version, force=run.options.force)
+        return self._wait(run)
+
+    def _wait(self, run: Run) -> str:
+        backend, s = _swarm(run), run.engine.settings
+        rounds = -(-s.replicas // s.swarm_parallelism)
+        timeout = rounds * (s.health_timeout + s.swarm_monitor + s.stop_grace_period) + 60
+        outcome = backend.wait_rollout(run.version, self.before, self.changed, timeout, run.engine.progress.waiting)
+        tasks = backend.instances()
+        run.new = [t for t in tasks if t.version == run.version]
+        run.record.new_containers = [t.name for t in run.new]
+        if outcome.startswith("rollback"):
+            raise HealthCheckFailed(f"Swarm rolled the update back ({outcome}); "
+                                    f"{names([t for t in tasks if t.status == 'running'])} serve")
+        if outcome != "completed":
+            raise HandoverError(f"Swarm stopped the update ({outcome}): `docker service ps {backend.app}` tells why")
+        return names(run.new)
+
+    def complete(self, run: Run) -> None:
+        if hasattr(self, "before"):
+            self._wait(run)

@@ -7,15 +7,15 @@ instance's logs, build, pull or find the version's image, and run the proxy's ow
 run a command once in a one-off instance of a version (the release command). Around the stop, it runs
 the app's ``pre_stop`` command in an instance; for the first start, it starts the user's other services
 (never touched again by a deploy). Compose on one host
-(:mod:`handover.compose`) is the implementation today.
+(:mod:`handover.backends.compose`) is one implementation; a stack on a Docker swarm
+(:mod:`handover.backends.swarm`, ``deploy.backend: swarm``) the other.
 
-The interface is drawn so that a Swarm backend fits without changing the sequence: an instance's
-``id`` is opaque (a container ID here, a task of a per-version service there); ``start`` of a
-version maps to creating or scaling that version's service (``docker service create/scale``, with
-``endpoint_mode: dnsrr``), ``instances`` to ``docker service ps`` plus the tasks' health, ``stop``
-by identity to scaling the old version's service to zero or removing it, ``logs`` to
-``docker service logs``. What Swarm cannot do (stop one chosen task of a replicated service) the
-sequence never asks for: it always stops every instance of the old version.
+Swarm rolls a service itself (start-first, health-gated, rolled back on failure), so a Swarm run has
+a sequence of its own (:func:`handover.plans.swarm`): the lock, the preflight, the images, then one
+rollout that Swarm carries out; the lock, the record, ``status`` (an instance is a task, its ``id``
+the task's), ``logs`` and ``down`` are the same calls. What only the Compose sequence needs (start,
+stop and remove chosen instances, a pre-stop command, a one-off run) the Swarm backend refuses,
+saying so.
 """
 
 from __future__ import annotations
@@ -170,7 +170,12 @@ class Backend(Protocol):
 
 
 def make_backend(runner: Runner, settings: Settings) -> Backend:
-    """The backend this project uses (Compose on one host, see :mod:`handover.backends.compose`)."""
+    """The backend this project uses: Compose on one host (:mod:`handover.backends.compose`), or a Swarm
+    stack (:mod:`handover.backends.swarm`) with ``deploy.backend: swarm``."""
+    if settings.swarm:
+        from .swarm import SwarmBackend
+
+        return SwarmBackend(runner, settings)
     from .compose import ComposeBackend
 
     return ComposeBackend(runner, settings)

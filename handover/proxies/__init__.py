@@ -75,7 +75,12 @@ class Proxy(Protocol):
 
 
 def make_proxy(runner: Runner, settings: Settings, backend: Backend) -> Proxy:
-    """The proxy this project uses (nginx, see :mod:`handover.proxies.nginx`)."""
+    """The proxy this project uses: nginx (:mod:`handover.proxies.nginx`), or nginx as a service of a Swarm
+    stack (:mod:`handover.proxies.swarm`)."""
+    if settings.swarm:
+        from .swarm import SwarmNginx
+
+        return SwarmNginx(runner, settings, backend)
     from .nginx import NginxProxy
 
     return NginxProxy(runner, settings, backend)

@@ -60,7 +60,9 @@ UPSTREAM_KEEPALIVE_TIMEOUT = "50s"
 # close: for up to this long, as long as the apps' own proxies keep them (proxy_read_timeout 3600s).
 WORKER_SHUTDOWN_TIMEOUT = "3600s"
 _PORT = re.compile(r"(?P<bind>[0-9.]+|\[::\]|::):(?P<port>\d+)(?:-(?P<last>\d+))?->")
-PUBLISHED_FORMAT = '{{.Names}}\t{{.Label "com.docker.compose.project"}}\t{{.Ports}}'
+# The project of a container: its compose project, or the Swarm stack it is a task of (deploy.backend swarm).
+PUBLISHED_FORMAT = ('{{.Names}}\t{{.Label "com.docker.compose.project"}}{{.Label "com.docker.stack.namespace"}}'
+                    '\t{{.Ports}}')
 _ENTRY_NAME = re.compile(r"([a-z0-9][a-z0-9_-]{0,62})\.json")
 _LIST_PROCESSES = (
     'for p in /proc/[0-9]*; do t=$(tr "\\0" " " < "$p/cmdline" 2>/dev/null) || continue; '

@@ -28,6 +28,7 @@ from handover.images import ensure_base_image
 from handover.progress import Progress
 
 from .conftest import LAB_PORT_SHIFT, TEST_PROJECT
+from .dind import docker, keygen, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -65,15 +66,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 """
-# What a nested dockerd needs without --privileged (which this machine refuses).
-NESTED_DOCKER = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
-                 "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
-                 "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--mount", "type=volume,dst=/var/lib/docker"]
-
-
-def docker(*args: str, timeout: float = RUN_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check,
-                          stdin=subprocess.DEVNULL)
+NESTED_DOCKER = nested_docker()
 
 
 def host_image(tmp: Path) -> str:
@@ -93,11 +86,6 @@ def host_image(tmp: Path) -> str:
         built = docker("build", "--quiet", "--tag", image, str(context), timeout=BUILD_TIMEOUT, check=False)
         assert built.returncode == 0, f"building {image} failed:\n{built.stdout}\n{built.stderr}"
     return image
-
-
-def keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
-    return Path(f"{path}.pub").read_text().strip()
 
 
 def wait_for_sshd(port: int) -> None:

@@ -1,0 +1,213 @@
+"""``deploy.backend: swarm`` on a real three-node swarm: one manager and two workers, each a Docker-in-Docker
+container (see :mod:`tests.integration.dind`), joined over a network of their own, with cross-node
+overlay networking. ``inv`` runs here against the manager's engine (``DOCKER_HOST`` names the manager's
+socket, which its container shares with this machine through a directory); nothing touches this
+machine's own engine's swarm state.
+
+The app's images are the demo app's, built here, one tag per version, and loaded into every node as an
+operator would provision a swarm without a registry (``docker save | docker exec -i NODE docker load``);
+the proxy's image into the manager. nginx publishes in host mode on the manager's port 8080, which the
+manager's container maps to 127.0.0.1 here: the probe's traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from invoke import Context
+
+from handover import images
+from handover.probe import Probe, ProbeSettings
+from handover.progress import Progress
+
+from .conftest import PROBE_RATE, PROBE_WS_CLIENTS, TEST_PORT, TEST_PROJECT, docker_ready
+from .dind import BUILD_TIMEOUT, docker, docker_host_image, load_images, nested_docker
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+INV = str(Path(sys.executable).parent / "inv")
+PREFIX = f"{TEST_PROJECT}-swarm"
+NODES = (f"{PREFIX}-m", f"{PREFIX}-w1", f"{PREFIX}-w2")
+MANAGER = NODES[0]
+NETWORK = f"{PREFIX}-net"
+HTTP_PORT = TEST_PORT + 40  # here, on 127.0.0.1
+INNER_HTTP_PORT = 8080  # nginx's host-mode port on the manager node
+PROJECT = f"{TEST_PROJECT}-sw"
+APP_IMAGE = f"{PROJECT}-app"
+PROXY_IMAGE = f"{PROJECT}-nginx:1"
+STATE_DIR = f".state-{PROJECT}"
+BASE = "debian:bookworm"
+VERSIONS = ("v1", "v2", "v3", "v4", "v5", "v6")
+BAD = "bad"  # never healthy: the app answers 503 on its health path
+START_TIMEOUT = 90.0
+INV_TIMEOUT = 600
+
+
+def node_docker(node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return docker("exec", node, "docker", *args, check=check)
+
+
+def wait_for_engines() -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    waiting = list(NODES)
+    while waiting and time.monotonic() < deadline:
+        waiting = [n for n in waiting if node_docker(n, "info", check=False).returncode != 0]
+        time.sleep(0.3)
+    assert not waiting, f"dockerd did not start in {waiting}: " + "".join(
+        docker("exec", n, "tail", "-5", "/var/log/dockerd.log", check=False).stdout for n in waiting)
+
+
+@dataclass
+class Swarm:
+    config: Path
+    socket: Path
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_", "DOCKER_"))}
+        env["PYTHONPATH"] = str(ROOT)
+        env["DOCKER_HOST"] = f"unix://{self.socket}"
+        return env
+
+    def inv(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([INV, "-f", str(self.config), *args], cwd=ROOT, env=self.env(), capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=INV_TIMEOUT)
+        if ok:
+            assert done.returncode == 0, f"inv {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def tasks(self) -> list[dict[str, str]]:
+        """The app service's current tasks (desired state running), as Swarm tells them."""
+        out = node_docker(MANAGER, "service", "ps", "--no-trunc", "--format", "{{json .}}", f"{PROJECT}_app").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [r for r in rows if r["DesiredState"] == "Running"]
+
+    @staticmethod
+    def version() -> str:
+        return str(requests.get(f"http://127.0.0.1:{HTTP_PORT}/api/info", timeout=5).json()["version"])
+
+
+@pytest.fixture(scope="module")
+def minbase() -> str:
+    docker_ready()
+    return images.ensure_base_image(Context(), BASE, Progress(quiet=True))
+
+
+@pytest.fixture(scope="module")
+def app_images(minbase: str) -> Iterator[list[str]]:
+    """The demo app as one image per version (and one never healthy), and the proxy's image: their refs."""
+    images.build_wheelhouse(ROOT / "server", Progress(quiet=True))
+    built = f"{APP_IMAGE}:built"
+    docker("build", "--quiet", "--build-arg", f"BASE_IMAGE={minbase}", "--tag", built, str(ROOT / "server"),
+           timeout=BUILD_TIMEOUT)
+    docker("build", "--quiet", "--build-arg", f"BASE_IMAGE={minbase}", "--tag", PROXY_IMAGE, str(ROOT / "nginx"),
+           timeout=BUILD_TIMEOUT)
+    refs = []
+    try:
+        for version in (*VERSIONS, BAD):
+            ref = f"{APP_IMAGE}:{version}"
+            fault = "ENV APP_FAULT=unhealthy\n" if version == BAD else ""
+            subprocess.run(["docker", "build", "--quiet", "--tag", ref, "-"], input=f"FROM {built}\n{fault}LABEL "
+                           f"demo.release={version}\n", text=True, capture_output=True, check=True, timeout=120)
+            refs.append(ref)
+        yield refs
+    finally:
+        tags = docker("image", "ls", APP_IMAGE, "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        docker("image", "rm", *tags, PROXY_IMAGE, check=False)
+
+
+def remove_nodes() -> None:
+    for node in NODES:
+        docker("rm", "--force", "--volumes", node, check=False)
+        docker("volume", "rm", f"{node}-lib", check=False)
+    docker("network", "rm", NETWORK, check=False)
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: list[str]) -> Iterator[Swarm]:
+    tmp = tmp_path_factory.mktemp("swarm")
+    image = docker_host_image(tmp, minbase, f"{TEST_PROJECT}-dind-host")
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    remove_nodes()
+    docker("network", "create", NETWORK)
+    try:
+        for node in NODES:
+            extra = []
+            if node == MANAGER:  # its engine's socket for inv here; nginx's port on loopback here
+                extra = ["-v", f"{run_dir}:/run/outer", "--publish", f"127.0.0.1:{HTTP_PORT}:{INNER_HTTP_PORT}"]
+            docker("run", "--detach", "--name", node, "--hostname", node, "--network", NETWORK,
+                   *nested_docker(f"{node}-lib"), *extra, image, "sh", "-c",
+                   "exec dockerd --storage-driver overlay2 -H unix:///var/run/docker.sock"
+                   + (" -H unix:///run/outer/docker.sock" if node == MANAGER else "")
+                   + " >/var/log/dockerd.log 2>&1")
+        wait_for_engines()
+        address = docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}',
+                         MANAGER).stdout.strip()
+        node_docker(MANAGER, "swarm", "init", "--advertise-addr", address)
+        token = node_docker(MANAGER, "swarm", "join-token", "--quiet", "worker").stdout.strip()
+        for node in NODES[1:]:
+            node_docker(node, "swarm", "join", "--token", token, f"{address}:2377")
+        for node in NODES:
+            load_images(node, *app_images, *([PROXY_IMAGE] if node == MANAGER else []))
+        config = tmp / "swarm.yaml"
+        config.write_text(yaml.safe_dump({"deploy": {
+            "project": PROJECT, "state_dir": STATE_DIR, "backend": "swarm", "replicas": 3,
+            "app_build": "", "app_image": APP_IMAGE, "app_port": 8000,
+            "http_bind": "0.0.0.0", "http_port": INNER_HTTP_PORT,  # noqa: S104 - the manager node's; mapped to loopback
+            "base_image": minbase, "proxy_base_image": minbase, "hooks_dir": "",
+            "drain_timeout": 2, "stop_grace_period": 6, "swarm_monitor": 3}}))
+        yield Swarm(config, run_dir / "docker.sock")
+    finally:
+        remove_nodes()
+        subprocess.run(["rm", "-rf", str(ROOT / STATE_DIR)], check=False)
+
+
+def test_five_swarm_updates_of_three_replicas_on_three_nodes_lose_nothing(swarm: Swarm) -> None:
+    first = swarm.inv("local.up", "--version", VERSIONS[0]).stdout
+    assert "rollout" in first, first
+    assert swarm.version() == VERSIONS[0]
+    tasks = swarm.tasks()
+    assert len(tasks) == 3 and {t["CurrentState"].split()[0] for t in tasks} == {"Running"}, tasks
+    assert len({t["Node"] for t in tasks}) == 3, f"Swarm spread the tasks over every node: {tasks}"
+
+    plan = swarm.inv("local.deploy", "--version", VERSIONS[1], "--dry-run").stdout
+    assert "Swarm replaces 3 tasks" in plan and "start-first" in plan, plan
+    assert swarm.version() == VERSIONS[0]
+
+    probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
+                                ws_clients=PROBE_WS_CLIENTS))
+    probe.start()
+    try:
+        for n, version in enumerate(VERSIONS[1:]):
+            with probe.window(f"update-{n}"):
+                t0 = time.monotonic()
+                swarm.inv("local.deploy", "--version", version)
+                print(f"swarm update to {version}: {time.monotonic() - t0:.1f} s")
+            tasks = swarm.tasks()
+            assert [t["Image"].split("@")[0] for t in tasks] == [f"{APP_IMAGE}:{version}"] * 3, tasks
+            assert swarm.version() == version
+            time.sleep(1.0)
+    finally:
+        report = probe.stop()
+    print(report.format_table())
+    data = report.to_dict()
+    http, ws = data["http"], data["ws"]
+    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+    assert ws["close_codes"].get("1012", 0) > 0, ws  # type: ignore[index]  # the old tasks moved their clients
+    assert report.ok, report.format_table()
+
+    status = swarm.inv("local.status").stdout
+    assert f"live version: {VERSIONS[-1]}" in status and status.count(f"{PROJECT}_app.") == 3, status
+    records = [json.loads(line) for line in swarm.inv("local.releases", "--json", "--count", "10").stdout.splitlines()]
+    assert [r["result"] for r in records[-5:]] == ["success"] * 5, records
