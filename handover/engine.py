@@ -251,8 +251,8 @@ class Engine:
             if interrupted:
                 self._guarded(f"finishing {failed.name}", lambda: failed.complete(run))
                 rec.finish("success", f"{INTERRUPTED} during {failed.name}, which was finished")
-            else:
-                rec.fail(failed.name, error)
+            else:  # (a Swarm rollout that Swarm rolled back counts as rolled back, the old version serving)
+                rec.fail(failed.name, error, rolled_back=run.rolled_back)
             return
         for step in reversed(started):
             self._guarded(f"undo of {step.name}", lambda step=step: step.undo(run))  # type: ignore[misc]

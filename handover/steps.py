@@ -46,6 +46,7 @@ class Run:
     switched: bool = False
     proxy_pending: bool = False  # a new proxy configuration is validated, to be loaded at the switch
     proxy_changed: bool = False  # the proxy's configuration was changed in this run
+    rolled_back: bool = False  # Swarm rolled this run's update back by itself (deploy.backend swarm)
 
     @property
     def version(self) -> str:
@@ -540,6 +541,7 @@ class Rollout(Step):
         run.new = [t for t in tasks if t.version == run.version]
         run.record.new_containers = [t.name for t in run.new]
         if outcome.startswith("rollback"):
+            run.rolled_back = outcome.startswith("rollback_completed")
             raise HealthCheckFailed(f"Swarm rolled the update back ({outcome}); "
                                     f"{names([t for t in tasks if t.status == 'running'])} serve")
         if outcome != "completed":

@@ -211,3 +211,34 @@ def test_five_swarm_updates_of_three_replicas_on_three_nodes_lose_nothing(swarm:
     assert f"live version: {VERSIONS[-1]}" in status and status.count(f"{PROJECT}_app.") == 3, status
     records = [json.loads(line) for line in swarm.inv("local.releases", "--json", "--count", "10").stdout.splitlines()]
     assert [r["result"] for r in records[-5:]] == ["success"] * 5, records
+
+
+def test_an_update_that_never_gets_healthy_is_rolled_back_by_swarm_with_the_old_tasks_serving(swarm: Swarm) -> None:
+    swarm.inv("local.up", "--version", VERSIONS[-1])  # serving already after the test above: nothing to do
+    serving = swarm.version()
+    old = {t["ID"] for t in swarm.tasks()}
+    assert len(old) == 3
+
+    probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
+                                ws_clients=PROBE_WS_CLIENTS))
+    probe.start()
+    try:
+        with probe.window("never-healthy"):
+            t0 = time.monotonic()
+            done = swarm.inv("local.deploy", "--version", BAD, ok=False)
+            print(f"update to a version never healthy, rolled back by Swarm: {time.monotonic() - t0:.1f} s")
+        time.sleep(1.0)
+    finally:
+        report = probe.stop()
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Swarm rolled the update back (rollback_completed" in output, output
+    # The old tasks were never stopped (start-first: the new one never got healthy) and serve on.
+    assert {t["ID"] for t in swarm.tasks()} == old
+    assert swarm.version() == serving
+    record = json.loads(swarm.inv("local.releases", "--json", "--count", "1").stdout.splitlines()[-1])
+    assert (record["result"], record["failed_step"], record["version"]) == ("rolled-back", "rollout", BAD), record
+    data = report.to_dict()
+    http, ws = data["http"], data["ws"]
+    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+    assert ws["close_codes"].get("1012", 0) == 0, ws  # type: ignore[index]  # no serving task was stopped
