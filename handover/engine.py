@@ -250,7 +250,11 @@ class Engine:
             # The drain had begun: the new version serves. Finish an interrupted step, undo nothing.
             if interrupted:
                 self._guarded(f"finishing {failed.name}", lambda: failed.complete(run))
-                rec.finish("success", f"{INTERRUPTED} during {failed.name}, which was finished")
+                if run.rolled_back:
+                    rec.fail(failed.name, f"{INTERRUPTED} during {failed.name}; Swarm rolled the update back",
+                             rolled_back=True)
+                else:
+                    rec.finish("success", f"{INTERRUPTED} during {failed.name}, which was finished")
             else:  # (a Swarm rollout that Swarm rolled back counts as rolled back, the old version serving)
                 rec.fail(failed.name, error, rolled_back=run.rolled_back)
             return

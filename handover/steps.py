@@ -522,10 +522,13 @@ class Rollout(Step):
 
     def describe(self, run: Run) -> str:
         s = run.engine.settings
-        old = f" of {run.facts.live_version}" if run.facts.live else ""
-        return (f"docker stack deploy {s.project}: Swarm replaces {plural(s.replicas, 'task')}{old} with "
-                f"{run.version}, {s.swarm_parallelism} at a time, start-first, each healthy before the next, "
-                f"watched {s.swarm_monitor:g} s, rolled back by Swarm on failure; nginx follows Swarm's DNS")
+        if not run.facts.live:
+            return (f"docker stack deploy {s.project}: Swarm starts {plural(s.replicas, 'task')} of {run.version} "
+                    "and nginx, which follows Swarm's DNS")
+        return (f"docker stack deploy {s.project}: Swarm replaces {plural(s.replicas, 'task')} of "
+                f"{run.facts.live_version} with {run.version}, {s.swarm_parallelism} at a time, start-first, each "
+                f"healthy before the next, watched {s.swarm_monitor:g} s, rolled back by Swarm on failure; nginx "
+                "follows Swarm's DNS")
 
     def run(self, run: Run) -> str:
         backend = _swarm(run)
@@ -536,7 +539,8 @@ class Rollout(Step):
         backend, s = _swarm(run), run.engine.settings
         rounds = -(-s.replicas // s.swarm_parallelism)
         timeout = rounds * (s.health_timeout + s.swarm_monitor + s.stop_grace_period) + 60
-        outcome = backend.wait_rollout(run.version, self.before, self.changed, timeout, run.engine.progress.waiting)
+        outcome = backend.wait_rollout(run.version, self.before, self.changed, timeout, run.engine.progress.waiting,
+                                       run.engine.progress.warn)
         tasks = backend.instances()
         run.new = [t for t in tasks if t.version == run.version]
         run.record.new_containers = [t.name for t in run.new]

@@ -59,6 +59,7 @@ BUILD_TIMEOUT = 1800.0
 PULL_TIMEOUT = 900.0
 POLL = 0.5
 REMOVE_TIMEOUT = 60.0
+STALL_MINIMUM = 15.0  # seconds without any change of the tasks, a node down, before the update is restarted
 # Swarm's UpdateStatus.State values that end an update, and what each means for the run.
 UPDATE_DONE = "completed"
 ROLLED_BACK = "rollback_completed"
@@ -219,6 +220,18 @@ def rollout_outcome(before: UpdateState, now: UpdateState, changed: bool) -> str
     if now.started == before.started or now.state not in UPDATE_ENDS:
         return None
     return now.state
+
+
+def down_nodes(text: str) -> list[str]:
+    """``docker node ls --format '{{.Hostname}} {{.Status}}'`` -> the hostnames of nodes that are down."""
+    return [parts[0] for parts in (line.split() for line in text.splitlines()) if len(parts) > 1
+            and parts[1].lower() == "down"]
+
+
+def stall_seconds(settings: Settings) -> float:
+    """How long an update may stand still, with a node down, before it is started again: longer than one
+    task's health check start and its monitor window take."""
+    return max(STALL_MINIMUM, 2 * settings.swarm_monitor)
 
 
 def swarm_state(text: str) -> tuple[str, bool]:
@@ -399,11 +412,30 @@ class SwarmBackend:
             changed = True
         return before, changed or not spec
 
+    def down_nodes(self) -> list[str]:
+        """The swarm's nodes that the managers see as down (their tasks cannot report any more)."""
+        result = self.docker("node", "ls", "--format", "{{.Hostname}} {{.Status}}", check=False)
+        return down_nodes(result.stdout) if result.exited == 0 else []
+
+    def restart_update(self) -> UpdateState:
+        """Start Swarm's update of the app again (``service update --force``); the state just before it."""
+        before = self.update_state()
+        self.docker("service", "update", "--detach", "--force", self.app, timeout=DEPLOY_TIMEOUT)
+        return before
+
     def wait_rollout(self, version: str, before: UpdateState, changed: bool, timeout: float,
-                     waiting: Any = None) -> str:
+                     waiting: Any = None, warn: Any = None) -> str:
         """Wait until Swarm has finished: every wanted task of ``version`` running (or the update rolled
-        back); returns the outcome (``completed``, ``rollback_completed``, ``paused``, ...)."""
-        t0 = time.monotonic()
+        back); returns the outcome (``completed``, ``rollback_completed``, ``paused``, ...).
+
+        A node lost mid-update can leave Swarm's updater waiting for ever for a task on it that will never
+        report (measured: still "updating" two minutes after the kill, its slots half replaced). When a node
+        is down and nothing has moved for :func:`stall_seconds`, the update is started again, once per lost
+        node (``docker service update --force``: start-first like the first, it converges on the nodes left).
+        """
+        t0 = moved = time.monotonic()
+        last: tuple[tuple[str, str, str], ...] = ()
+        restarted: set[str] = set()
         while True:
             now = self.update_state()
             outcome = rollout_outcome(before, now, changed and bool(before.started or now.started))
@@ -414,6 +446,17 @@ class SwarmBackend:
                     return outcome
             elif outcome is not None:
                 return outcome if not now.message else f"{outcome}: {now.message}"
+            seen = tuple(sorted((t.id, t.status, now.state) for t in tasks))
+            if seen != last:
+                last, moved = seen, time.monotonic()
+            elif now.state == "updating" and time.monotonic() - moved > stall_seconds(self.settings):
+                lost = [n for n in self.down_nodes() if n not in restarted]
+                if lost:
+                    if warn is not None:
+                        warn(f"node {', '.join(lost)} is down and Swarm's update has not moved for "
+                             f"{time.monotonic() - moved:.0f} s: starting it again (docker service update --force)")
+                    restarted.update(lost)
+                    before, changed, moved = self.restart_update(), True, time.monotonic()
             if time.monotonic() - t0 > timeout:
                 raise HealthCheckFailed(
                     f"Swarm did not finish within {timeout:g} s ({now.state or 'creating'}"

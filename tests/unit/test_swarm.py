@@ -260,3 +260,122 @@ def test_a_rollback_of_nothing_serving_is_refused() -> None:
     with pytest.raises(HandoverError, match="nothing to roll back"):
         engine.plan(DeployOptions(version="v1", action="rollback"), facts)
     assert [s.name for s in engine.plan(DeployOptions(version="v1", action="up"), facts)][-1] == "rollout"
+
+
+@dataclass
+class Sequenced:
+    """A runner whose answers to a command change from call to call (the last one stays)."""
+
+    answers: dict[str, list[Answer]]
+    asked: list[str] = field(default_factory=list)
+
+    def run(self, command: str, **kwargs: Any) -> Answer:
+        self.asked.append(command)
+        for start, answers in self.answers.items():
+            if command.startswith(start):
+                return answers.pop(0) if len(answers) > 1 else answers[0]
+        return Answer()
+
+
+def _rows(*tasks: dict[str, str]) -> Answer:
+    return Answer("\n".join(json.dumps(t) for t in tasks))
+
+
+UPDATE = "docker service inspect --format '{{json .UpdateStatus}}'"
+TASKS = "docker service ps --no-trunc --format '{{json .}}' shop_app"
+
+
+def test_the_rollout_waits_for_swarm_to_finish_this_update_and_every_task_to_run_the_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("handover.backends.swarm.POLL", 0.0)
+    before = UpdateState("completed", "T1", "")
+    runner = Sequenced({
+        UPDATE: [Answer('{"State":"completed","StartedAt":"T1"}'), Answer('{"State":"updating","StartedAt":"T2"}'),
+                 Answer('{"State":"completed","StartedAt":"T2"}')],
+        TASKS: [_rows(_task(1, "v1"), _task(2, "v1"), _task(3, "v1")),
+                _rows(_task(1, "v2"), _task(2, "v1"), _task(3, "v1")),
+                _rows(_task(1, "v2"), _task(2, "v2"), _task(3, "v1")),  # Swarm said completed; one still old
+                _rows(_task(1, "v2"), _task(2, "v2"), _task(3, "v2"))],
+    })
+    seen: list[str] = []
+    backend = SwarmBackend(runner, _settings())  # type: ignore[arg-type]
+    assert backend.wait_rollout("v2", before, True, 5.0, seen.append) == "completed"
+    assert sum(c.startswith(TASKS) for c in runner.asked) == 4 and seen[-1].startswith("2/3 of v2 running")
+
+
+def test_a_rollout_swarm_rolled_back_is_said_and_a_stuck_one_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("handover.backends.swarm.POLL", 0.0)
+    back = Sequenced({UPDATE: [Answer('{"State":"rollback_completed","StartedAt":"T2","Message":"rollback: '
+                                      'update rolled back due to failure"}')],
+                      TASKS: [_rows(_task(1, "v1"))]})
+    outcome = SwarmBackend(back, _settings()).wait_rollout(  # type: ignore[arg-type]
+        "v2", UpdateState("completed", "T1", ""), True, 5.0)
+    assert outcome.startswith("rollback_completed: rollback: update rolled back due to failure")
+    stuck = Sequenced({UPDATE: [Answer('{"State":"updating","StartedAt":"T2"}')], TASKS: [_rows(_task(1, "v1"))]})
+    with pytest.raises(HandoverError, match=r"Swarm did not finish within 0.01 s \(updating\); tasks: shop_app.1@w1"):
+        SwarmBackend(stuck, _settings()).wait_rollout(  # type: ignore[arg-type]
+            "v2", UpdateState("completed", "T1", ""), True, 0.01)
+
+
+def test_a_first_stack_is_done_when_its_tasks_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("handover.backends.swarm.POLL", 0.0)
+    runner = Sequenced({UPDATE: [Answer("null")],
+                        TASKS: [_rows(), _rows(_task(1, "v1"), _task(2, "v1"), _task(3, "v1"))]})
+    assert SwarmBackend(runner, _settings()).wait_rollout(  # type: ignore[arg-type]
+        "v1", UpdateState("", "", ""), True, 5.0) == "completed"
+
+
+def test_down_nodes_are_read_from_node_ls() -> None:
+    from handover.backends.swarm import down_nodes, stall_seconds
+
+    assert down_nodes("m Ready\nw1 Ready\nw2 Down\nw3 Unknown\n") == ["w2"]
+    assert stall_seconds(_settings(swarm_monitor=3)) == 15.0 and stall_seconds(_settings(swarm_monitor=20)) == 40.0
+
+
+def test_an_update_stuck_on_a_lost_node_is_started_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("handover.backends.swarm.POLL", 0.0)
+    monkeypatch.setattr("handover.backends.swarm.STALL_MINIMUM", 0.0)
+    s = _settings(swarm_monitor=0)
+    stuck = _rows(_task(1, "v2"), _task(2, "v1"), _task(3, "v1"))
+    runner = Sequenced({
+        UPDATE: [Answer('{"State":"updating","StartedAt":"T2"}')] * 6 + [
+            Answer('{"State":"completed","StartedAt":"T3"}')],
+        TASKS: [stuck] * 6 + [_rows(_task(1, "v2"), _task(2, "v2"), _task(3, "v2"))],
+        "docker node ls": [Answer("m Ready\nw2 Down\n")],
+    })
+    warned: list[str] = []
+    outcome = SwarmBackend(runner, s).wait_rollout(  # type: ignore[arg-type]
+        "v2", UpdateState("completed", "T1", ""), True, 5.0, None, warned.append)
+    assert outcome == "completed"
+    forced = [c for c in runner.asked if c.startswith("docker service update --detach --force shop_app")]
+    assert len(forced) == 1, runner.asked
+    assert warned and warned[0].startswith("node w2 is down and Swarm's update has not moved")
+
+
+def test_a_slow_update_with_every_node_up_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("handover.backends.swarm.POLL", 0.0)
+    monkeypatch.setattr("handover.backends.swarm.STALL_MINIMUM", 0.0)
+    runner = Sequenced({
+        UPDATE: [Answer('{"State":"updating","StartedAt":"T2"}')] * 5 + [
+            Answer('{"State":"completed","StartedAt":"T2"}')],
+        TASKS: [_rows(_task(1, "v1"))] * 5 + [_rows(_task(1, "v2"), _task(2, "v2"), _task(3, "v2"))],
+        "docker node ls": [Answer("m Ready\nw2 Ready\n")],
+    })
+    assert SwarmBackend(runner, _settings(swarm_monitor=0)).wait_rollout(  # type: ignore[arg-type]
+        "v2", UpdateState("completed", "T1", ""), True, 5.0) == "completed"
+    assert not [c for c in runner.asked if "--force" in c]
+
+
+def test_the_plan_lines_say_what_swarm_will_do() -> None:
+    from handover.record import RunRecord
+    from handover.steps import Run
+
+    engine = _engine([_task(n, "v1") for n in (1, 2, 3)])
+    facts = engine.facts()
+    run = Run(engine, DeployOptions(version="v2"), facts, RunRecord("deploy", "v2", "shop", "local"), old=facts.live)
+    line = Rollout().describe(run)
+    assert "Swarm replaces 3 tasks of v1 with v2, 1 at a time, start-first" in line and "rolled back" in line
+    fresh = _engine([], nginx_running=False)
+    empty = fresh.facts()
+    first = Run(fresh, DeployOptions(version="v1", action="up"), empty, RunRecord("up", "v1", "shop", "local"))
+    assert Rollout().describe(first).endswith("Swarm starts 3 tasks of v1 and nginx, which follows Swarm's DNS")
