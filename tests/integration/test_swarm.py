@@ -31,7 +31,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
 from .conftest import PROBE_RATE, PROBE_WS_CLIENTS, TEST_PORT, TEST_PROJECT, docker_ready
-from .dind import BUILD_TIMEOUT, docker, docker_host_image, load_images, nested_docker
+from .dind import BUILD_TIMEOUT, docker, docker_host_image, keygen, load_images, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +43,9 @@ MANAGER = NODES[0]
 NETWORK = f"{PREFIX}-net"
 HTTP_PORT = TEST_PORT + 40  # here, on 127.0.0.1
 INNER_HTTP_PORT = 8080  # nginx's host-mode port on the manager node
+SSH_PORTS = {NODES[0]: TEST_PORT + 41, NODES[1]: TEST_PORT + 42}  # sshd of the manager and of one worker
+REMOTE_DIR = "/srv/swarm-shop"
+FAB = str(Path(sys.executable).parent / "fab")
 PROJECT = f"{TEST_PROJECT}-sw"
 APP_IMAGE = f"{PROJECT}-app"
 PROXY_IMAGE = f"{PROJECT}-nginx:1"
@@ -72,6 +75,8 @@ def wait_for_engines() -> None:
 class Swarm:
     config: Path
     socket: Path
+    fab_config: Path
+    client_key: Path
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_", "DOCKER_"))}
@@ -85,6 +90,15 @@ class Swarm:
         if ok:
             assert done.returncode == 0, f"inv {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done
+
+    def fab(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``fab`` over SSH to ``node`` (the manager, or a worker), its host key checked."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_", "DOCKER_"))}
+        env["PYTHONPATH"] = str(ROOT)
+        argv = [FAB, "-f", str(self.fab_config), "-i", str(self.client_key), "-H",
+                f"root@127.0.0.1:{SSH_PORTS[node]}", *args]
+        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=INV_TIMEOUT)
 
     def tasks(self) -> list[dict[str, str]]:
         """The app service's current tasks (desired state running), as Swarm tells them."""
@@ -139,18 +153,31 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
     image = docker_host_image(tmp, minbase, f"{TEST_PROJECT}-dind-host")
     run_dir = tmp / "run"
     run_dir.mkdir()
+    host_key = tmp / "host_key"
+    host_pub = keygen(host_key)
+    client_key = tmp / "id_ed25519"
+    authorized = tmp / "authorized_keys"
+    authorized.write_text(keygen(client_key) + "\n")
+    authorized.chmod(0o644)
+    known_hosts = tmp / "known_hosts"
+    known_hosts.write_text("".join(f"[127.0.0.1]:{port} {' '.join(host_pub.split()[:2])}\n"
+                                   for port in SSH_PORTS.values()))
     remove_nodes()
     docker("network", "create", NETWORK)
     try:
         for node in NODES:
-            extra = []
+            extra, sshd = [], ""
             if node == MANAGER:  # its engine's socket for inv here; nginx's port on loopback here
                 extra = ["-v", f"{run_dir}:/run/outer", "--publish", f"127.0.0.1:{HTTP_PORT}:{INNER_HTTP_PORT}"]
+            if node in SSH_PORTS:  # sshd for fab, on loopback here
+                extra += ["--publish", f"127.0.0.1:{SSH_PORTS[node]}:22", "-v", f"{host_key}:/etc/ssh/test_host_key:ro",
+                          "-v", f"{authorized}:/etc/ssh/test_authorized_keys:ro"]
+                sshd = " & exec /usr/sbin/sshd -D -e"
             docker("run", "--detach", "--name", node, "--hostname", node, "--network", NETWORK,
                    *nested_docker(f"{node}-lib"), *extra, image, "sh", "-c",
-                   "exec dockerd --storage-driver overlay2 -H unix:///var/run/docker.sock"
+                   "dockerd --storage-driver overlay2 -H unix:///var/run/docker.sock"
                    + (" -H unix:///run/outer/docker.sock" if node == MANAGER else "")
-                   + " >/var/log/dockerd.log 2>&1")
+                   + " >/var/log/dockerd.log 2>&1" + (sshd or " & wait"))
         wait_for_engines()
         address = docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}',
                          MANAGER).stdout.strip()
@@ -167,7 +194,11 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
             "http_bind": "0.0.0.0", "http_port": INNER_HTTP_PORT,  # noqa: S104 - the manager node's; mapped to loopback
             "base_image": minbase, "proxy_base_image": minbase, "hooks_dir": "",
             "drain_timeout": 2, "stop_grace_period": 6, "swarm_monitor": 3}}))
-        yield Swarm(config, run_dir / "docker.sock")
+        fab_config = tmp / "fabric.yaml"
+        fab_config.write_text(yaml.safe_dump({"deploy": {
+            **yaml.safe_load(config.read_text())["deploy"], "known_hosts": str(known_hosts),
+            "deploy_dir": REMOTE_DIR, "state_dir": ".state"}}))
+        yield Swarm(config, run_dir / "docker.sock", fab_config, client_key)
     finally:
         remove_nodes()
         subprocess.run(["rm", "-rf", str(ROOT / STATE_DIR)], check=False)
@@ -214,7 +245,8 @@ def test_five_swarm_updates_of_three_replicas_on_three_nodes_lose_nothing(swarm:
 
     status = swarm.inv("local.status").stdout
     assert f"live version: {VERSIONS[-2]}" in status and status.count(f"{PROJECT}_app.") == 3, status
-    assert {f"@{node}" in status for node in NODES} == {True}, status  # each task with its node
+    rows = [line for line in status.splitlines() if f"{PROJECT}_app." in line]
+    assert all(any(f"@{node} " in row for node in NODES) for row in rows), status  # each task with its node
     records = [json.loads(line) for line in swarm.inv("local.releases", "--json", "--count", "10").stdout.splitlines()]
     assert [(r["action"], r["result"]) for r in records[-6:]] == [("deploy", "success")] * 5 + [
         ("rollback", "success")], records
@@ -246,9 +278,28 @@ def test_an_update_that_never_gets_healthy_is_rolled_back_by_swarm_with_the_old_
     assert swarm.version() == serving
     record = json.loads(swarm.inv("local.releases", "--json", "--count", "1").stdout.splitlines()[-1])
     assert (record["result"], record["failed_step"], record["version"]) == ("rolled-back", "rollout", BAD), record
+
+    swarm.inv("local.down")  # the whole stack: its services, their tasks on every node, its network
+    assert node_docker(MANAGER, "service", "ls", "--quiet").stdout.strip() == ""
+    assert "proxy: not running   live version: -" in swarm.inv("local.status").stdout
     data = report.to_dict()
     http, ws = data["http"], data["ws"]
     assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+
+
+def test_fab_setup_refuses_a_worker_and_fab_deploys_through_the_manager(swarm: Swarm) -> None:
+    worker = swarm.fab(NODES[1], "setup")
+    said = worker.stdout + worker.stderr
+    assert worker.returncode == 1 and "this engine is a swarm worker, not a manager" in said, said
+    manager = swarm.fab(MANAGER, "setup")
+    assert manager.returncode == 0 and "a manager of an active swarm" in manager.stdout, manager.stdout + manager.stderr
+    swarm.inv("local.up", "--version", VERSIONS[-1])
+    deployed = swarm.fab(MANAGER, "deploy", "--version", VERSIONS[2])
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "Swarm replaces 3 tasks" in deployed.stdout, deployed.stdout
+    assert swarm.version() == VERSIONS[2]
+    status = swarm.fab(MANAGER, "status")
+    assert status.returncode == 0 and status.stdout.count(f"{PROJECT}_app.") == 3, status.stdout + status.stderr
 
 
 def test_a_worker_killed_mid_update_leaves_the_service_converged(swarm: Swarm) -> None:
