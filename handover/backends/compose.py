@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from .. import envfile
 from ..checks import Check, first_line, require
+from ..dockerapi import DockerAPI
 from ..errors import BuildFailed, CommandError, CommandTimeout, HandoverError, PreflightError
 from ..settings import Settings
 from ..shell import Result, Runner, read_file, run
@@ -204,6 +206,8 @@ class ComposeBackend:
     runner: Runner
     settings: Settings
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the base images the build uses
+    # The engine's API on this machine for the frequent calls (see handover.dockerapi); None: the CLI.
+    api: DockerAPI | None = None
     _look: list[Instance] | None = None  # inside one_look(): every container of the project, seen once
 
     # -- compose ---------------------------------------------------------------------------------
@@ -268,9 +272,12 @@ class ComposeBackend:
 
     # -- facts -----------------------------------------------------------------------------------
     def container_ids(self, service: str | None = None) -> list[str]:
-        filters = ["--filter", f"label={PROJECT_LABEL}={self.settings.project}"]
+        labels = [f"{PROJECT_LABEL}={self.settings.project}"]
         if service is not None:
-            filters += ["--filter", f"label={SERVICE_LABEL}={service}"]
+            labels.append(f"{SERVICE_LABEL}={service}")
+        if self.api is not None:
+            return self.api.container_ids(labels)
+        filters = [word for label in labels for word in ("--filter", f"label={label}")]
         out = run(self.runner, ["docker", "ps", "--all", "--no-trunc", "--quiet", *filters]).stdout
         return [line.strip() for line in out.splitlines() if line.strip()]
 
@@ -279,6 +286,9 @@ class ComposeBackend:
         if not ids:
             return []
         net = default_network(self.settings)
+        if self.api is not None:
+            found = [raw for raw in (self.api.inspect(cid) for cid in ids) if raw is not None]
+            return sorted((parse_container(raw, net) for raw in found), key=lambda c: c.created)
         result = run(self.runner, ["docker", "inspect", *ids], check=False)
         if result.exited != 0:
             # A container vanished between listing and inspecting: inspect the survivors one by one.
@@ -321,6 +331,8 @@ class ComposeBackend:
 
     def image_id(self, version: str) -> str:
         image = f"{self.settings.app_image}:{version}"
+        if self.api is not None:
+            return self.api.image_id(image)
         result = run(self.runner, ["docker", "image", "inspect", "--format", "{{.Id}}", image], check=False)
         return result.stdout.strip() if result.exited == 0 else ""
 
@@ -337,11 +349,16 @@ class ComposeBackend:
                               "or stopped") from None
 
     def image_versions(self) -> set[str]:
+        if self.api is not None:
+            return self.api.image_tags(self.settings.app_image)
         out = run(self.runner, ["docker", "image", "ls", self.settings.app_image, "--format", "{{.Tag}}"]).stdout
         return set(out.split())
 
     def remove_images(self, versions: Sequence[str]) -> None:
-        if versions:
+        if versions and self.api is not None:
+            with suppress(CommandError):  # as the CLI's check=False: an image in use stays, said by no one
+                self.api.remove_images([f"{self.settings.app_image}:{v}" for v in versions])
+        elif versions:
             run(self.runner, ["docker", "image", "rm", *(f"{self.settings.app_image}:{v}" for v in versions)],
                 check=False)
 
@@ -392,15 +409,35 @@ class ComposeBackend:
 
     def stop(self, instances: Sequence[Instance], grace: float) -> None:
         ids = [c.id for c in instances]
-        if ids:
+        if ids and self.api is not None:
+            # As the CLI's check=False: what did not stop is seen by the look after the drain. A timeout raises.
+            with suppress(CommandError):
+                self.api.stop(ids, grace)
+        elif ids:
             # One `docker stop` stops them in parallel, each with its own grace period.
             run(self.runner, ["docker", "stop", "--time", str(int(grace)), *ids], check=False,
                 timeout=grace + STOP_EXTRA_SECONDS)
 
     def remove(self, instances: Sequence[Instance]) -> None:
         ids = [c.id for c in instances]
-        if ids:
+        if ids and self.api is not None:
+            with suppress(CommandError):  # as the CLI's check=False
+                self.api.remove(ids)
+        elif ids:
             run(self.runner, ["docker", "rm", "--force", "--volumes", *ids], check=False)
+
+    def mark(self) -> float:
+        """A point in time for :meth:`wait_change`: take it before looking at the instances."""
+        return time.time()
+
+    def wait_change(self, instances: Sequence[Instance], since: float, seconds: float) -> None:
+        """Wait ``seconds``, or less when the engine reports a change of ``instances`` (health, exit,
+        restart) since ``since`` (:meth:`mark`): a health wait then ends as soon as Docker says healthy
+        rather than at the next poll. Without the API, a plain sleep."""
+        if self.api is not None and instances:
+            self.api.wait_event([c.id for c in instances], since, seconds)
+        elif seconds > 0:
+            time.sleep(seconds)
 
     def logs(self, instance: Instance, tail: int) -> str:
         result = run(self.runner, ["docker", "logs", "--tail", str(tail), instance.id], check=False)
