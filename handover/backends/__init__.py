@@ -179,6 +179,7 @@ class Backend(Protocol):
 def make_backend(runner: Runner, settings: Settings) -> Backend:
     """The backend this project uses (Compose on one host, see :mod:`handover.backends.compose`)."""
     from ..dockerapi import DockerAPI
+    from ..shell import runs_here
     from .compose import ComposeBackend
 
-    return ComposeBackend(runner, settings, api=DockerAPI.for_runner(runner))
+    return ComposeBackend(runner, settings, api=DockerAPI.for_runner(runner), local=runs_here(runner))

@@ -371,3 +371,60 @@ def test_run_starts_commands_directly_only_for_a_plain_local_context(monkeypatch
         monkeypatch.delenv(shell.FAST_ENV)
         shell.run(c, ["sh", "-c", "exit 4"])
     assert subprocess.run(["true"], check=False).returncode == 0
+
+
+# -- the preflight's stamp -------------------------------------------------------------------------
+def _config_runs(host: FakeHost) -> int:
+    return sum(1 for c in host.calls if c.command.argv[:2] == ["docker", "compose"] and "config" in c.command.argv)
+
+
+def test_the_compose_file_is_checked_again_only_when_something_it_reads_changed(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from handover.errors import PreflightError
+
+    from .fakehost import compose
+
+    host = FakeHost(tmp_path)
+    Path(host.settings.state_path).mkdir(parents=True, exist_ok=True)  # made by the lock, before the preflight
+    backend = ComposeBackend(host.runner, host.settings, local=True)
+    backend.check()
+    backend.check()
+    assert _config_runs(host) == 1  # the second check: nothing changed, compose not started
+    compose_file = Path(host.settings.compose_path)
+    compose_file.write_text(compose_file.read_text() + "\n# changed\n")
+    backend.check()
+    assert _config_runs(host) == 2
+    ComposeBackend(host.runner, replace(host.settings, http_port=9999), local=True).check()  # a variable
+    assert _config_runs(host) == 3
+    # A change that breaks it is refused, and the refusal is not remembered as a pass.
+    compose_file.write_text(compose_file.read_text() + "services: [\n")
+    rule = host.fail_on(compose("config"), stderr="yaml: line 3: did not find expected key", times=None)
+    for _ in range(2):
+        with pytest.raises(PreflightError, match="did not find expected key"):
+            backend.check()
+    assert rule.fired == 2
+    # Not on this machine (over SSH): compose checks it every time, as before.
+    remote = ComposeBackend(host.runner, host.settings)
+    host.rules.clear()
+    remote.check()
+    remote.check()
+    assert _config_runs(host) == 7
+
+
+def test_a_compose_file_that_reads_other_files_is_always_checked(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from handover.backends.compose import config_stamp
+
+    host = FakeHost(tmp_path)
+    extra = tmp_path / "mine.yml"
+    extra.write_text("services:\n  worker:\n    image: busybox\n")
+    mine = replace(host.settings, extra_compose_file=str(extra))
+    assert mine.extra_compose_path == str(extra)
+    env = ComposeBackend(host.runner, mine).env()
+    assert config_stamp(mine, env) not in ("", config_stamp(host.settings, env))
+    extra.write_text("services:\n  worker:\n    extends:\n      file: base.yml\n      service: worker\n")
+    assert config_stamp(mine, env) == ""  # base.yml is read too: checked every time
+    extra.write_text("include:\n  - other.yml\n")
+    assert config_stamp(mine, env) == ""
