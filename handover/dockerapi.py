@@ -34,6 +34,7 @@ from .shell import runs_here
 
 SOCKET = "/var/run/docker.sock"
 DEFAULT_HOSTS = ("", f"unix://{SOCKET}")
+ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 (how the CLI shows a port published without an address)
 SWITCH_ENV = "HANDOVER_DOCKER_API"  # "0": always the docker CLI
 REQUEST_TIMEOUT = 30.0
 STOP_EXTRA_SECONDS = 60.0
@@ -62,6 +63,20 @@ def tags_of(repo_tags: Iterable[str]) -> set[str]:
         if sep and name and "/" not in tag and tag != "<none>":
             found.add(tag)
     return found
+
+
+def published_line(container: Mapping[str, Any], label: str) -> str:
+    """One container of ``GET /containers/json`` as ``name<TAB>label value<TAB>ports``, the ports as the
+    CLI shows them (``127.0.0.1:8080->80/tcp``, IPv6 in brackets); only published ports."""
+    names = container.get("Names") or [""]
+    labels = container.get("Labels") or {}
+    ports = []
+    for p in container.get("Ports") or []:
+        if isinstance(p, dict) and p.get("PublicPort"):
+            ip = str(p.get("IP") or ALL_ADDRESSES)
+            ip = f"[{ip}]" if ":" in ip else ip
+            ports.append(f"{ip}:{p['PublicPort']}->{p.get('PrivatePort', '')}/{p.get('Type', 'tcp')}")
+    return f"{str(names[0]).lstrip('/')}\t{labels.get(label, '')}\t{', '.join(ports)}"
 
 
 def cli_uses_default_socket(env: Mapping[str, str], config_dir: Path) -> bool:
@@ -185,6 +200,12 @@ class DockerAPI:
         """``docker rm --force --volumes``: removed whatever their state; one that is gone is no error."""
         for cid in containers:
             self.request("DELETE", path("containers", cid, params={"force": 1, "v": 1}), ok=(200, 204, 409))
+
+    def published(self, label: str) -> str:
+        """The running containers and the host ports they publish, as ``docker ps --format
+        '{{.Names}}\t{{.Label "<label>"}}\t{{.Ports}}'`` prints them (one line each)."""
+        found = self._json(path("containers", "json"))
+        return "".join(published_line(c, label) + "\n" for c in found or [] if isinstance(c, dict))
 
     # -- images ----------------------------------------------------------------------------------
     def image_id(self, reference: str) -> str:

@@ -24,7 +24,7 @@ from invoke.context import Context
 
 from handover import shell
 from handover.backends.compose import ComposeBackend
-from handover.dockerapi import SWITCH_ENV, DockerAPI, cli_uses_default_socket, path, query, tags_of
+from handover.dockerapi import ALL_ADDRESSES, SWITCH_ENV, DockerAPI, cli_uses_default_socket, path, query, tags_of
 from handover.engine import DeployOptions, Engine
 from handover.errors import CommandError, CommandTimeout
 from handover.progress import Progress
@@ -40,6 +40,22 @@ def test_paths_quote_every_part_and_filters_are_json() -> None:
     q = urllib.parse.parse_qs(query({"all": 1, "filters": {"label": ["a=b c"]}})[1:])
     assert q == {"all": ["1"], "filters": ['{"label": ["a=b c"]}']}
     assert query({}) == ""
+
+
+def test_published_ports_read_as_the_cli_prints_them() -> None:
+    from handover.dockerapi import published_line
+    from handover.proxies.front import parse_published
+
+    nginx = {"Names": ["/shop-nginx-1"], "Labels": {"com.docker.compose.project": "shop"},
+             "Ports": [{"IP": "127.0.0.1", "PrivatePort": 8080, "PublicPort": 8080, "Type": "tcp"},
+                       {"IP": "::", "PrivatePort": 8443, "PublicPort": 8443, "Type": "tcp"},
+                       {"PrivatePort": 9000, "Type": "tcp"}]}
+    line = published_line(nginx, "com.docker.compose.project")
+    assert line == "shop-nginx-1\tshop\t127.0.0.1:8080->8080/tcp, [::]:8443->8443/tcp"
+    assert parse_published(line) == [("shop-nginx-1", "shop", "127.0.0.1", 8080),
+                                     ("shop-nginx-1", "shop", ALL_ADDRESSES, 8443)]
+    bare = published_line({"Names": ["/db"], "Ports": [{"PrivatePort": 5432, "PublicPort": 5432, "Type": "tcp"}]}, "x")
+    assert parse_published(bare) == [("db", "", ALL_ADDRESSES, 5432)]
 
 
 def test_tags_of_references() -> None:
