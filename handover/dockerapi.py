@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CommandError, CommandTimeout, HandoverError
-from .shell import runs_here
+from .shell import holding_interrupts, runs_here
 
 SOCKET = "/var/run/docker.sock"
 DEFAULT_HOSTS = ("", f"unix://{SOCKET}")
@@ -142,9 +142,10 @@ class DockerAPI:
         caller to read as "not there"), else raises :class:`CommandError` with the engine's message."""
         conn = _UnixConnection(self.socket_path, timeout)
         try:
-            conn.request(method, target)
-            response = conn.getresponse()
-            body = response.read()
+            with holding_interrupts():
+                conn.request(method, target)
+                response = conn.getresponse()
+                body = response.read()
         except TimeoutError:
             raise CommandTimeout(f"the docker engine did not answer within {timeout:g} s: {method} {target}") from None
         except (OSError, http.client.HTTPException) as exc:
@@ -188,10 +189,11 @@ class DockerAPI:
                 errors.append(exc)
 
         threads = [threading.Thread(target=one, args=(cid,), daemon=True) for cid in containers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with holding_interrupts():  # as `docker stop`: a Ctrl-C comes after the containers stopped
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         timeouts = [e for e in errors if isinstance(e, CommandTimeout)]
         if timeouts or errors:
             raise (timeouts or errors)[0]
@@ -235,17 +237,17 @@ class DockerAPI:
                                                      "event": list(WATCHED_EVENTS)}})
         conn = _UnixConnection(self.socket_path, seconds + 5.0)
         try:
+            # Not held like a request: a Ctrl-C ends the wait at once, as it ended the poll's sleep.
             conn.request("GET", target)
             response = conn.getresponse()
-            if response.status != 200:
-                time.sleep(max(until - time.time(), 0.0))
-                return False
-            return bool(response.readline().strip())  # the first event, or "" when the stream ends at until
+            if response.status == 200:
+                return bool(response.readline().strip())  # the first event, or "" when it ends at until
         except (OSError, http.client.HTTPException):
-            time.sleep(max(until - time.time(), 0.0))
-            return False
+            pass
         finally:
             conn.close()
+        time.sleep(max(until - time.time(), 0.0))
+        return False
 
 
 def _message(body: bytes) -> str:

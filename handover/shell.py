@@ -138,6 +138,21 @@ def _raise_pending_interrupt() -> None:
         raise KeyboardInterrupt
 
 
+@contextmanager
+def holding_interrupts() -> Iterator[None]:
+    """Inside, a Ctrl-C is held until the end and raised then (inside :func:`interruptible`), as during
+    a command: for the Engine API's requests (:mod:`handover.dockerapi`), which stand for commands."""
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _Interrupts.commands_running += 1
+    try:
+        yield
+    finally:
+        if main:
+            _Interrupts.commands_running -= 1
+    _raise_pending_interrupt()
+
+
 def command_line(args: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """Quote ``args`` (and ``env``) into one shell command line."""
     prefix = ["env", *(f"{key}={value}" for key, value in sorted(env.items()))] if env else []

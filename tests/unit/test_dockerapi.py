@@ -444,3 +444,23 @@ def test_a_compose_file_that_reads_other_files_is_always_checked(tmp_path: Path)
     assert config_stamp(mine, env) == ""  # base.yml is read too: checked every time
     extra.write_text("include:\n  - other.yml\n")
     assert config_stamp(mine, env) == ""
+
+
+def test_a_ctrl_c_during_a_request_is_raised_when_it_returned(fake_engine: FakeEngine, sock: Path) -> None:
+    import os
+    import signal
+
+    fake_engine.override["POST /containers/a/stop"] = (204, b"")
+    fake_engine.delay = 0.4
+    api = DockerAPI(str(sock))
+    timer = threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    with shell.interruptible():
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            api.stop(["a"], 5)
+        raised_after = time.monotonic() - t0
+    timer.join()
+    assert fake_engine.requests == ["POST /containers/a/stop?t=5"]
+    assert raised_after >= 0.35  # held until the engine answered (0.4 s), not raised at 0.1 s, and not lost
+    assert shell._Interrupts.commands_running == 0
