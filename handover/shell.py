@@ -99,7 +99,8 @@ def run_here(args: Sequence[str], env: Mapping[str, str] | None, timeout: float 
         proc.kill()
         proc.wait()
         raise
-    return Done(stdout, stderr, proc.returncode)
+    code = proc.returncode
+    return Done(stdout, stderr, code if code >= 0 else 128 - code)  # killed by a signal: 128 + N, as a shell says
 
 
 class _Interrupts:

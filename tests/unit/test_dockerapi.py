@@ -357,6 +357,7 @@ def test_run_here_gives_the_exit_status_output_and_environment() -> None:
     missing = shell.run_here(["handover-no-such-program"], None, None)
     assert missing.exited == 127 and "command not found" in missing.stderr
     assert shell.run_here(["cat"], None, 5).stdout == ""  # stdin is empty, never the terminal
+    assert shell.run_here(["sh", "-c", "kill -TERM $$"], None, 5).exited == 143  # a signal: 128 + 15, as bash said
 
 
 def test_run_here_kills_a_command_at_its_timeout() -> None:
