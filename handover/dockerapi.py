@@ -131,8 +131,8 @@ class DockerAPI:
         api = cls(socket_path)
         try:
             api.request("GET", "/_ping", timeout=2.0)
-        except (OSError, CommandError, http.client.HTTPException):
-            return None  # not reachable from here: the CLI says why, as before
+        except (OSError, HandoverError, http.client.HTTPException):
+            return None  # not reachable (or not answering) from here: the CLI says why, as before
         return api
 
     # -- the HTTP part ---------------------------------------------------------------------------

@@ -275,6 +275,8 @@ def test_for_runner_only_on_this_machine_and_only_with_an_engine(fake_engine: Fa
 
     assert DockerAPI.for_runner(Remote(), env, str(sock)) is None
     assert DockerAPI.for_runner(Context(), env, str(sock.with_name("none.sock"))) is None  # no engine there
+    fake_engine.delay = 2.5
+    assert DockerAPI.for_runner(Context(), env, str(sock)) is None  # an engine that does not answer
 
 
 # -- the whole deploy through the API --------------------------------------------------------------
