@@ -150,6 +150,13 @@ class Backend(Protocol):
 
     def remove(self, instances: Sequence[Instance]) -> None: ...
 
+    def mark(self) -> float:
+        """A point in time for :meth:`wait_change`, taken before looking at the instances."""
+
+    def wait_change(self, instances: Sequence[Instance], since: float, seconds: float) -> None:
+        """Wait up to ``seconds``; return earlier when the engine reports a change of ``instances``
+        (health, exit, restart) since ``since``."""
+
     def logs(self, instance: Instance, tail: int) -> str: ...
 
     def logs_command(self, tail: int, follow: bool) -> tuple[list[str], dict[str, str]]:
@@ -171,6 +178,8 @@ class Backend(Protocol):
 
 def make_backend(runner: Runner, settings: Settings) -> Backend:
     """The backend this project uses (Compose on one host, see :mod:`handover.backends.compose`)."""
+    from ..dockerapi import DockerAPI
+    from ..shell import runs_here
     from .compose import ComposeBackend
 
-    return ComposeBackend(runner, settings)
+    return ComposeBackend(runner, settings, api=DockerAPI.for_runner(runner), local=runs_here(runner))

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..backends.compose import PROJECT_LABEL
+from ..dockerapi import DockerAPI
 from ..errors import ConfigError, HandoverError, LockHeld, PreflightError, ProxyConfigInvalid
 from ..lock import DeployLock, lock_info
 from ..progress import Progress
@@ -382,10 +384,18 @@ class Front:
 
     def check_ports(self) -> None:
         """Refuse a port another compose project publishes already (whether behind the front or not)."""
-        listing = run(self.runner, ["docker", "ps", "--format", PUBLISHED_FORMAT], check=False)
-        if listing.exited != 0:
-            return  # the engine's preflight names what is wrong with docker
-        problems = published_conflicts(listing.stdout, self.settings)
+        api = DockerAPI.for_runner(self.runner)  # on this machine: no docker client started
+        if api is not None:
+            try:
+                text = api.published(PROJECT_LABEL)
+            except HandoverError:
+                return  # the engine's preflight names what is wrong with docker
+        else:
+            listing = run(self.runner, ["docker", "ps", "--format", PUBLISHED_FORMAT], check=False)
+            if listing.exited != 0:
+                return  # the engine's preflight names what is wrong with docker
+            text = listing.stdout
+        problems = published_conflicts(text, self.settings)
         if problems:
             raise ConfigError("; ".join(problems) + "; nothing was changed")
 
