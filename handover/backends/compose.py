@@ -212,7 +212,16 @@ def parse_container(raw: Mapping[str, object], network: str = "") -> Instance:
         created=str(raw.get("Created", "")),
         exit_code=int(str(state.get("ExitCode", 0))),
         address=container_address(raw, network),
+        mounts=container_mounts(raw),
     )
+
+
+def container_mounts(raw: Mapping[str, object]) -> tuple[str, ...]:
+    """``<type>:<destination>`` of each of the container's mounts, as ``docker inspect`` lists them."""
+    mounts = raw.get("Mounts")
+    if not isinstance(mounts, list):
+        return ()
+    return tuple(f"{m.get('Type', '')}:{m.get('Destination', '')}" for m in mounts if isinstance(m, dict))
 
 
 def _parse_inspect(text: str) -> list[dict[str, object]]:

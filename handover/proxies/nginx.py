@@ -57,6 +57,7 @@ PORT_CHECK_SECONDS = 2
 EXIT_REFUSED = 7  # the health script: the TCP connect failed
 EXIT_TIMED_OUT = 124  # timeout(1)
 SOCKET_DIR_IN_CONTAINERS = "/run/handover"
+UPSTREAM_DIR_IN_CONTAINER = "/etc/nginx/upstream.d"  # the state directory's nginx/, or its volume
 SHORT_ID_LENGTH = 12  # Docker's hostname for a container is its short ID
 ACTIVE_WORKER_TITLE = "nginx: worker process"
 SHUTTING_DOWN_SUFFIX = "is shutting down"
@@ -302,8 +303,11 @@ class NginxProxy:
 
     def check(self) -> None:
         pair, _ = self.tls.wanted()
-        proxy = self.running() if pair is not None else None
+        proxy = self.running() if pair is not None or self.daemon_files is not None else None
         if proxy is None:
+            return
+        self._check_mounts(proxy)
+        if pair is None:
             return
         # The HTTPS port is published when nginx's container is made (compose/docker-compose.yml).
         bind, port = self.settings.http_bind, self.settings.https_port
@@ -313,6 +317,17 @@ class NginxProxy:
                 f"config key deploy.https_port: nginx's container {proxy.name} does not publish {bind}:{port} "
                 f"(it was made with TLS off or another port); make it again once: `inv local.down && inv local.up` "
                 "(on a host: `fab down`, then `fab deploy`)")
+
+    def _check_mounts(self, proxy: Instance) -> None:
+        """nginx's container reads its files where deploy.proxy_files now writes them: a container made in
+        the other mode would never see a switch (a deploy reporting success while nginx routes to the old
+        version). Made again once, it follows the setting."""
+        wanted, other = ("volume", "bind") if self.daemon_files is not None else ("bind", "volume")
+        if f"{other}:{UPSTREAM_DIR_IN_CONTAINER}" in proxy.mounts:
+            raise ConfigError(
+                f"config key deploy.proxy_files: it is {self.settings.proxy_files} ({wanted} mounts), but nginx's "
+                f"container {proxy.name} was made with {other} mounts, so it would not see this run's files; make "
+                "it again once: `inv local.down && inv local.up` (see README, Docker Desktop)")
 
     def _give_to_workers(self, path: str) -> None:
         """nginx's workers read the pair at each handshake: the file becomes theirs (mode 0600). As

@@ -213,3 +213,40 @@ def test_an_unreachable_docker_host_is_named_and_exits_2(monkeypatch: pytest.Mon
     with pytest.raises(Exception, match="start dockerd") as other:
         ComposeBackend(runner, fake_settings(tmp_path)).diagnose()
     assert not isinstance(other.value, DockerHostUnreachable)
+
+
+@pytest.mark.parametrize(("mode", "made_with", "refused"), [
+    ("volume", "bind", True), ("volume", "volume", False), ("bind", "volume", True), ("bind", "bind", False)])
+def test_a_proxy_made_in_the_other_mode_is_refused_before_anything_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, made_with: str, refused: bool) -> None:
+    from handover.backends import Instance
+
+    s = fake_settings(tmp_path, proxy_files=mode)
+    runner = Recorder({"docker container inspect": Done(stdout="true\n")})
+    proxy = make_proxy(runner, s, ComposeBackend(runner, s))
+    nginx = Instance("f" * 64, f"{s.project}-nginx-1", "nginx", "", "img", "running", "healthy", 0, "now",
+                     mounts=(f"{made_with}:/etc/handover", f"{made_with}:/etc/nginx/upstream.d"))
+    monkeypatch.setattr(proxy, "running", lambda: nginx)
+    assert isinstance(proxy, NginxProxy)
+    if mode == "bind":  # bind mode looks at nginx's container only with TLS on (it does then anyway)
+        if refused:
+            with pytest.raises(ConfigError, match=r"made with volume mounts.*inv local\.down && inv local\.up"):
+                proxy._check_mounts(nginx)
+        else:
+            proxy._check_mounts(nginx)
+        return
+    if refused:
+        with pytest.raises(ConfigError, match=r"deploy\.proxy_files: it is volume .*made with bind mounts"):
+            proxy.check()
+    else:
+        proxy.check()
+    assert not any(line.startswith("docker exec") for line in runner.lines)
+
+
+def test_mounts_are_read_from_docker_inspect() -> None:
+    from handover.backends.compose import container_mounts
+
+    raw = {"Mounts": [{"Type": "volume", "Destination": "/etc/nginx/upstream.d"},
+                      {"Type": "bind", "Destination": "/x"}]}
+    assert container_mounts(raw) == ("volume:/etc/nginx/upstream.d", "bind:/x")
+    assert container_mounts({}) == ()
