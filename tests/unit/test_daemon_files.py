@@ -250,3 +250,17 @@ def test_mounts_are_read_from_docker_inspect() -> None:
                       {"Type": "bind", "Destination": "/x"}]}
     assert container_mounts(raw) == ("volume:/etc/nginx/upstream.d", "bind:/x")
     assert container_mounts({}) == ()
+
+
+def test_the_shared_front_is_refused_with_the_daemon_elsewhere(tmp_path: Path) -> None:
+    from handover.progress import Progress
+    from handover.proxies import front
+
+    s = fake_settings(tmp_path, proxy_files="volume", hostnames=("shop.example.com",))
+    runner = Recorder()
+    with pytest.raises(ConfigError, match=r"deploy\.hostnames: the shared front .* deploy\.proxy_files is volume"):
+        front.claim(runner, s, Progress(quiet=True))
+    with pytest.raises(ConfigError, match=r"deploy\.hostnames"):
+        front.front_task(runner, s, Progress(quiet=True))
+    assert runner.lines == []  # refused before any command
+    front.refuse_elsewhere(fake_settings(tmp_path, hostnames=("shop.example.com",)))  # bind: the front may run
