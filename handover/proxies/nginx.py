@@ -23,6 +23,11 @@ old containers as the fallback, which nginx tries when a new one cannot answer (
 This was chosen by measurement against rewriting ``server <ip>:<port>`` and reloading nginx (see
 BENCHMARK.md, "Switching a TCP app"). The engine checks a TCP app's ``app_health`` path from inside
 the nginx container, where the app's address is reachable on any Docker host.
+
+Every command on these files runs through ``files``: the runner itself (the state directory on the
+Docker host, bind-mounted into nginx), or, with ``deploy.proxy_files: volume`` (a daemon that does not
+see this machine's files: Docker Desktop), a :class:`~handover.proxies.daemonfiles.DaemonFiles`, which
+runs the same commands on the same paths inside a container that mounts the proxy's named volumes.
 """
 
 from __future__ import annotations
