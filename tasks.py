@@ -271,12 +271,14 @@ class FollowLocal(Local):
 def logs(c: Context, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
     """Show the logs of the app and proxy containers."""
     def go() -> None:
-        argv, env = _engine(c).backend.logs_command(ops.check_tail(tail), follow)
+        engine = _engine(c)
+        argv, env = engine.backend.logs_command(ops.check_tail(tail), follow)
         runner = FollowLocal(context=c)
         result = runner.run(command_line(argv, env), pty=False, in_stream=False, warn=True)
         if runner.interrupted:
             raise KeyboardInterrupt
         if result is not None and result.exited != 0:
+            engine.backend.diagnose()  # names an unreachable engine
             raise HandoverError(f"the logs command exited {result.exited}")
 
     cli.guarded(go)

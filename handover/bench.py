@@ -23,6 +23,7 @@ from .engine import DeployOptions, Engine
 from .errors import HandoverError, HealthCheckFailed
 from .probe import ProbeProcess, ProbeReport, ProbeSettings
 from .progress import Progress
+from .proxies import proxy_files
 from .proxies.nginx import FALLBACK_VARIABLE, TARGET_VARIABLE, UPSTREAM_NAME, NginxProxy
 from .settings import Settings
 from .shell import Runner
@@ -140,6 +141,7 @@ class ReloadingTcpProxy(NginxProxy):
     (which containers are live); nginx does not read it here."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.switch_words = "rewrite nginx's upstream servers, validate, reload"
 
     def render(self, slots: int) -> str:
@@ -176,7 +178,8 @@ def tcp_engine(runner: Runner, settings: Settings, progress: Progress, *, reload
     if not reload:
         return Engine(runner, s, progress)
     backend = make_backend(runner, s)
-    return Engine(runner, s, progress, backend=backend, proxy=ReloadingTcpProxy(runner, s, backend))
+    return Engine(runner, s, progress, backend=backend,
+                  proxy=ReloadingTcpProxy(runner, s, backend, files=proxy_files(runner, s)))
 
 
 def use_simple_upstream(engine: Engine) -> None:

@@ -411,6 +411,13 @@ class Engine:
         """Load the proxy's configuration as the settings now make it (a renewed TLS certificate),
         under the lock: validated (``nginx -t``) first, reloaded only when it changed. On a failed
         validation the previous files are put back and the proxy keeps what it runs."""
+        try:
+            return self._refresh_proxy()
+        except CommandError:
+            self.backend.diagnose()  # names an unreachable engine; else the error stands
+            raise
+
+    def _refresh_proxy(self) -> bool:
         self.proxy.check()
         self.lock.acquire(lock_info("certs"))
         try:
@@ -425,7 +432,11 @@ class Engine:
         """Remove the whole stack; refused while a deploy holds the lock."""
         self.lock.acquire(lock_info("down"))
         try:
-            self.backend.down(self.settings.stop_grace_period)
+            try:
+                self.backend.down(self.settings.stop_grace_period)
+            except CommandError:
+                self.backend.diagnose()  # names an unreachable engine; else the error stands
+                raise
             self.proxy.remove_state()
         finally:
             self.lock.release()

@@ -49,6 +49,7 @@ class Instance:
     created: str
     exit_code: int = 0
     address: str = ""  # its IP address on the app's network (what a TCP app is reached at), if any
+    mounts: tuple[str, ...] = ()  # "<type>:<destination>" of each mount ("volume:/etc/nginx/upstream.d")
 
     def describe(self) -> str:
         """How the instance is doing, in words (for error messages)."""

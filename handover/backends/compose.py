@@ -33,7 +33,7 @@ from pathlib import Path
 from .. import envfile
 from ..checks import Check, first_line, require
 from ..dockerapi import DockerAPI
-from ..errors import BuildFailed, CommandError, CommandTimeout, HandoverError, PreflightError
+from ..errors import BuildFailed, CommandError, CommandTimeout, DockerHostUnreachable, HandoverError, PreflightError
 from ..settings import Settings
 from ..shell import Result, Runner, read_file, run
 from . import Instance, OneOff
@@ -71,12 +71,22 @@ def _user(runner: Runner) -> str:
     return result.stdout.strip() if result.exited == 0 and result.stdout.strip() else "this user"
 
 
-def check_docker(runner: Runner) -> Check:
+def local_docker_host(runner: Runner) -> str:
+    """``DOCKER_HOST`` of this process when ``runner`` runs commands here (not over SSH), else ""."""
+    return "" if callable(getattr(runner, "sftp", None)) else os.environ.get("DOCKER_HOST", "")
+
+
+def check_docker(runner: Runner, docker_host: str = "") -> Check:
+    """The engine answers; ``docker_host``: the ``DOCKER_HOST`` the client uses, named when it does not."""
     result = run(runner, ["docker", "version", "--format", "{{.Server.Version}}"], check=False)
     if result.exited == COMMAND_NOT_FOUND:
         return Check("docker", False, f"docker is not installed: {DOCKER_INSTALL_HINT}")
     if result.exited != 0:
         why = first_line(result.stderr or result.stdout)
+        if docker_host:
+            return Check("docker", False, f"no Docker daemon answers at DOCKER_HOST={docker_host} ({why}): start "
+                                          "it (Docker Desktop: open the app), or set DOCKER_HOST to one that runs "
+                                          "(unset: this machine's)")
         user = _user(runner)
         return Check("docker", False, f"the Docker engine is not reachable for {user} ({why}): start "
                                       f"dockerd, or add {user} to the docker group")
@@ -92,6 +102,19 @@ def check_compose(runner: Runner) -> Check:
         return Check("compose", False, f"Docker Compose v{COMPOSE_MAJOR} is missing (`docker compose version` "
                                        f"failed): {COMPOSE_INSTALL_HINT}")
     return Check("compose", True, f"v{version}")
+
+
+# deploy.proxy_files volume: the variables that put nginx's files and the app's sockets into the compose
+# file's named volumes, and the profile of the container they are written through (handover.proxies.daemonfiles).
+FILES_SERVICE = "proxy-files"
+PROXY_VOLUMES = {"PROXY_SOURCES": "proxy-sources", "PROXY_UPSTREAM": "proxy-upstream", "PROXY_TLS": "proxy-tls",
+                 "PROXY_SOCKETS": "sockets"}
+PROXY_VOLUME_ENV = {**PROXY_VOLUMES, "COMPOSE_PROFILES": "proxy-volumes"}
+
+
+def volume_names(settings: Settings) -> list[str]:
+    """The Docker names of the compose file's volumes for the proxy's files (Compose's ``<project>_<name>``)."""
+    return [f"{settings.project}_{name}" for name in PROXY_VOLUMES.values()]
 
 
 def compose_argv(settings: Settings, *args: str) -> list[str]:
@@ -120,6 +143,8 @@ def compose_env(settings: Settings, version: str | None = None,
         "APP_PORT": str(s.app_port or APP_PORT),
         "APP_SOCKET_DIR": "" if s.tcp else "/run/handover",
     }
+    if s.proxy_volumes:
+        env.update(PROXY_VOLUME_ENV)
     if s.build_dir:
         env["APP_BUILD_DIR"] = s.build_dir
     if s.env_file:
@@ -232,7 +257,16 @@ def parse_container(raw: Mapping[str, object], network: str = "") -> Instance:
         created=str(raw.get("Created", "")),
         exit_code=int(str(state.get("ExitCode", 0))),
         address=container_address(raw, network),
+        mounts=container_mounts(raw),
     )
+
+
+def container_mounts(raw: Mapping[str, object]) -> tuple[str, ...]:
+    """``<type>:<destination>`` of each of the container's mounts, as ``docker inspect`` lists them."""
+    mounts = raw.get("Mounts")
+    if not isinstance(mounts, list):
+        return ()
+    return tuple(f"{m.get('Type', '')}:{m.get('Destination', '')}" for m in mounts if isinstance(m, dict))
 
 
 def _parse_inspect(text: str) -> list[dict[str, object]]:
@@ -320,11 +354,16 @@ class ComposeBackend:
 
     def host_checks(self) -> list[Check]:
         """The Docker engine reachable and Compose v2 present, each with what to do when not."""
-        return [check_docker(self.runner), check_compose(self.runner)]
+        return [check_docker(self.runner, local_docker_host(self.runner)), check_compose(self.runner)]
 
     def diagnose(self) -> None:
-        """Raise :class:`PreflightError` naming what is missing, if the engine or Compose v2 is."""
-        require(self.host_checks(), "the host")
+        """Raise :class:`PreflightError` naming what is missing, if the engine or Compose v2 is (exit 2,
+        :class:`DockerHostUnreachable`, when it is the daemon ``DOCKER_HOST`` names)."""
+        checks = self.host_checks()
+        docker = checks[0]
+        if not docker.ok and local_docker_host(self.runner) and "DOCKER_HOST=" in docker.detail:
+            raise DockerHostUnreachable(f"{docker.detail}; no container was started or stopped")
+        require(checks, "the host")
 
     # -- facts -----------------------------------------------------------------------------------
     def container_ids(self, service: str | None = None) -> list[str]:

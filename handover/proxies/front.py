@@ -568,7 +568,18 @@ class Front:
 # -- what the front doors call -------------------------------------------------------------------------
 def claim(runner: Runner, settings: Settings, progress: Progress) -> bool:
     """Before ``up``/``deploy``: refuse a host name or port another app claims; register this app."""
+    refuse_elsewhere(settings)
     return Front(runner, settings, progress).claim()
+
+
+def refuse_elsewhere(settings: Settings) -> None:
+    """The front runs on host networking with its directory bind-mounted: it needs the Docker daemon
+    on the machine whose files it is given, which ``deploy.proxy_files: volume`` says is not so."""
+    if settings.hostnames and settings.proxy_volumes:
+        raise ConfigError("config key deploy.hostnames: the shared front (host networking, its files bind-mounted) "
+                          "needs the Docker daemon on this machine, but deploy.proxy_files is volume (Docker Desktop, "
+                          "or DOCKER_HOST elsewhere); leave hostnames \"\" there, or set proxy_files: bind where the "
+                          "daemon runs here")
 
 
 def release(runner: Runner, settings: Settings, progress: Progress) -> bool:
@@ -580,6 +591,7 @@ def front_task(runner: Runner, settings: Settings, progress: Progress, *, stop: 
                show: bool = False) -> list[str]:
     """The ``front`` task: start or refresh the host's front (``stop``: remove its container;
     ``show``: only say what it serves). Returns the lines to print."""
+    refuse_elsewhere(settings)
     front = Front(runner, settings, progress)
     if show:
         return front.lines()

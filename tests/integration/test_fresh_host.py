@@ -28,6 +28,7 @@ from handover.images import ensure_base_image
 from handover.progress import Progress
 
 from .conftest import LAB_PORT_SHIFT, TEST_PROJECT
+from .dind import nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -65,10 +66,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 """
-# What a nested dockerd needs without --privileged (which this machine refuses).
-NESTED_DOCKER = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
-                 "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
-                 "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--mount", "type=volume,dst=/var/lib/docker"]
+NESTED_DOCKER = nested_docker()  # an anonymous volume for its /var/lib/docker
 
 
 def docker(*args: str, timeout: float = RUN_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:

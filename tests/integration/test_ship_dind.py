@@ -2,8 +2,8 @@
 travels (``docker save`` here, ``ssh host docker load`` there), three times under the probe.
 
 The host is a container made from the debootstrap base with docker.io, openssh-server, rsync and this
-machine's Compose v2 plugin; dockerd runs inside it (the capabilities a nested dockerd needs, since
-``--privileged`` is refused here, and a volume of its own for /var/lib/docker). Its sshd and its
+machine's Compose v2 plugin; dockerd runs inside it (tests/integration/dind.py: the capabilities a nested
+dockerd needs, since ``--privileged`` is refused here, and a volume of its own for /var/lib/docker). Its sshd and its
 published HTTP port are on 127.0.0.1 only; the host key is generated and recorded in a known_hosts
 file, so the connection is as strict as to any host. The inner engine starts empty: its provisioning
 (``docker save`` of the debootstrap base into it, done here as an operator would with ``docker load``)
@@ -13,7 +13,6 @@ The image is tagged by its content, so a rerun reuses it; the container and its 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
 from .conftest import LAB_PORT_SHIFT, PROBE_RATE, PROBE_WS_CLIENTS, TEST_PROJECT, docker_ready
+from .dind import BUILD_TIMEOUT, docker, host_image, load_images, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -48,80 +48,14 @@ APP_IMAGE = f"{PROJECT}-app"
 VERSIONS = ("v1", "v2", "v3")
 DEPLOY_DIR = "/srv/dshop"
 BASE = "debian:bookworm"  # or the local debootstrap minbase made in its stead (handover.images)
-COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
-EXTRA_CAS = Path("/usr/local/share/ca-certificates")
-BUILD_TIMEOUT = 600
 FAB_TIMEOUT = 400  # the first deploy builds the proxy's image on the host (apt in the inner engine)
 START_TIMEOUT = 60.0
-
-DOCKERFILE = """\
-FROM {base}
-RUN apt-get update -qq \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io openssh-server rsync \\
-    ca-certificates iptables procps >/dev/null \\
- && rm -rf /var/lib/apt/lists/*
-COPY cas/ /usr/local/share/ca-certificates/
-COPY docker-compose /usr/local/lib/docker/cli-plugins/docker-compose
-COPY sshd.conf /etc/ssh/sshd_config.d/test.conf
-COPY start-host /usr/local/bin/start-host
-RUN update-ca-certificates >/dev/null && mkdir -p /run/sshd
-CMD ["/usr/local/bin/start-host"]
-"""
-SSHD_CONF = """\
-HostKey /etc/ssh/test_host_key
-AuthorizedKeysFile /etc/ssh/test_authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-"""
-# overlay2 works on the volume; STORAGE_DRIVER=vfs is the fallback where it does not.
-START_HOST = """\
-#!/bin/sh
-set -e
-dockerd --storage-driver "${STORAGE_DRIVER:-overlay2}" >/var/log/dockerd.log 2>&1 &
-exec /usr/sbin/sshd -D -e
-"""
-# What a nested dockerd needs without --privileged (which this machine refuses).
-NESTED_DOCKER = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
-                 "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
-                 "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--mount", f"type=volume,src={VOLUME},dst=/var/lib/docker"]
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          stdin=subprocess.DEVNULL)
-    if check and done.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
+NESTED_DOCKER = nested_docker(VOLUME)
 
 
 def inner(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``docker`` on the host's own engine."""
     return docker("exec", NAME, "docker", *args, check=check)
-
-
-def host_image(tmp: Path, base: str) -> str:
-    """The Docker host's image, built when its content tag is not there yet."""
-    context = tmp / "image"
-    (context / "cas").mkdir(parents=True)
-    files = {"Dockerfile": DOCKERFILE.format(base=base), "sshd.conf": SSHD_CONF, "start-host": START_HOST}
-    digest = hashlib.sha256()
-    for name, text in files.items():
-        (context / name).write_text(text)
-        digest.update(name.encode() + text.encode())
-    (context / "start-host").chmod(0o755)
-    plugin = COMPOSE_PLUGIN.read_bytes()
-    (context / "docker-compose").write_bytes(plugin)
-    (context / "docker-compose").chmod(0o755)
-    digest.update(plugin)
-    for ca in sorted(EXTRA_CAS.glob("*.crt")) if EXTRA_CAS.is_dir() else []:
-        (context / "cas" / ca.name).write_bytes(ca.read_bytes())
-        digest.update(ca.name.encode() + ca.read_bytes())
-    image = f"{NAME}:{digest.hexdigest()[:12]}"
-    if docker("image", "inspect", image, check=False).returncode != 0:
-        docker("build", "--quiet", "--tag", image, str(context), timeout=BUILD_TIMEOUT)
-    return image
 
 
 def keygen(path: Path) -> str:
@@ -205,7 +139,7 @@ def app_images(minbase: str) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def docker_host(tmp_path_factory: pytest.TempPathFactory, minbase: str) -> Iterator[DockerHost]:
     tmp = tmp_path_factory.mktemp("dind-host")
-    image = host_image(tmp, minbase)
+    image = host_image(tmp, minbase, NAME)
     host_key = tmp / "host_key"
     host_pub = keygen(host_key)
     client_key = tmp / "id_ed25519"
@@ -230,12 +164,7 @@ def docker_host(tmp_path_factory: pytest.TempPathFactory, minbase: str) -> Itera
     try:
         wait_for_host()
         # The host's provisioning: the debootstrap base the proxy's image is built from (no registry there).
-        save = subprocess.Popen(["docker", "save", minbase], stdout=subprocess.PIPE)
-        loaded = subprocess.run(["docker", "exec", "-i", NAME, "docker", "load", "--quiet"], stdin=save.stdout,
-                                capture_output=True, text=True, timeout=300, check=False)
-        assert save.stdout is not None
-        save.stdout.close()
-        assert save.wait() == 0 and loaded.returncode == 0, loaded.stderr
+        load_images(NAME, minbase)
         yield DockerHost(client_key, config)
     finally:
         docker("rm", "--force", "--volumes", NAME, check=False)

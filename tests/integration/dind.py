@@ -1,0 +1,100 @@
+"""A Docker engine inside a container (Docker-in-Docker), shared by the tests that need a daemon that is not
+this machine's: a host reached over SSH (test_ship_dind.py), a laptop's Docker Desktop VM
+(test_daemon_elsewhere.py), and the options a bare host needs to run one later (test_fresh_host.py).
+
+The image is the debootstrap base with docker.io, openssh-server, rsync and this machine's Compose v2
+plugin, tagged by its content (a rerun reuses it). ``--privileged`` is refused on this machine, so the
+container gets what a nested dockerd needs instead (:func:`nested_docker`) and a volume of its own for
+/var/lib/docker. Its engine starts empty: :func:`load_images` gives it images as an operator would
+(``docker save`` here, ``docker load`` there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+BUILD_TIMEOUT = 600
+LOAD_TIMEOUT = 600
+COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
+EXTRA_CAS = Path("/usr/local/share/ca-certificates")
+
+DOCKERFILE = """\
+FROM {base}
+RUN apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io openssh-server rsync \\
+    ca-certificates iptables procps >/dev/null \\
+ && rm -rf /var/lib/apt/lists/*
+COPY cas/ /usr/local/share/ca-certificates/
+COPY docker-compose /usr/local/lib/docker/cli-plugins/docker-compose
+COPY sshd.conf /etc/ssh/sshd_config.d/test.conf
+COPY start-host /usr/local/bin/start-host
+RUN update-ca-certificates >/dev/null && mkdir -p /run/sshd
+CMD ["/usr/local/bin/start-host"]
+"""
+SSHD_CONF = """\
+HostKey /etc/ssh/test_host_key
+AuthorizedKeysFile /etc/ssh/test_authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+"""
+# overlay2 works on the volume; STORAGE_DRIVER=vfs is the fallback where it does not.
+START_HOST = """\
+#!/bin/sh
+set -e
+dockerd --storage-driver "${STORAGE_DRIVER:-overlay2}" >/var/log/dockerd.log 2>&1 &
+exec /usr/sbin/sshd -D -e
+"""
+
+
+def nested_docker(volume: str = "") -> list[str]:
+    """``docker run`` options for a nested dockerd without --privileged (which this machine refuses), with
+    /var/lib/docker on ``volume`` (an anonymous one when "")."""
+    source = f"src={volume}," if volume else ""
+    return ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
+            "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
+            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--mount", f"type=volume,{source}dst=/var/lib/docker"]
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def host_image(tmp: Path, base: str, repository: str) -> str:
+    """The Docker host's image as ``repository:<content digest>``, built when that tag is not there yet."""
+    context = tmp / "image"
+    (context / "cas").mkdir(parents=True)
+    files = {"Dockerfile": DOCKERFILE.format(base=base), "sshd.conf": SSHD_CONF, "start-host": START_HOST}
+    digest = hashlib.sha256()
+    for name, text in files.items():
+        (context / name).write_text(text)
+        digest.update(name.encode() + text.encode())
+    (context / "start-host").chmod(0o755)
+    plugin = COMPOSE_PLUGIN.read_bytes()
+    (context / "docker-compose").write_bytes(plugin)
+    (context / "docker-compose").chmod(0o755)
+    digest.update(plugin)
+    for ca in sorted(EXTRA_CAS.glob("*.crt")) if EXTRA_CAS.is_dir() else []:
+        (context / "cas" / ca.name).write_bytes(ca.read_bytes())
+        digest.update(ca.name.encode() + ca.read_bytes())
+    image = f"{repository}:{digest.hexdigest()[:12]}"
+    if docker("image", "inspect", image, check=False).returncode != 0:
+        docker("build", "--quiet", "--tag", image, str(context), timeout=BUILD_TIMEOUT)
+    return image
+
+
+def load_images(container: str, *refs: str) -> None:
+    """``docker save`` of ``refs`` here, ``docker load`` by the engine inside ``container``."""
+    save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
+    loaded = subprocess.run(["docker", "exec", "-i", container, "docker", "load", "--quiet"], stdin=save.stdout,
+                            capture_output=True, text=True, timeout=LOAD_TIMEOUT, check=False)
+    assert save.stdout is not None
+    save.stdout.close()
+    assert save.wait() == 0 and loaded.returncode == 0, loaded.stderr
