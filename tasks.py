@@ -271,12 +271,14 @@ class FollowLocal(Local):
 def logs(c: Context, follow: bool = False, tail: int = ops.LOG_TAIL) -> None:
     """Show the logs of the app and proxy containers."""
     def go() -> None:
-        argv, env = _engine(c).backend.logs_command(ops.check_tail(tail), follow)
+        engine = _engine(c)
+        argv, env = engine.backend.logs_command(ops.check_tail(tail), follow)
         runner = FollowLocal(context=c)
         result = runner.run(command_line(argv, env), pty=False, in_stream=False, warn=True)
         if runner.interrupted:
             raise KeyboardInterrupt
         if result is not None and result.exited != 0:
+            engine.backend.diagnose()  # names an unreachable engine
             raise HandoverError(f"the logs command exited {result.exited}")
 
     cli.guarded(go)
@@ -359,10 +361,12 @@ def bench_settings(s: Settings, port: int, project: str = BENCH_PROJECT) -> Sett
                 "tcp, tcp-reload (the app on TCP port 8000: the engine's switch, and nginx reloads)",
         "port": "port of the benchmark's own stack",
         "project": "compose project of the benchmark's own stack",
+        "same-version": "deploy the live version again each time (--force; its image is on the host, nothing is "
+                        "built), instead of a new tag built from the cache each time",
     }
 )
 def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 100, only: str = "",
-          port: int = 18100, project: str = BENCH_PROJECT) -> None:
+          port: int = 18100, project: str = BENCH_PROJECT, same_version: bool = False) -> None:
     """K deploys under the probe per sequence: this engine vs the simple scale/reload/stop sequence
     (the app on its unix socket), then the engine's TCP switch vs reloading nginx (the app on TCP)."""
     from handover import bench as bench_mod
@@ -386,6 +390,7 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
         socket_runs = [n for n in (ENGINE_SEQUENCE, SIMPLE_SEQUENCE) if n in wanted]
         tcp_runs = [n for n in (TCP_SEQUENCE, TCP_RELOAD_SEQUENCE) if n in wanted]
         version = source_version(cli.SERVER_DIR)
+        again = version if same_version else ""
         if socket_runs:
             engine = Engine(c, replace(s, app_port=0, app_health=""), progress)
             engine.down()
@@ -394,14 +399,14 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
             try:
                 if ENGINE_SEQUENCE in socket_runs:
                     progress.say(f"==> {deploys} deploys with this engine (the app on its unix socket)")
-                    results.append(bench_mod.run_sequence(ENGINE_SEQUENCE, bench_mod.engine_deploy(engine), deploys,
-                                                          load, progress.say))
+                    results.append(bench_mod.run_sequence(ENGINE_SEQUENCE, bench_mod.engine_deploy(engine, force=True),
+                                                          deploys, load, progress.say, again))
                 if SIMPLE_SEQUENCE in socket_runs:
                     progress.say(f"==> {deploys} deploys with the simple sequence (scale 2, reload, stop, scale 1, "
                                  "reload)")
                     bench_mod.use_simple_upstream(engine)
                     results.append(bench_mod.run_sequence(SIMPLE_SEQUENCE, bench_mod.simple_deploy(engine), deploys,
-                                                          load, progress.say))
+                                                          load, progress.say, again))
             finally:
                 engine.progress = progress
                 engine.down()
@@ -415,8 +420,8 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
                     engine.proxy.load_servers()
                 progress.say(f"==> {deploys} deploys of the app on TCP port {engine.settings.app_port} "
                              f"({engine.proxy.switch_words})")
-                results.append(bench_mod.run_sequence(name, bench_mod.engine_deploy(engine), deploys, load,
-                                                      progress.say))
+                results.append(bench_mod.run_sequence(name, bench_mod.engine_deploy(engine, force=True), deploys,
+                                                      load, progress.say, again))
             finally:
                 engine.progress = progress
                 engine.down()

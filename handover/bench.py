@@ -23,6 +23,7 @@ from .engine import DeployOptions, Engine
 from .errors import HandoverError, HealthCheckFailed
 from .probe import ProbeProcess, ProbeReport, ProbeSettings
 from .progress import Progress
+from .proxies import proxy_files
 from .proxies.nginx import FALLBACK_VARIABLE, TARGET_VARIABLE, UPSTREAM_NAME, NginxProxy
 from .settings import Settings
 from .shell import Runner
@@ -57,14 +58,16 @@ def _mean(values: list[float]) -> float | None:
 
 
 def run_sequence(name: str, deploy: Callable[[str], DeployTiming], deploys: int, settings: ProbeSettings,
-                 say: Callable[[str], None]) -> SequenceResult:
+                 say: Callable[[str], None], same_version: str = "") -> SequenceResult:
+    """``deploys`` deploys under the probe, each of a new tag (``bench-<name>-...``: a build from the
+    cache each time) or, with ``same_version``, each of that version again (its image is on the host)."""
     result = SequenceResult(name)
     probe = ProbeProcess(settings)
     probe.start()
     try:
         time.sleep(WARMUP_SECONDS)
         for n in range(deploys):
-            version = f"bench-{name}-{time.strftime('%H%M%S')}-{n}"
+            version = same_version or f"bench-{name}-{time.strftime('%H%M%S')}-{n}"
             try:
                 with probe.window(f"deploy-{n}"):
                     timing = deploy(version)
@@ -80,9 +83,11 @@ def run_sequence(name: str, deploy: Callable[[str], DeployTiming], deploys: int,
     return result
 
 
-def engine_deploy(engine: Engine) -> Callable[[str], DeployTiming]:
+def engine_deploy(engine: Engine, *, force: bool = False) -> Callable[[str], DeployTiming]:
+    """A deploy by the engine (``force``: also of the version that is live, as ``--force``)."""
+
     def deploy(version: str) -> DeployTiming:
-        rec = engine.deploy(DeployOptions(version=version, host="bench"))
+        rec = engine.deploy(DeployOptions(version=version, host="bench", force=force))
         healthy = sum(s.seconds for s in rec.steps if s.name in ("start", "health"))
         steps: dict[str, float] = {}
         for s in rec.steps:
@@ -136,6 +141,7 @@ class ReloadingTcpProxy(NginxProxy):
     (which containers are live); nginx does not read it here."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.switch_words = "rewrite nginx's upstream servers, validate, reload"
 
     def render(self, slots: int) -> str:
@@ -172,7 +178,8 @@ def tcp_engine(runner: Runner, settings: Settings, progress: Progress, *, reload
     if not reload:
         return Engine(runner, s, progress)
     backend = make_backend(runner, s)
-    return Engine(runner, s, progress, backend=backend, proxy=ReloadingTcpProxy(runner, s, backend))
+    return Engine(runner, s, progress, backend=backend,
+                  proxy=ReloadingTcpProxy(runner, s, backend, files=proxy_files(runner, s)))
 
 
 def use_simple_upstream(engine: Engine) -> None:

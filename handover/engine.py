@@ -320,6 +320,7 @@ class Engine:
         timeout = self.settings.health_timeout
         t0 = time.monotonic()
         while True:
+            mark = self.backend.mark()
             current = self.health_of(new)
             healthy = [c for c in current if c.is_healthy]
             if len(healthy) == len(new):
@@ -341,13 +342,15 @@ class Engine:
                     + ", ".join(self.describe(c) for c in current if not c.is_healthy)
                 )
             self.progress.waiting(f"{len(healthy)}/{len(new)} healthy, {time.monotonic() - t0:.1f} s")
-            time.sleep(self.settings.health_poll_interval)
+            # The next look comes after the poll interval, or as soon as the engine reports a change.
+            self.backend.wait_change(new, mark, self.settings.health_poll_interval)
 
     def verify_after_switch(self, new: Sequence[Instance]) -> None:
         """The new instances must stay running and healthy for a short while after the switch,
         while the old ones are still there to switch back to."""
         deadline = time.monotonic() + self.settings.post_switch_check
         while True:
+            mark = self.backend.mark()
             current = {c.id: c for c in self.health_of(new)}
             bad = [current.get(c.id, c) for c in new
                    if c.id not in current or not current[c.id].is_healthy or current[c.id].restarts > c.restarts]
@@ -355,9 +358,11 @@ class Engine:
                 raise HealthCheckFailed(
                     "after the switch: " + ", ".join(self.describe(c) for c in bad) + f"\n{self.failure_logs(bad)}"
                 )
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return
-            time.sleep(self.settings.health_poll_interval)
+            # A crash or a failing health check ends the wait at once (with the engine's API).
+            self.backend.wait_change(new, mark, min(self.settings.health_poll_interval, left))
 
     def drain(self, old: Sequence[Instance]) -> list[str]:
         """Run ``app_pre_stop`` in each of ``old``, stop them with their grace period (the app moves its
@@ -422,6 +427,13 @@ class Engine:
         """Load the proxy's configuration as the settings now make it (a renewed TLS certificate),
         under the lock: validated (``nginx -t``) first, reloaded only when it changed. On a failed
         validation the previous files are put back and the proxy keeps what it runs."""
+        try:
+            return self._refresh_proxy()
+        except CommandError:
+            self.backend.diagnose()  # names an unreachable engine; else the error stands
+            raise
+
+    def _refresh_proxy(self) -> bool:
         self.proxy.check()
         self.lock.acquire(lock_info("certs"))
         try:
@@ -436,7 +448,11 @@ class Engine:
         """Remove the whole stack; refused while a deploy holds the lock."""
         self.lock.acquire(lock_info("down"))
         try:
-            self.backend.down(self.settings.stop_grace_period)
+            try:
+                self.backend.down(self.settings.stop_grace_period)
+            except CommandError:
+                self.backend.diagnose()  # names an unreachable engine; else the error stands
+                raise
             self.proxy.remove_state()
         finally:
             self.lock.release()

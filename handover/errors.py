@@ -34,6 +34,12 @@ class PreflightError(HandoverError):
     """The host is not ready for a deploy (engine, compose plugin, config, proxy)."""
 
 
+class DockerHostUnreachable(PreflightError):
+    """``DOCKER_HOST`` names a Docker daemon that does not answer: the run's input points nowhere."""
+
+    exit_code = 2
+
+
 class HealthCheckFailed(HandoverError):
     """New containers did not become healthy; they were removed and the old version keeps serving."""
 

@@ -8,9 +8,12 @@ the merged result and names the key at fault.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
@@ -149,6 +152,15 @@ class Settings:
     front_dir: str = ".state-front"
     front_bind: str = "127.0.0.1"
     front_port: int = 8088
+    # Where the proxy's runtime files are (see handover/proxies/daemonfiles.py): "bind" (the state directory,
+    # bind-mounted) or "volume" (named Docker volumes written through the Docker daemon); resolved from "auto".
+    proxy_files: str = "bind"
+
+    @property
+    def proxy_volumes(self) -> bool:
+        """The proxy's files live in Docker volumes, written through the daemon (``inv local.*`` only: a
+        synced release is on the Docker host itself, where the state directory is bind-mounted)."""
+        return self.proxy_files == PROXY_FILES_VOLUME and not self.synced
 
     @property
     def source_path(self) -> str:
@@ -399,7 +411,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
     optional = {"deploy_dir", "source_subdir", "env_file", "app_image", "app_port", "app_health",
                 *RELEASE_AND_HOOK_DEFAULTS, "app_build", "app_ship", "app_stop_signal", "app_pre_stop",
                 "app_pre_stop_timeout", "extra_compose_file", "app_build_args", *TLS_KEYS,
-                *FRONT_DEFAULTS, *BACKEND_DEFAULTS}
+                *FRONT_DEFAULTS, "proxy_files", *BACKEND_DEFAULTS}
     missing = sorted(name for name in known - optional if config.get(name) is None)
     if missing:
         raise ConfigError(f"missing config key deploy.{missing[0]}")
@@ -457,6 +469,7 @@ def load(config: Mapping[str, Any], *, deploy_dir: str | None = None) -> Setting
         app_build_args=_build_args("app_build_args", config.get("app_build_args"), app_build),
         **_tls(config, http_port),
         **_front(config),
+        proxy_files=_proxy_files("proxy_files", config.get("proxy_files")),
         **_backend(config),
     )
     if settings.swarm:
@@ -509,6 +522,52 @@ def _check_swarm(settings: Settings) -> None:
     for key, bad, why in SWARM_UNSUPPORTED:
         if bad(settings):
             raise ConfigError(f"config key deploy.{key} with deploy.backend swarm: {why}")
+
+
+PROXY_FILES_BIND, PROXY_FILES_VOLUME, PROXY_FILES_AUTO = "bind", "volume", "auto"
+PROXY_FILES_CHOICES = (PROXY_FILES_AUTO, PROXY_FILES_BIND, PROXY_FILES_VOLUME)
+
+
+def daemon_elsewhere(environ: Mapping[str, str], platform: str, docker_config: str | None) -> str:
+    """Why the Docker daemon may not see this machine's files ("" = it runs here, as far as can be
+    told without asking it): macOS and Windows (Docker Desktop runs it in a VM), ``DOCKER_HOST`` with
+    a scheme other than ``unix://``, or a Docker context other than the default one (``DOCKER_CONTEXT``,
+    or ``currentContext`` in ``docker_config``, the text of ~/.docker/config.json): Docker Desktop on
+    Linux is one, in a VM too."""
+    if platform in ("darwin", "win32", "cygwin"):
+        return f"this is {platform} (Docker Desktop runs the daemon in a VM)"
+    host = environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
+        return f"DOCKER_HOST is {host}"
+    context = environ.get("DOCKER_CONTEXT", "")
+    if not context and docker_config:
+        try:
+            data = json.loads(docker_config)
+        except ValueError:
+            data = {}
+        context = str(data.get("currentContext") or "") if isinstance(data, dict) else ""
+    if context and context != "default":
+        return f"the Docker context is {context!r}"
+    return ""
+
+
+def _docker_config_text() -> str | None:
+    path = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _proxy_files(key: str, value: object) -> str:
+    """``bind``, ``volume``, or ``auto`` (the default): ``volume`` when :func:`daemon_elsewhere` finds a
+    reason, else ``bind``."""
+    text = PROXY_FILES_AUTO if value in (None, "") else value
+    _expect(key, isinstance(text, str) and text in PROXY_FILES_CHOICES, " or ".join(PROXY_FILES_CHOICES), value)
+    if text != PROXY_FILES_AUTO:
+        return str(text)
+    far = daemon_elsewhere(os.environ, sys.platform, _docker_config_text())
+    return PROXY_FILES_VOLUME if far else PROXY_FILES_BIND
 
 
 # The release command and hooks: optional keys, off when absent.

@@ -124,6 +124,7 @@ class StepSample:
 class Recorder:
     def __init__(self) -> None:
         self.commands: list[Command] = []
+        self.api_calls: list[tuple[str, str, float]] = []  # step, what, wall
         self.steps: list[StepSample] = []
         self.current = OUTSIDE
 
@@ -170,7 +171,7 @@ def what(command: str) -> str:
 def install(recorder: Recorder) -> None:
     from invoke.runners import Runner
 
-    from handover import progress
+    from handover import dockerapi, progress, shell
 
     original_run = Runner.run
 
@@ -183,6 +184,28 @@ def install(recorder: Recorder) -> None:
                                              children_cpu() - cpu0))
 
     Runner.run = run  # type: ignore[method-assign]
+    original_here = shell.run_here
+
+    def run_here(args: Any, env: Any, timeout: Any) -> Any:  # commands started without Invoke's runner
+        cpu0, t0 = children_cpu(), time.monotonic()
+        try:
+            return original_here(args, env, timeout)
+        finally:
+            recorder.commands.append(Command(recorder.current, what(shlex.join(args)), time.monotonic() - t0,
+                                             children_cpu() - cpu0))
+
+    shell.run_here = run_here  # type: ignore[assignment]
+    original_request = dockerapi.DockerAPI.request
+
+    def request(self: Any, method: str, target: str, **kwargs: Any) -> Any:  # Engine API calls: no process
+        t0 = time.monotonic()
+        try:
+            return original_request(self, method, target, **kwargs)
+        finally:
+            recorder.api_calls.append((recorder.current, f"{method} {target.split('?')[0].split('/')[1]}",
+                                       time.monotonic() - t0))
+
+    dockerapi.DockerAPI.request = request  # type: ignore[method-assign]
     original_step = progress.Progress.step
 
     @contextmanager
@@ -215,6 +238,8 @@ def report(recorder: Recorder, started_ago: float, total_wall: float, total_daem
         "wall_s": total_wall,
         "commands": len(recorder.commands),
         "commands_cpu_s": sum(c.cpu for c in recorder.commands),
+        "api_calls": len(recorder.api_calls),
+        "api_wall_s": sum(wall for _, _, wall in recorder.api_calls),
         "daemons_cpu_s": ours(total_daemons),
         "daemons_by_process_s": {k: round(v, 3) for k, v in total_daemons.items()
                                  if not k.startswith("shim:") or k[5:] in WATCHED},
@@ -234,7 +259,8 @@ def print_report(data: dict[str, Any]) -> None:
     print(f"interpreter + imports before the task: {data['startup_s']:.3f} s wall")
     print(f"whole run: {data['wall_s']:.2f} s wall; tool's own CPU {data['own_cpu_s']:.2f} s; "
           f"{data['commands']} commands, {data['commands_cpu_s']:.2f} s CPU; Docker daemons "
-          f"{data['daemons_cpu_s']:.2f} s CPU")
+          f"{data['daemons_cpu_s']:.2f} s CPU; {data['api_calls']} Engine API requests, "
+          f"{data['api_wall_s']:.2f} s wall")
     print(f"Docker's processes: {data['daemons_by_process_s']}")
     print(f"containers: {data['containers_cpu_s']}")
     print(f"{'step':<16} {'wall s':>7} {'cmds':>5} {'cmd CPU s':>9} {'dockerd+shim CPU s':>19} "

@@ -78,10 +78,9 @@ def wait_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def running_server(**env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """A healthy server process on a free loopback port; killed afterwards if still running."""
-    port = free_port()
-    process = start_server(port, **env)
+def healthy(process: subprocess.Popen[str], port: int) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``process`` (an ASGI server just started on ``port``) once it answers its health check;
+    killed afterwards if still running, its output pipe closed."""
     try:
         wait_healthy(f"http://{LOOPBACK}:{port}", process)
         yield process, port
@@ -91,6 +90,14 @@ def running_server(**env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
         process.wait()
         assert process.stdout is not None
         process.stdout.close()
+
+
+@contextlib.contextmanager
+def running_server(**env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A healthy server process on a free loopback port; killed afterwards if still running."""
+    port = free_port()
+    with healthy(start_server(port, **env), port) as running:
+        yield running
 
 
 @dataclass

@@ -49,6 +49,7 @@ class Instance:
     created: str
     exit_code: int = 0
     address: str = ""  # its IP address on the app's network (what a TCP app is reached at), if any
+    mounts: tuple[str, ...] = ()  # "<type>:<destination>" of each mount ("volume:/etc/nginx/upstream.d")
 
     def describe(self) -> str:
         """How the instance is doing, in words (for error messages)."""
@@ -150,6 +151,13 @@ class Backend(Protocol):
 
     def remove(self, instances: Sequence[Instance]) -> None: ...
 
+    def mark(self) -> float:
+        """A point in time for :meth:`wait_change`, taken before looking at the instances."""
+
+    def wait_change(self, instances: Sequence[Instance], since: float, seconds: float) -> None:
+        """Wait up to ``seconds``; return earlier when the engine reports a change of ``instances``
+        (health, exit, restart) since ``since``."""
+
     def logs(self, instance: Instance, tail: int) -> str: ...
 
     def logs_command(self, tail: int, follow: bool) -> tuple[list[str], dict[str, str]]:
@@ -176,6 +184,8 @@ def make_backend(runner: Runner, settings: Settings) -> Backend:
         from .swarm import SwarmBackend
 
         return SwarmBackend(runner, settings)
+    from ..dockerapi import DockerAPI
+    from ..shell import runs_here
     from .compose import ComposeBackend
 
-    return ComposeBackend(runner, settings)
+    return ComposeBackend(runner, settings, api=DockerAPI.for_runner(runner), local=runs_here(runner))

@@ -339,6 +339,13 @@ class SwarmBackend:
         now = {t.id: t for t in self._tasks(APP_SERVICE)}
         return [now[i.id] for i in instances if i.id in now]
 
+    def mark(self) -> float:
+        return time.monotonic()
+
+    def wait_change(self, instances: Sequence[Instance], since: float, seconds: float) -> None:
+        """Swarm's task changes are not watched here: a plain wait (the Compose health wait's fallback)."""
+        time.sleep(seconds)
+
     def started_since(self, known: Iterable[str]) -> list[Instance]:
         seen = set(known)
         return [t for t in self.instances() if t.id not in seen]

@@ -83,4 +83,17 @@ def make_proxy(runner: Runner, settings: Settings, backend: Backend) -> Proxy:
         return SwarmNginx(runner, settings, backend)
     from .nginx import NginxProxy
 
-    return NginxProxy(runner, settings, backend)
+    return NginxProxy(runner, settings, backend, files=proxy_files(runner, settings))
+
+
+def proxy_files(runner: Runner, settings: Settings) -> Runner:
+    """Where the proxy's file commands run: ``runner`` (the state directory on the Docker host), or with
+    ``deploy.proxy_files: volume``, the files container on the daemon (:mod:`handover.proxies.daemonfiles`)."""
+    if not settings.proxy_volumes:
+        return runner
+    from .. import images
+    from ..progress import Progress
+    from .daemonfiles import DaemonFiles
+
+    return DaemonFiles(runner, settings,
+                       lambda: images.ensure_base_image(runner, settings.proxy_base_image, Progress(quiet=True)))

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..backends.compose import PROJECT_LABEL
+from ..dockerapi import DockerAPI
 from ..errors import ConfigError, HandoverError, LockHeld, PreflightError, ProxyConfigInvalid
 from ..lock import DeployLock, lock_info
 from ..progress import Progress
@@ -61,6 +63,7 @@ UPSTREAM_KEEPALIVE_TIMEOUT = "50s"
 WORKER_SHUTDOWN_TIMEOUT = "3600s"
 _PORT = re.compile(r"(?P<bind>[0-9.]+|\[::\]|::):(?P<port>\d+)(?:-(?P<last>\d+))?->")
 # The project of a container: its compose project, or the Swarm stack it is a task of (deploy.backend swarm).
+STACK_LABEL = "com.docker.stack.namespace"
 PUBLISHED_FORMAT = ('{{.Names}}\t{{.Label "com.docker.compose.project"}}{{.Label "com.docker.stack.namespace"}}'
                     '\t{{.Ports}}')
 _ENTRY_NAME = re.compile(r"([a-z0-9][a-z0-9_-]{0,62})\.json")
@@ -384,10 +387,18 @@ class Front:
 
     def check_ports(self) -> None:
         """Refuse a port another compose project publishes already (whether behind the front or not)."""
-        listing = run(self.runner, ["docker", "ps", "--format", PUBLISHED_FORMAT], check=False)
-        if listing.exited != 0:
-            return  # the engine's preflight names what is wrong with docker
-        problems = published_conflicts(listing.stdout, self.settings)
+        api = DockerAPI.for_runner(self.runner)  # on this machine: no docker client started
+        if api is not None:
+            try:
+                text = api.published(PROJECT_LABEL, STACK_LABEL)  # a Swarm stack's tasks are its project's
+            except HandoverError:
+                return  # the engine's preflight names what is wrong with docker
+        else:
+            listing = run(self.runner, ["docker", "ps", "--format", PUBLISHED_FORMAT], check=False)
+            if listing.exited != 0:
+                return  # the engine's preflight names what is wrong with docker
+            text = listing.stdout
+        problems = published_conflicts(text, self.settings)
         if problems:
             raise ConfigError("; ".join(problems) + "; nothing was changed")
 
@@ -560,7 +571,18 @@ class Front:
 # -- what the front doors call -------------------------------------------------------------------------
 def claim(runner: Runner, settings: Settings, progress: Progress) -> bool:
     """Before ``up``/``deploy``: refuse a host name or port another app claims; register this app."""
+    refuse_elsewhere(settings)
     return Front(runner, settings, progress).claim()
+
+
+def refuse_elsewhere(settings: Settings) -> None:
+    """The front runs on host networking with its directory bind-mounted: it needs the Docker daemon
+    on the machine whose files it is given, which ``deploy.proxy_files: volume`` says is not so."""
+    if settings.hostnames and settings.proxy_volumes:
+        raise ConfigError("config key deploy.hostnames: the shared front (host networking, its files bind-mounted) "
+                          "needs the Docker daemon on this machine, but deploy.proxy_files is volume (Docker Desktop, "
+                          "or DOCKER_HOST elsewhere); leave hostnames \"\" there, or set proxy_files: bind where the "
+                          "daemon runs here")
 
 
 def release(runner: Runner, settings: Settings, progress: Progress) -> bool:
@@ -572,6 +594,7 @@ def front_task(runner: Runner, settings: Settings, progress: Progress, *, stop: 
                show: bool = False) -> list[str]:
     """The ``front`` task: start or refresh the host's front (``stop``: remove its container;
     ``show``: only say what it serves). Returns the lines to print."""
+    refuse_elsewhere(settings)
     front = Front(runner, settings, progress)
     if show:
         return front.lines()

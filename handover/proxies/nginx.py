@@ -23,6 +23,11 @@ old containers as the fallback, which nginx tries when a new one cannot answer (
 This was chosen by measurement against rewriting ``server <ip>:<port>`` and reloading nginx (see
 BENCHMARK.md, "Switching a TCP app"). The engine checks a TCP app's ``app_health`` path from inside
 the nginx container, where the app's address is reachable on any Docker host.
+
+Every command on these files runs through ``files``: the runner itself (the state directory on the
+Docker host, bind-mounted into nginx), or, with ``deploy.proxy_files: volume`` (a daemon that does not
+see this machine's files: Docker Desktop), a :class:`~handover.proxies.daemonfiles.DaemonFiles`, which
+runs the same commands on the same paths inside a container that mounts the proxy's named volumes.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..backends import Backend, Instance
+from ..backends.compose import volume_names
 from ..errors import ConfigError, HandoverError, PreflightError, ProxyConfigInvalid
 from ..settings import CONTAINER_ROOT, Settings
 from ..shell import Runner, read_file, run, write_file
+from .daemonfiles import DaemonFiles
 from .tls import HTTPS_PORT_IN_CONTAINER, WORKER_UID, TlsFiles
 
 SERVICE = "nginx"
@@ -55,6 +62,7 @@ PORT_CHECK_SECONDS = 2
 EXIT_REFUSED = 7  # the health script: the TCP connect failed
 EXIT_TIMED_OUT = 124  # timeout(1)
 SOCKET_DIR_IN_CONTAINERS = "/run/handover"
+UPSTREAM_DIR_IN_CONTAINER = "/etc/nginx/upstream.d"  # the state directory's nginx/, or its volume
 SHORT_ID_LENGTH = 12  # Docker's hostname for a container is its short ID
 ACTIVE_WORKER_TITLE = "nginx: worker process"
 SHUTTING_DOWN_SUFFIX = "is shutting down"
@@ -215,11 +223,17 @@ class NginxProxy:
     _replaced_upstream: str | None = None
     _replaced_modules: str | None = None
     _wrote_upstream: bool = False
+    # Where the file commands run: ``runner`` itself (the state directory on the Docker host), or, with
+    # deploy.proxy_files volume, a :class:`DaemonFiles` (the volumes, through the daemon).
+    files: Runner = None  # type: ignore[assignment]
     tls: TlsFiles = field(init=False)
+    _sources_copied: bool = False
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.tls = TlsFiles(self.runner, self.tls_dir, s.tls_certificate, s.tls_key, s.https_port, s.hsts,
+        if self.files is None:
+            self.files = self.runner
+        self.tls = TlsFiles(self.files, self.tls_dir, s.tls_certificate, s.tls_key, s.https_port, s.hsts,
                             give_to_workers=self._give_to_workers, validate=self._validate_pair)
         if s.tcp:
             self.switch_words = "atomic rename of nginx's targets file, read by njs; no reload"
@@ -274,15 +288,31 @@ class NginxProxy:
             env["HTTPS_PORT"] = str(self.settings.https_port)
         return env
 
+    @property
+    def daemon_files(self) -> DaemonFiles | None:
+        return self.files if isinstance(self.files, DaemonFiles) else None
+
+    def copy_sources(self) -> None:
+        """With the files in Docker volumes: nginx's sources (``nginx/``) into theirs, once per run (nginx
+        loads them at its start and at a validated reload only)."""
+        daemon = self.daemon_files
+        if daemon is not None and not self._sources_copied:
+            daemon.copy_in(self.settings.source_path, self.source_dirs)
+            self._sources_copied = True
+
     def prepare(self) -> None:
-        run(self.runner, ["mkdir", "-p", self.nginx_dir, self.sockets_dir])
-        run(self.runner, ["chmod", SOCKET_DIR_MODE, self.sockets_dir])
+        self.copy_sources()
+        run(self.files, ["mkdir", "-p", self.nginx_dir, self.sockets_dir])
+        run(self.files, ["chmod", SOCKET_DIR_MODE, self.sockets_dir])
         self.tls.prepare()
 
     def check(self) -> None:
         pair, _ = self.tls.wanted()
-        proxy = self.running() if pair is not None else None
+        proxy = self.running() if pair is not None or self.daemon_files is not None else None
         if proxy is None:
+            return
+        self._check_mounts(proxy)
+        if pair is None:
             return
         # The HTTPS port is published when nginx's container is made (compose/docker-compose.yml).
         bind, port = self.settings.http_bind, self.settings.https_port
@@ -293,10 +323,24 @@ class NginxProxy:
                 f"(it was made with TLS off or another port); make it again once: `inv local.down && inv local.up` "
                 "(on a host: `fab down`, then `fab deploy`)")
 
+    def _check_mounts(self, proxy: Instance) -> None:
+        """nginx's container reads its files where deploy.proxy_files now writes them: a container made in
+        the other mode would never see a switch (a deploy reporting success while nginx routes to the old
+        version). Made again once, it follows the setting."""
+        wanted, other = ("volume", "bind") if self.daemon_files is not None else ("bind", "volume")
+        if f"{other}:{UPSTREAM_DIR_IN_CONTAINER}" in proxy.mounts:
+            raise ConfigError(
+                f"config key deploy.proxy_files: it is {self.settings.proxy_files} ({wanted} mounts), but nginx's "
+                f"container {proxy.name} was made with {other} mounts, so it would not see this run's files; make "
+                "it again once: `inv local.down && inv local.up` (see README, Docker Desktop)")
+
     def _give_to_workers(self, path: str) -> None:
         """nginx's workers read the pair at each handshake: the file becomes theirs (mode 0600). As
         root here, a chown; otherwise (a host reached over SSH, a user in the docker group) the chown
         runs in a throwaway container of the proxy's image, with no network."""
+        if self.daemon_files is not None:  # in the files container, as root
+            run(self.files, ["chown", f"{WORKER_UID}:{WORKER_UID}", path])
+            return
         if not callable(getattr(self.runner, "sftp", None)) and os.geteuid() == 0:
             os.chown(path, WORKER_UID, WORKER_UID)
             return
@@ -330,12 +374,15 @@ class NginxProxy:
         """slot -> short ID of the container the slot's symlink points to."""
         script = ('cd "$1" 2>/dev/null || exit 0; '
                   'for f in live-*.sock; do [ -L "$f" ] && echo "$f $(readlink "$f")"; done; :')
-        return parse_links(run(self.runner, ["sh", "-c", script, "links", self.sockets_dir]).stdout)
+        return parse_links(run(self.files, ["sh", "-c", script, "links", self.sockets_dir]).stdout)
 
     def live_ids(self) -> set[str]:
         """What the proxy routes to. When the configured mode routes to nothing while the other one
         does, ``app_port`` was changed under a serving stack: refused, as that switch would not be
         zero-downtime (the old version has no route in the new mode to fall back to)."""
+        daemon = self.daemon_files
+        if daemon is not None and not daemon.running() and self.running() is None:
+            return set()  # the stack is down (its files container too): nothing routes, nothing to start
         links, targets = set(self.live_links().values()), set(self.targets()["live_ids"])
         mine, other = (targets, links) if self.settings.tcp else (links, targets)
         if not mine and other:
@@ -348,11 +395,11 @@ class NginxProxy:
 
     # -- a TCP app's targets ---------------------------------------------------------------------
     def targets(self) -> dict[str, list[str]]:
-        return parse_targets(read_file(self.runner, self.targets_path))
+        return parse_targets(read_file(self.files, self.targets_path))
 
     def write_targets(self, instances: Sequence[Instance], fallback: Sequence[Instance]) -> None:
         self.prepare()
-        write_file(self.runner, self.targets_path, render_targets(instances, fallback, self.settings.app_port))
+        write_file(self.files, self.targets_path, render_targets(instances, fallback, self.settings.app_port))
 
     def check_http(self, instance: Instance, path: str) -> str:
         """"" when ``GET path`` on a TCP app's ``instance`` answers 2xx from inside nginx; else why not."""
@@ -386,7 +433,7 @@ class NginxProxy:
             self._point_tcp(instances, fallback)
             return
         names = [socket_name(c.id) for c in instances]
-        missing = run(self.runner, ["sh", "-c", 'cd "$1" && shift && for s; do [ -S "$s" ] || echo "$s"; done',
+        missing = run(self.files, ["sh", "-c", 'cd "$1" && shift && for s; do [ -S "$s" ] || echo "$s"; done',
                                     "check", self.sockets_dir, *names]).stdout.split()
         if missing:
             raise HandoverError(
@@ -395,7 +442,7 @@ class NginxProxy:
             )
         backups = [(backup_name(n), socket_name(c.id)) for n, c in enumerate(fallback)]
         links = backups + [(slot_name(n), name) for n, name in enumerate(names)]
-        run(self.runner, ["sh", "-c", link_script(links), "point", self.sockets_dir])
+        run(self.files, ["sh", "-c", link_script(links), "point", self.sockets_dir])
         if not fallback:
             self.drop_fallback()
 
@@ -403,10 +450,10 @@ class NginxProxy:
         if self.settings.tcp:
             current = self.targets()
             if current["fallback"]:
-                write_file(self.runner, self.targets_path,
+                write_file(self.files, self.targets_path,
                            json.dumps({**current, "fallback": [], "fallback_ids": []}, indent=1) + "\n")
             return
-        run(self.runner, ["sh", "-c", 'cd "$1" 2>/dev/null || exit 0; rm -f -- prev-*.sock', "unlink",
+        run(self.files, ["sh", "-c", 'cd "$1" 2>/dev/null || exit 0; rm -f -- prev-*.sock', "unlink",
                           self.sockets_dir], check=False)
 
     def forget(self, instances: Sequence[Instance]) -> None:
@@ -417,23 +464,26 @@ class NginxProxy:
                 kept = [(a, i) for a, i in zip(current["fallback"], current["fallback_ids"], strict=False)
                         if i not in gone]
                 current.update(fallback=[a for a, _ in kept], fallback_ids=[i for _, i in kept])
-                write_file(self.runner, self.targets_path, json.dumps(current, indent=1) + "\n")
+                write_file(self.files, self.targets_path, json.dumps(current, indent=1) + "\n")
             return
         names = [socket_name(c.id) for c in instances]
         if names:
-            run(self.runner, ["sh", "-c", 'cd "$1" && shift && rm -f -- "$@"', "forget", self.sockets_dir, *names],
+            run(self.files, ["sh", "-c", 'cd "$1" && shift && rm -f -- "$@"', "forget", self.sockets_dir, *names],
                 check=False)
 
     # -- configuration and reloads ---------------------------------------------------------------
     def read_upstream(self) -> str | None:
-        return read_file(self.runner, self.upstream_path)
+        return read_file(self.files, self.upstream_path)
 
     def write_upstream(self, text: str) -> None:
         self.prepare()
-        write_file(self.runner, self.upstream_path, text)
+        write_file(self.files, self.upstream_path, text)
 
     def remove_state(self) -> None:
-        run(self.runner, ["rm", "-rf", self.nginx_dir, self.sockets_dir, self.tls_dir])
+        if self.daemon_files is not None:  # `down` removed the files container: its volumes go too
+            run(self.runner, ["docker", "volume", "rm", "--force", *volume_names(self.settings)], check=False)
+            return
+        run(self.files, ["rm", "-rf", self.nginx_dir, self.sockets_dir, self.tls_dir])
 
     def test_config(self) -> None:
         """``nginx -t`` inside the running proxy; raise with nginx's own message when it fails."""
@@ -447,24 +497,25 @@ class NginxProxy:
     def fingerprint(self) -> str:
         """A digest of the files nginx loads (its nginx/ directory, the generated files and the TLS
         includes, which name the certificate and key by a digest of their content)."""
+        self.copy_sources()
         files = f"{self.settings.source_path}/nginx"
         script = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
                   '-print0 2>/dev/null | sort -z | xargs -0 cat')
-        text = run(self.runner, ["sh", "-c", script, "fingerprint", files, self.nginx_dir, self.tls_dir]).stdout
+        text = run(self.files, ["sh", "-c", script, "fingerprint", files, self.nginx_dir, self.tls_dir]).stdout
         return hashlib.sha256(text.encode()).hexdigest()
 
     def config_changed(self) -> bool:
-        loaded = read_file(self.runner, f"{self.nginx_dir}/{LOADED_FINGERPRINT}")
+        loaded = read_file(self.files, f"{self.nginx_dir}/{LOADED_FINGERPRINT}")
         return (loaded or "").strip() != self.fingerprint()
 
     def write_modules(self) -> bool:
         """modules.main for a TCP app (njs), none otherwise; returns whether it changed."""
-        current = read_file(self.runner, self.modules_path)
+        current = read_file(self.files, self.modules_path)
         if self.settings.tcp and current != render_modules():
-            write_file(self.runner, self.modules_path, render_modules())
+            write_file(self.files, self.modules_path, render_modules())
             return True
         if not self.settings.tcp and current is not None:
-            run(self.runner, ["rm", "-f", self.modules_path])
+            run(self.files, ["rm", "-f", self.modules_path])
             return True
         return False
 
@@ -473,7 +524,7 @@ class NginxProxy:
         wanted = self.render(slots) if slots is not None else None
         if wanted is not None and wanted != previous:
             self.prepare()
-            self._replaced_modules = read_file(self.runner, self.modules_path)
+            self._replaced_modules = read_file(self.files, self.modules_path)
             self.write_modules()
             self.write_upstream(wanted)
             self._replaced_upstream, self._wrote_upstream = previous, True
@@ -497,9 +548,9 @@ class NginxProxy:
         if self._replaced_upstream is not None:
             self.write_upstream(self._replaced_upstream)
         if self._replaced_modules is not None:
-            write_file(self.runner, self.modules_path, self._replaced_modules)
+            write_file(self.files, self.modules_path, self._replaced_modules)
         else:
-            run(self.runner, ["rm", "-f", self.modules_path])
+            run(self.files, ["rm", "-f", self.modules_path])
         self._replaced_upstream, self._replaced_modules, self._wrote_upstream = None, None, False
         return True
 
@@ -511,7 +562,7 @@ class NginxProxy:
         self.reload()
 
     def mark_loaded(self) -> None:
-        write_file(self.runner, f"{self.nginx_dir}/{LOADED_FINGERPRINT}", self.fingerprint())
+        write_file(self.files, f"{self.nginx_dir}/{LOADED_FINGERPRINT}", self.fingerprint())
 
     def workers(self) -> set[int]:
         return active_workers(self._exec("sh", "-c", _LIST_PROCESSES))

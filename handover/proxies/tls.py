@@ -233,8 +233,13 @@ def generation_of(link_target: str | None) -> str | None:
 # -- on the host -----------------------------------------------------------------------------------
 def write_private(runner: Runner, path: str, content: bytes, mode: int = KEY_MODE) -> None:
     """Write ``content`` to ``path`` with ``mode`` (set before any byte is written), through a temp
-    file and a rename: over SFTP on a Fabric connection (as the secrets file goes), else directly
-    on this machine. The content is never on a command line, in output or in an error."""
+    file and a rename: over SFTP on a Fabric connection (as the secrets file goes), on the stdin of a
+    ``docker exec`` for files in Docker volumes, else directly on this machine. The content is never
+    on a command line, in output or in an error."""
+    put_private = getattr(runner, "put_private", None)
+    if callable(put_private):  # through the Docker daemon, on stdin (handover.proxies.daemonfiles)
+        put_private(path, content, mode)
+        return
     tmp = f"{path}.tmp"
     sftp_of = getattr(runner, "sftp", None)
     try:

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.test_server_process import open_unresponsive_socket
-from tests.server_process import LOOPBACK, Reply, SlowRequest, free_port, wait_healthy
+from tests.server_process import LOOPBACK, Reply, SlowRequest, free_port, healthy
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "examples"
@@ -72,16 +72,8 @@ def start_uvicorn(app_dir: Path, port: int, **extra: str) -> subprocess.Popen[st
 def running(app_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A healthy ``uvicorn app:app`` of ``app_dir`` on a free loopback port; killed afterwards if still up."""
     port = free_port()
-    process = start_uvicorn(app_dir, port, **env)
-    try:
-        wait_healthy(f"http://{LOOPBACK}:{port}", process)
-        yield process, port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
+    with healthy(start_uvicorn(app_dir, port, **env), port) as started:
+        yield started
 
 
 @dataclass
@@ -234,15 +226,8 @@ def test_run_wraps_a_plain_app_and_exits_0_after_the_drain() -> None:
     process = subprocess.Popen(
         [sys.executable, "-c", code], cwd=PLAIN, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    try:
-        wait_healthy(f"http://{LOOPBACK}:{port}", process)
+    with healthy(process, port):
         shutdown = asyncio.run(terminate_under_load(process, port))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
     for outcome in shutdown.outcomes:
         assert outcome.messages == [{"type": "reconnect", "reason": "draining"}]
         assert outcome.close_code == WS_CLOSE_SERVICE_RESTART

@@ -28,7 +28,7 @@ from handover.images import ensure_base_image
 from handover.progress import Progress
 
 from .conftest import LAB_PORT_SHIFT, TEST_PROJECT
-from .dind import docker, keygen, nested_docker
+from .dind import nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,12 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 """
-NESTED_DOCKER = nested_docker()
+NESTED_DOCKER = nested_docker()  # an anonymous volume for its /var/lib/docker
+
+
+def docker(*args: str, timeout: float = RUN_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check,
+                          stdin=subprocess.DEVNULL)
 
 
 def host_image(tmp: Path) -> str:
@@ -86,6 +91,11 @@ def host_image(tmp: Path) -> str:
         built = docker("build", "--quiet", "--tag", image, str(context), timeout=BUILD_TIMEOUT, check=False)
         assert built.returncode == 0, f"building {image} failed:\n{built.stdout}\n{built.stderr}"
     return image
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
+    return Path(f"{path}.pub").read_text().strip()
 
 
 def wait_for_sshd(port: int) -> None:

@@ -59,11 +59,27 @@ class TlsStack:
         assert der is not None
         return hashlib.sha256(der).hexdigest()
 
+    def tls_listing(self) -> list[list[str]]:
+        """The proxy's TLS directory: ``[name, "->", target]`` for a link, ``[name, digest, mode, uid]`` for a
+        file. Read where the deploy writes it: the state directory, or with ``INVOKE_DEPLOY_PROXY_FILES=volume``
+        its volume, through the files container (at the same path)."""
+        directory = str(self.stack.state_dir / "tls")
+        argv = ["sh", "-c", LIST_TLS, "list", directory]
+        if self.stack.env.get("INVOKE_DEPLOY_PROXY_FILES") == "volume":
+            argv = ["docker", "exec", f"{self.stack.project}-proxy-files-1", *argv]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, f"cannot list {directory}: {done.stderr}"
+        return [line.split("\t") for line in sorted(done.stdout.splitlines())]
+
     def tls_files(self) -> dict[str, str]:
         """Each file of the proxy's TLS directory: its content's digest (a link: its target)."""
-        directory = self.stack.state_dir / "tls"
-        return {p.name: (f"-> {p.readlink()}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest())
-                for p in sorted(directory.iterdir())}
+        return {entry[0]: (f"-> {entry[2]}" if entry[1] == "->" else entry[1]) for entry in self.tls_listing()}
+
+
+LIST_TLS = ('cd "$1" || exit 3; for f in * .[!.]*; do [ -e "$f" ] || [ -L "$f" ] || continue; '
+            'if [ -L "$f" ]; then printf "%s\t->\t%s\n" "$f" "$(readlink "$f")"; '
+            'else printf "%s\t%s\t%s\n" "$f" "$(sha256sum < "$f" | cut -d" " -f1)" "$(stat -c "%a\t%u" "$f")"; fi; '
+            'done')
 
 
 def pem_digest(cert: Path) -> str:
@@ -125,8 +141,8 @@ def test_https_serves_with_hsts_and_plain_http_redirects(tls_stack: TlsStack) ->
     with socket.create_connection(("127.0.0.1", HTTPS_PORT), timeout=5) as raw, pytest.raises(ssl.SSLError):
         old.wrap_socket(raw, server_hostname="localhost")
     # The key file on the host: 0600, in the state directory, not in the sources nginx is given.
-    pairs = [p for p in (tls_stack.stack.state_dir / "tls").glob("*.pem") if not p.is_symlink()]
-    assert len(pairs) == 1 and pairs[0].stat().st_mode & 0o777 == 0o600 and pairs[0].stat().st_uid == 10080
+    pairs = [entry for entry in tls_stack.tls_listing() if entry[0].endswith(".pem") and entry[1] != "->"]
+    assert len(pairs) == 1 and pairs[0][2:] == ["600", "10080"], pairs
 
 
 def test_three_deploys_over_https_lose_nothing(tls_stack: TlsStack) -> None:

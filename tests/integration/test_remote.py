@@ -15,7 +15,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,21 +147,29 @@ def remove_project(project: str) -> None:
         subprocess.run(["docker", "image", "rm", *images], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+@contextmanager
+def open_lab(tmp_path_factory: pytest.TempPathFactory, name: str, prefix: str, addresses: Sequence[str],
+             port_base: int = PORT_BASE) -> Iterator[Lab]:
+    """A lab of sshd "hosts" on ``addresses``, with compose projects and ports of its own; everything
+    it made (servers, projects, files) is removed on the way out."""
     docker_ready()
-    root = tmp_path_factory.mktemp("remote")
-    ssh = SshLab(root / "ssh")
-    the_lab = Lab(ssh, root / "work", prefix=f"hrt{LAB_TAG}")
+    root = tmp_path_factory.mktemp(name)
+    the_lab = Lab(SshLab(root / "ssh"), root / "work", prefix=prefix, port_base=port_base)
     the_lab.work.mkdir()
     PWNED.unlink(missing_ok=True)
     try:
-        ssh.start(ADDRESSES)
+        the_lab.ssh.start(list(addresses))
         yield the_lab
     finally:
         the_lab.close(root)
-        if TIMINGS:
-            print("\nremote timings (s):", TIMINGS)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with open_lab(tmp_path_factory, "remote", f"hrt{LAB_TAG}", ADDRESSES) as the_lab:
+        yield the_lab
+    if TIMINGS:
+        print("\nremote timings (s):", TIMINGS)
 
 
 @pytest.fixture(scope="module")

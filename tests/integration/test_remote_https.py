@@ -15,9 +15,8 @@ import pytest
 
 from tests.tlsfiles import Authority
 
-from .conftest import LAB_PORT_SHIFT, LAB_TAG, docker_ready, loopback
-from .sshd import SshLab
-from .test_remote import Lab
+from .conftest import LAB_PORT_SHIFT, LAB_TAG, loopback
+from .test_remote import Lab, open_lab
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +41,8 @@ def digest(cert: Path) -> str:
 
 @pytest.fixture(scope="module")
 def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    docker_ready()
-    root = tmp_path_factory.mktemp("remote-https")
-    the_lab = Lab(SshLab(root / "ssh"), root / "work", prefix=f"hrtls{LAB_TAG}", port_base=PORT_BASE)
-    the_lab.work.mkdir()
-    try:
-        the_lab.ssh.start(ADDRESSES)
+    with open_lab(tmp_path_factory, "remote-https", f"hrtls{LAB_TAG}", ADDRESSES, PORT_BASE) as the_lab:
         yield the_lab
-    finally:
-        the_lab.close(root)
 
 
 def test_fab_serves_https_renews_without_a_reload_and_refuses_a_bad_pair(tlab: Lab) -> None:

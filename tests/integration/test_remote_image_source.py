@@ -28,9 +28,8 @@ from handover.progress import Progress
 from handover.settings import load as load_settings
 
 from .conftest import LAB_PORT_SHIFT, LAB_TAG, ROOT, TEST_PROJECT, docker_ready, loopback
-from .sshd import SshLab
 from .test_image_source import docker, forget_in_registry, registry_up
-from .test_remote import HostSetup, Lab
+from .test_remote import HostSetup, Lab, open_lab
 
 pytestmark = pytest.mark.integration
 
@@ -61,19 +60,12 @@ def built() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    root = tmp_path_factory.mktemp("remote-img")
-    ssh = SshLab(root / "ssh")
-    the_lab = Lab(ssh, root / "work", prefix=f"img{LAB_TAG}r", port_base=28160 + LAB_PORT_SHIFT)
-    the_lab.work.mkdir()
-    try:
-        ssh.start([ADDRESS])
+    with open_lab(tmp_path_factory, "remote-img", f"img{LAB_TAG}r", [ADDRESS], 28160 + LAB_PORT_SHIFT) as the_lab:
         yield the_lab
-    finally:
-        the_lab.close(root)
-        for project in the_lab.projects:
-            tags = docker("image", "ls", f"{project}-nginx", "--format", "{{.Repository}}:{{.Tag}}").split()
-            if tags:
-                docker("image", "rm", *tags, check=False)
+    for project in the_lab.projects:  # the lab's compose projects are down by now
+        tags = docker("image", "ls", f"{project}-nginx", "--format", "{{.Repository}}:{{.Tag}}").split()
+        if tags:
+            docker("image", "rm", *tags, check=False)
 
 
 def config_for(lab: Lab, name: str, host: HostSetup, **deploy: object) -> Path:

@@ -22,9 +22,8 @@ import pytest
 
 from handover.probe import Probe, ProbeSettings
 
-from .conftest import LAB_PORT_SHIFT, docker_ready, loopback
-from .sshd import SshLab
-from .test_remote import PWNED, HostSetup, Lab, assert_one_healthy_app
+from .conftest import LAB_PORT_SHIFT, loopback
+from .test_remote import HostSetup, Lab, assert_one_healthy_app, open_lab
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +37,8 @@ HOOKS = ("pre-deploy", "post-switch", "post-deploy", "deploy-failed")
 
 @pytest.fixture(scope="module")
 def rlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    docker_ready()
-    root = tmp_path_factory.mktemp("remote-release")
-    the_lab = Lab(SshLab(root / "ssh"), root / "work", prefix="rel-lab", port_base=PORT_BASE)
-    the_lab.work.mkdir()
-    PWNED.unlink(missing_ok=True)
-    try:
-        the_lab.ssh.start(ADDRESSES)
+    with open_lab(tmp_path_factory, "remote-release", "rel-lab", ADDRESSES, PORT_BASE) as the_lab:
         yield the_lab
-    finally:
-        the_lab.close(root)
 
 
 def write_hooks(directory: Path, log: Path) -> None:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LAB_PORT_SHIFT, docker_ready, loopback
-from .sshd import SshLab
-from .test_remote import PWNED, HostSetup, Lab
+from .conftest import LAB_PORT_SHIFT, loopback
+from .test_remote import HostSetup, Lab, open_lab
 from .test_remote_faults import app_containers, project_copy, records
 
 pytestmark = pytest.mark.integration
@@ -55,16 +54,8 @@ def secrets_dir(slab: Lab, host: HostSetup) -> Path:
 
 @pytest.fixture(scope="module")
 def slab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    docker_ready()
-    root = tmp_path_factory.mktemp("remote-secrets")
-    the_lab = Lab(SshLab(root / "ssh"), root / "work", prefix="hrs", port_base=PORT_BASE)
-    the_lab.work.mkdir()
-    PWNED.unlink(missing_ok=True)
-    try:
-        the_lab.ssh.start(ADDRESSES)
+    with open_lab(tmp_path_factory, "remote-secrets", "hrs", ADDRESSES, PORT_BASE) as the_lab:
         yield the_lab
-    finally:
-        the_lab.close(root)
 
 
 @pytest.fixture(scope="module")

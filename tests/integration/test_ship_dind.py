@@ -2,8 +2,8 @@
 travels (``docker save`` here, ``ssh host docker load`` there), three times under the probe.
 
 The host is a container made from the debootstrap base with docker.io, openssh-server, rsync and this
-machine's Compose v2 plugin; dockerd runs inside it (the capabilities a nested dockerd needs, since
-``--privileged`` is refused here, and a volume of its own for /var/lib/docker). Its sshd and its
+machine's Compose v2 plugin; dockerd runs inside it (tests/integration/dind.py: the capabilities a nested
+dockerd needs, since ``--privileged`` is refused here, and a volume of its own for /var/lib/docker). Its sshd and its
 published HTTP port are on 127.0.0.1 only; the host key is generated and recorded in a known_hosts
 file, so the connection is as strict as to any host. The inner engine starts empty: its provisioning
 (``docker save`` of the debootstrap base into it, done here as an operator would with ``docker load``)
@@ -32,7 +32,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
 from .conftest import LAB_PORT_SHIFT, PROBE_RATE, PROBE_WS_CLIENTS, TEST_PROJECT, docker_ready
-from .dind import BUILD_TIMEOUT, docker, docker_host_image, keygen, load_images, nested_docker
+from .dind import BUILD_TIMEOUT, docker, host_image, load_images, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +50,17 @@ DEPLOY_DIR = "/srv/dshop"
 BASE = "debian:bookworm"  # or the local debootstrap minbase made in its stead (handover.images)
 FAB_TIMEOUT = 400  # the first deploy builds the proxy's image on the host (apt in the inner engine)
 START_TIMEOUT = 60.0
-
 NESTED_DOCKER = nested_docker(VOLUME)
 
 
 def inner(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``docker`` on the host's own engine."""
     return docker("exec", NAME, "docker", *args, check=check)
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
+    return Path(f"{path}.pub").read_text().strip()
 
 
 def wait_for_host() -> None:
@@ -135,7 +139,7 @@ def app_images(minbase: str) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def docker_host(tmp_path_factory: pytest.TempPathFactory, minbase: str) -> Iterator[DockerHost]:
     tmp = tmp_path_factory.mktemp("dind-host")
-    image = docker_host_image(tmp, minbase, NAME)
+    image = host_image(tmp, minbase, NAME)
     host_key = tmp / "host_key"
     host_pub = keygen(host_key)
     client_key = tmp / "id_ed25519"

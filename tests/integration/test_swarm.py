@@ -31,7 +31,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
 from .conftest import PROBE_RATE, PROBE_WS_CLIENTS, TEST_PORT, TEST_PROJECT, docker_ready
-from .dind import BUILD_TIMEOUT, docker, docker_host_image, keygen, load_images, nested_docker
+from .dind import BUILD_TIMEOUT, docker, host_image, keygen, load_images, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +150,7 @@ def remove_nodes() -> None:
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: list[str]) -> Iterator[Swarm]:
     tmp = tmp_path_factory.mktemp("swarm")
-    image = docker_host_image(tmp, minbase, f"{TEST_PROJECT}-dind-host")
+    image = host_image(tmp, minbase, f"{TEST_PROJECT}-dind-host")
     run_dir = tmp / "run"
     run_dir.mkdir()
     host_key = tmp / "host_key"

@@ -61,7 +61,15 @@ def tcp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]
 
 
 def targets(stack: StackHandle) -> dict[str, list[str]]:
-    data: dict[str, list[str]] = json.loads((stack.state_dir / "nginx" / "targets.json").read_text())
+    """nginx's targets.json, read where the deploy writes it: the state directory, or with
+    ``INVOKE_DEPLOY_PROXY_FILES=volume`` its volume, through the files container (at the same path)."""
+    path = stack.state_dir / "nginx" / "targets.json"
+    if stack.env.get("INVOKE_DEPLOY_PROXY_FILES") == "volume":
+        text = subprocess.run(["docker", "exec", f"{stack.project}-proxy-files-1", "cat", str(path)],
+                              capture_output=True, text=True, check=True, timeout=30).stdout
+    else:
+        text = path.read_text()
+    data: dict[str, list[str]] = json.loads(text)
     return data
 
 

@@ -558,7 +558,9 @@ def fake_settings(tmp_path: Path, **overrides: Any) -> Settings:
         shutil.copyfile(PROJECT_ROOT / rel, deploy / rel)
     config = dict(defaults()["deploy"])
     loaded = settings_mod.load(config, deploy_dir=str(deploy))
-    return dataclasses.replace(loaded, **{**FAST_TIMINGS, **overrides})
+    # The state directory, as the fake host runs it: not the Docker volumes that `auto` picks where
+    # DOCKER_HOST points elsewhere (tests/unit/test_daemon_files.py tests those).
+    return dataclasses.replace(loaded, **{**FAST_TIMINGS, "proxy_files": "bind", **overrides})
 
 
 class FakeKeeper:
