@@ -28,6 +28,7 @@ from .version import is_source_version
 START_SETTLE_POLLS = 8
 
 if TYPE_CHECKING:
+    from .backends import StackService
     from .backends.swarm import SwarmBackend
     from .engine import DeployOptions, Engine, Facts
     from .record import RunRecord
@@ -490,6 +491,15 @@ def _swarm(run: Run) -> SwarmBackend:
     return backend
 
 
+def _stack_proxy(run: Run) -> StackService:
+    """The proxy's part of the stack (a proxy made for a stack has one)."""
+    from .proxies import StackProxy
+
+    proxy = run.engine.proxy
+    assert isinstance(proxy, StackProxy)
+    return proxy.stack_service()
+
+
 class SwarmImages(Step):
     """The app's image by reference (on the manager, or pulled there from its registry; every node needs it
     too: from the same registry, or loaded), and the proxy's image on the manager (built there when absent)."""
@@ -500,16 +510,17 @@ class SwarmImages(Step):
         backend = _swarm(run)
         app = (f"{run.image} is on the manager" if backend.has_image(run.version)
                else f"pull {run.image} on the manager")
-        proxy = "" if backend.has_proxy_image() else "; build the proxy's image on the manager"
+        proxy = "" if backend.has_proxy_image(_stack_proxy(run)) else "; build the proxy's image on the manager"
         return f"{app} (each node runs it from its own engine: a registry or docker load){proxy}"
 
     def run(self, run: Run) -> None:
         backend = _swarm(run)
         if not backend.has_image(run.version):
             backend.pull(run.version)
-        if not backend.has_proxy_image():
+        proxy = _stack_proxy(run)
+        if not backend.has_proxy_image(proxy):
             run.engine.use_base_images(with_proxy=True, app=False)
-            backend.build(run.version, proxy=run.engine.proxy.service, app=False)
+            backend.build_proxy(proxy)
 
 
 class Rollout(Step):
@@ -524,15 +535,15 @@ class Rollout(Step):
         s = run.engine.settings
         if not run.facts.live:
             return (f"docker stack deploy {s.project}: Swarm starts {plural(s.replicas, 'task')} of {run.version} "
-                    "and nginx, which follows Swarm's DNS")
+                    f"and {run.engine.proxy.service}, which follows Swarm's DNS")
         return (f"docker stack deploy {s.project}: Swarm replaces {plural(s.replicas, 'task')} of "
                 f"{run.facts.live_version} with {run.version}, {s.swarm_parallelism} at a time, start-first, each "
-                f"healthy before the next, watched {s.swarm_monitor:g} s, rolled back by Swarm on failure; nginx "
-                "follows Swarm's DNS")
+                f"healthy before the next, watched {s.swarm_monitor:g} s, rolled back by Swarm on failure; "
+                f"{run.engine.proxy.service} follows Swarm's DNS")
 
     def run(self, run: Run) -> str:
         backend = _swarm(run)
-        self.before, self.changed = backend.deploy_stack(run.version, force=run.options.force)
+        self.before, self.changed = backend.deploy_stack(run.version, _stack_proxy(run), force=run.options.force)
         return self._wait(run)
 
     def _wait(self, run: Run) -> str:

@@ -90,6 +90,21 @@ class OneOff:
         return self.exited == 0
 
 
+@dataclass(frozen=True)
+class StackService:
+    """What a proxy adds to a stack that a backend rolls as a whole (Swarm): its service's name and
+    definition, its image and where that image is built from, and its configuration files (the
+    definition's config keys, each with the file's text). The backend writes and deploys them without
+    knowing which proxy it is."""
+
+    name: str
+    definition: Mapping[str, object]
+    image: str
+    build_dir: str
+    configs: Mapping[str, str]  # config key -> content
+    config_names: Mapping[str, str]  # config key -> its name in the swarm (new content, new name)
+
+
 class Backend(Protocol):
     """Where app instances run (see the module docstring for what each call means)."""
 

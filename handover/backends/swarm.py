@@ -1,4 +1,4 @@
-"""The Swarm backend: the app and its nginx are one stack on a Docker swarm, rolled by Swarm itself.
+"""The Swarm backend: the app and its proxy are one stack on a Docker swarm, rolled by Swarm itself.
 
 Run against a swarm manager (``DOCKER_HOST`` for ``inv``, ``fab -H manager``). The stack file is not
 written by hand: :func:`stack_definition` derives it from the settings, purely, so what the Compose
@@ -13,12 +13,12 @@ period) is said here the same way, and what Swarm needs besides is fixed in one 
   tasks at a time, a ``monitor`` window after each, ``failure_action: rollback`` (an update whose new
   tasks never get healthy, or fail within the window, is rolled back by Swarm, the old tasks serving
   throughout); a task counts as running only once its Docker health check passed;
-* nginx (``nginx/swarm.conf``) runs on a manager with host-mode publishing (no routing mesh, which
-  needs IPVS too) and resolves ``tasks.app`` at most a second old.
+* the proxy's service (:class:`handover.backends.StackService`, from the proxy: see
+  :mod:`handover.proxies.swarm`) joins the app's overlay network and follows Swarm's DNS.
 
 What happens between a task's removal from DNS and its stop signal is measured in the README
 ("Docker Swarm"): Swarm removes it from DNS first and waits about 2 s before the signal, longer than
-nginx keeps an answer; the app's drain then moves its WebSockets and finishes its requests.
+the proxy keeps an answer; the app's drain then moves its WebSockets and finishes its requests.
 
 Instances are the app service's tasks (``docker service ps``): their ``id`` is the task ID, their
 name ``<service>.<slot>@<node>``. Swarm reports a task as running only after its health check
@@ -27,7 +27,6 @@ passed, so a running task is a healthy one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -39,21 +38,16 @@ import yaml
 
 from ..checks import Check, first_line, require
 from ..errors import CommandError, HandoverError, HealthCheckFailed, PreflightError
-from ..settings import PROJECT_ROOT, Settings
+from ..settings import Settings
 from ..shell import Result, Runner, run, write_file
-from . import HEALTHY, Instance, OneOff
+from . import HEALTHY, Instance, OneOff, StackService
 from .compose import check_docker
 
 APP_SERVICE = "app"
-PROXY_SERVICE = "nginx"
-PROXY_PORT = 8080  # nginx listens here in its container (nginx/swarm.conf)
-PROXY_CONFIG_TARGET = "/etc/nginx/handover-swarm.conf"
-PROXY_GRACE = "35s"  # longer than worker_shutdown_timeout in nginx/swarm.conf
-NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "swarm.conf"
 STACK_FILE = "stack.yml"
-NGINX_FILE = "nginx-swarm.conf"
-STACK_DIR = "swarm"  # below the state directory: the rendered stack file and nginx configuration
+STACK_DIR = "swarm"  # below the state directory: the rendered stack file and the proxy's configuration
 STACK_VERSION = "3.8"
+NETWORK = "app"  # the overlay network the app's tasks and the proxy share
 DEPLOY_TIMEOUT = 300.0
 BUILD_TIMEOUT = 1800.0
 PULL_TIMEOUT = 900.0
@@ -75,27 +69,14 @@ def service_name(settings: Settings, service: str) -> str:
     return f"{settings.project}_{service}"
 
 
-def proxy_image(settings: Settings) -> str:
-    return f"{settings.project}-nginx:1"
-
-
-def nginx_config(settings: Settings, template: str | None = None) -> str:
-    """nginx's configuration for the stack (``nginx/swarm.conf`` with the app's service and port)."""
-    text = template if template is not None else NGINX_TEMPLATE.read_text()
-    return text.replace("@APP_SERVICE@", APP_SERVICE).replace("@APP_PORT@", str(settings.app_port))
-
-
-def config_name(settings: Settings, config: str) -> str:
-    """Swarm configs cannot change: each content gets its own name, so a changed one is a new config."""
-    return f"{settings.project}_nginx_{hashlib.sha256(config.encode()).hexdigest()[:12]}"
-
-
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def stack_definition(settings: Settings, version: str, nginx_file: str, nginx_config_name: str) -> dict[str, Any]:
-    """The stack file for ``version`` (see the module docstring for why each part is there)."""
+def stack_definition(settings: Settings, version: str, proxy: StackService,
+                     config_files: Mapping[str, str]) -> dict[str, Any]:
+    """The stack file for ``version``, with the ``proxy``'s service (its configs at ``config_files``,
+    by key; see the module docstring for why each part is there)."""
     s = settings
     rollout = {"parallelism": s.swarm_parallelism, "delay": "0s", "order": "start-first",
                "monitor": _seconds(s.swarm_monitor), "max_failure_ratio": 0}
@@ -106,7 +87,7 @@ def stack_definition(settings: Settings, version: str, nginx_file: str, nginx_co
         "labels": {"io.handover.role": "app", "io.handover.version": version},
         "stop_grace_period": _seconds(s.stop_grace_period),
         "stop_signal": s.app_stop_signal,
-        "networks": ["app"],
+        "networks": [NETWORK],
         "deploy": {
             "endpoint_mode": "dnsrr",
             "replicas": s.replicas,
@@ -116,27 +97,11 @@ def stack_definition(settings: Settings, version: str, nginx_file: str, nginx_co
             "restart_policy": {"condition": "any", "delay": "1s"},
         },
     }
-    nginx = {
-        "image": proxy_image(s),
-        "command": ["nginx", "-c", PROXY_CONFIG_TARGET, "-g", "daemon off;"],
-        "configs": [{"source": "nginx", "target": PROXY_CONFIG_TARGET}],
-        "ports": [{"target": PROXY_PORT, "published": s.http_port, "protocol": "tcp", "mode": "host"}],
-        "networks": ["app"],
-        "stop_grace_period": PROXY_GRACE,
-        "deploy": {
-            "endpoint_mode": "dnsrr",
-            "replicas": 1,
-            "labels": {"io.handover.role": "proxy"},
-            "placement": {"constraints": ["node.role == manager"]},
-            # One node's host-mode port cannot be bound twice: a changed nginx stops before it starts.
-            "update_config": {"order": "stop-first"},
-        },
-    }
     return {
         "version": STACK_VERSION,
-        "services": {APP_SERVICE: app, PROXY_SERVICE: nginx},
-        "networks": {"app": {"driver": "overlay", "attachable": True}},
-        "configs": {"nginx": {"name": nginx_config_name, "file": nginx_file}},
+        "services": {APP_SERVICE: app, proxy.name: {**proxy.definition, "networks": [NETWORK]}},
+        "networks": {NETWORK: {"driver": "overlay", "attachable": True}},
+        "configs": {key: {"name": proxy.config_names[key], "file": config_files[key]} for key in proxy.configs},
     }
 
 
@@ -292,13 +257,12 @@ class SwarmBackend:
 
     def check(self) -> None:
         require(self.host_checks(), "the swarm manager")
-        names = [service_name(self.settings, s) for s in (APP_SERVICE, PROXY_SERVICE)]
         found = self.docker("service", "ls", "--quiet", "--filter", f"label=com.docker.stack.namespace="
                             f"{self.settings.project}").stdout.split()
         if not found:
             return
         inspected = json.loads(self.docker("service", "inspect", *found).stdout or "[]")
-        vip = [n for n in vip_services(inspected) if n in names]
+        vip = vip_services(inspected)
         if vip:
             raise PreflightError(
                 f"{', '.join(vip)} is reached through a virtual IP (endpoint_mode vip, Swarm's default), which needs "
@@ -378,37 +342,41 @@ class SwarmBackend:
         if result.exited != 0:
             raise HandoverError(f"cannot pull {ref} on the manager: {first_line(result.stderr or result.stdout)}")
 
-    def has_proxy_image(self) -> bool:
-        return self.docker("image", "inspect", proxy_image(self.settings), check=False).exited == 0
+    def has_proxy_image(self, proxy: StackService) -> bool:
+        return self.docker("image", "inspect", proxy.image, check=False).exited == 0
 
     def build(self, version: str, *, proxy: str = "", app: bool = True) -> None:
-        """Only the proxy's image, on the manager (where nginx runs); the app's image is ready-made."""
+        """No image is built for a stack by this call: the app's is ready-made (see :meth:`build_proxy`)."""
         if app:
             raise HandoverError("backend swarm builds no app image: give every node <app_image>:<version>")
-        if proxy and not self.has_proxy_image():
+
+    def build_proxy(self, proxy: StackService) -> None:
+        """The proxy's image, on the manager (where the proxy runs), unless it is there."""
+        if not self.has_proxy_image(proxy):
             base = self.env.get("PROXY_BASE_IMAGE", self.settings.proxy_base_image)
-            self.docker("build", "--quiet", "--build-arg", f"BASE_IMAGE={base}", "--tag", proxy_image(self.settings),
-                        f"{self.settings.source_path}/nginx", timeout=BUILD_TIMEOUT)
+            self.docker("build", "--quiet", "--build-arg", f"BASE_IMAGE={base}", "--tag", proxy.image,
+                        f"{self.settings.source_path}/{proxy.build_dir}", timeout=BUILD_TIMEOUT)
 
     def remove_images(self, versions: Sequence[str]) -> None:
         for version in versions:
             self.docker("image", "rm", f"{self.settings.app_image}:{version}", check=False)
 
     # -- the rollout -------------------------------------------------------------------------------
-    def write_stack(self, version: str) -> str:
-        """Render the stack file and nginx's configuration into the state directory; the stack file's path."""
+    def write_stack(self, version: str, proxy: StackService) -> str:
+        """Render the stack file and the proxy's configuration files into the state directory; the stack
+        file's path."""
         run(self.runner, ["mkdir", "-p", self.stack_dir])
-        config = nginx_config(self.settings)
-        nginx_file = f"{self.stack_dir}/{NGINX_FILE}"
-        write_file(self.runner, nginx_file, config)
+        files = {key: f"{self.stack_dir}/{key}.conf" for key in proxy.configs}
+        for key, text in proxy.configs.items():
+            write_file(self.runner, files[key], text)
         stack = f"{self.stack_dir}/{STACK_FILE}"
-        definition = stack_definition(self.settings, version, nginx_file, config_name(self.settings, config))
-        write_file(self.runner, stack, stack_yaml(definition))
+        write_file(self.runner, stack, stack_yaml(stack_definition(self.settings, version, proxy, files)))
         return stack
 
-    def deploy_stack(self, version: str, *, force: bool = False) -> tuple[UpdateState, bool]:
-        """``docker stack deploy`` of ``version``; returns the update state before and whether the app changed."""
-        stack = self.write_stack(version)
+    def deploy_stack(self, version: str, proxy: StackService, *, force: bool = False) -> tuple[UpdateState, bool]:
+        """``docker stack deploy`` of ``version`` with ``proxy``'s service; returns the update state before and
+        whether the app changed."""
+        stack = self.write_stack(version, proxy)
         before, spec = self.update_state(), self.app_spec()
         result = self.docker("stack", *deploy_argv(self.settings, stack)[2:], check=False, timeout=DEPLOY_TIMEOUT)
         if result.exited != 0:

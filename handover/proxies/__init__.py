@@ -10,9 +10,9 @@ implementation; nothing outside this package knows which one it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from ..backends import Backend, Instance
+from ..backends import Backend, Instance, StackService
 from ..settings import Settings
 from ..shell import Runner
 
@@ -72,6 +72,14 @@ class Proxy(Protocol):
 
     def remove_state(self) -> None:
         """Remove the proxy's generated files (the whole stack is being removed)."""
+
+
+@runtime_checkable
+class StackProxy(Protocol):
+    """A proxy that runs as a service of a stack the backend rolls as a whole (Swarm)."""
+
+    def stack_service(self) -> StackService:
+        """Its service, image and configuration files in the stack."""
 
 
 def make_proxy(runner: Runner, settings: Settings, backend: Backend) -> Proxy:

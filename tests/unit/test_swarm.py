@@ -16,10 +16,8 @@ from handover.backends.swarm import (
     SwarmBackend,
     UpdateState,
     check_manager,
-    config_name,
     current_tasks,
     deploy_argv,
-    nginx_config,
     rollout_outcome,
     stack_definition,
     stack_yaml,
@@ -32,7 +30,7 @@ from handover.cli import defaults
 from handover.engine import DeployOptions, Engine, Facts
 from handover.errors import ConfigError, HandoverError, PreflightError
 from handover.proxies import make_proxy
-from handover.proxies.swarm import SwarmNginx
+from handover.proxies.swarm import SwarmNginx, config_name, nginx_config, stack_service
 from handover.steps import Rollout, SwarmImages
 
 SWARM = {"backend": "swarm", "app_build": "", "app_port": 8000, "http_bind": "0.0.0.0",  # noqa: S104
@@ -82,7 +80,8 @@ def test_the_backend_and_proxy_follow_the_setting() -> None:
 # -- the stack file --------------------------------------------------------------------------------
 def test_the_stack_rolls_start_first_health_gated_and_back_on_failure() -> None:
     s = _settings(swarm_parallelism=2, swarm_monitor=4, stop_grace_period=30, app_stop_signal="SIGQUIT")
-    stack = stack_definition(s, "v7", "/state/swarm/nginx.conf", "shop_nginx_abc")
+    proxy = stack_service(s, template="conf")
+    stack = stack_definition(s, "v7", proxy, {"nginx": "/state/swarm/nginx.conf"})
     app = stack["services"]["app"]
     assert app["image"] == "shop-app:v7" and app["environment"]["APP_VERSION"] == "v7"
     assert app["environment"]["PORT"] == "8000" and app["environment"]["UNIX_SOCKET_DIR"] == ""
@@ -98,7 +97,8 @@ def test_the_stack_rolls_start_first_health_gated_and_back_on_failure() -> None:
     assert nginx["ports"] == [{"target": 8080, "published": s.http_port, "protocol": "tcp", "mode": "host"}]
     assert nginx["deploy"]["endpoint_mode"] == "dnsrr"
     assert nginx["deploy"]["placement"]["constraints"] == ["node.role == manager"]
-    assert stack["configs"]["nginx"] == {"name": "shop_nginx_abc", "file": "/state/swarm/nginx.conf"}
+    assert nginx["networks"] == app["networks"] == ["app"]
+    assert stack["configs"]["nginx"] == {"name": config_name(s, "conf"), "file": "/state/swarm/nginx.conf"}
     assert stack["networks"]["app"] == {"driver": "overlay", "attachable": True}
     assert yaml.safe_load(stack_yaml(stack)) == stack
 
