@@ -177,3 +177,50 @@ def test_prune_keeps_the_newest_and_the_release_in_use_and_says_what_is_left(
     assert pruned.removed == [n for n in made if n not in kept]
     sync.point_current(remote, s, None)
     assert sync.prune(remote, s).removed == [made[0]]
+
+
+class Conn:
+    """This machine through Invoke, as the SSH user ``user``."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        return Context().run(command, **kwargs)
+
+
+def prepared(tmp_path: Path, user: str, deploy_dir: Path) -> tuple[Any, Any]:
+    from dataclasses import replace
+
+    from fabfile import hostready
+
+    settings = replace(fake_settings(tmp_path), deploy_dir=str(deploy_dir))
+    target = hostconfig.Target(name="web1", host="web1", user=None, port=None, settings=settings, env_file=None)
+    return hostready.prepare_dirs(Remote(target, Conn(user), tmp_path / "kh"), settings), settings  # type: ignore[arg-type]
+
+
+def test_the_deploy_directories_are_made_private_in_one_go(tmp_path: Path) -> None:
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    root = tmp_path / "srv" / "app"
+    check, s = prepared(tmp_path, me, root)
+    assert check.ok and check.detail == f"{root} (mode 0750, owner {me})"
+    for path in (root, Path(sync.releases_path(s)), Path(s.state_path)):
+        assert path.is_dir() and (path.stat().st_mode & 0o777) == 0o750
+    (root / "releases").chmod(0o777)
+    assert prepared(tmp_path, me, root)[0].ok and (root / "releases").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_deploy_directory_of_another_user_or_one_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    root = tmp_path / "srv"
+    check, _ = prepared(tmp_path, "someone", root)
+    assert not check.ok and check.detail == f"{root} belongs to {me}, not someone: chown someone {root}"
+    assert not (root / "releases").exists()  # nothing made in a directory that is not the user's
+    (tmp_path / "file").write_text("")
+    check, _ = prepared(tmp_path, me, tmp_path / "file" / "app")
+    assert not check.ok and check.detail.startswith(f"cannot create {tmp_path}/file/app as {me} (mkdir: ")
+    assert "install -d -m 0750" in check.detail
