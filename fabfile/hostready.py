@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from handover.backends import make_backend
 from handover.checks import Check, first_line
+from handover.errors import CommandError
 from handover.settings import Settings
 from handover.shell import run
 
@@ -26,21 +27,29 @@ def check_rsync(remote: Remote) -> Check:
     return Check("rsync", True, result.stdout.strip())
 
 
+# One command: the deploy directory made (exit 3: it cannot be), its owner printed and required to be
+# the SSH user (exit 4), then each directory made and set to the mode.
+_PREPARE = ('root=$1 mode=$2 user=$3; shift 3; mkdir -p -m "$mode" -- "$root" || exit 3; '
+            'owner=$(stat -c %U -- "$root"); printf "%s\\n" "$owner"; [ "$owner" = "$user" ] || exit 4; '
+            'for d; do mkdir -p -m "$mode" -- "$d" && chmod "$mode" -- "$d" || exit 1; done')
+
+
 def prepare_dirs(remote: Remote, s: Settings) -> Check:
     """Create the deploy, releases and state directories (0750, owned by the SSH user); idempotent."""
     user = str(remote.conn.user)
     root = s.deploy_dir
-    made = run(remote.conn, ["mkdir", "-p", "-m", DIR_MODE, root], check=False)
-    if made.exited != 0:
-        return Check("deploy_dir", False, f"cannot create {root} as {user} ({first_line(made.stderr)}): create it "
+    done = run(remote.conn, ["sh", "-c", _PREPARE, "prepare", root, DIR_MODE, user,
+                             root, releases_path(s), s.state_path], check=False)
+    if done.exited == 3:
+        return Check("deploy_dir", False, f"cannot create {root} as {user} ({first_line(done.stderr)}): create it "
                                           f"once as root: install -d -m {DIR_MODE} -o {user} {root}")
-    owner = run(remote.conn, ["stat", "-c", "%U", root], check=False).stdout.strip()
-    if owner != user:
+    if done.exited == 4:
+        owner = done.stdout.strip()
         return Check("deploy_dir", False, f"{root} belongs to {owner or 'someone else'}, not {user}: "
                                           f"chown {user} {root}")
-    for path in (root, releases_path(s), s.state_path):
-        run(remote.conn, ["mkdir", "-p", "-m", DIR_MODE, path])
-        run(remote.conn, ["chmod", DIR_MODE, path])
+    if done.exited != 0:
+        raise CommandError(f"mkdir -p -m {DIR_MODE} {releases_path(s)} {s.state_path}", done.exited,
+                           done.stderr or done.stdout)
     return Check("deploy_dir", True, f"{root} (mode {DIR_MODE}, owner {user})")
 
 

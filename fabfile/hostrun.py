@@ -226,10 +226,11 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
                                       via=FRONT_DOOR, after_lock=[Sync(remote, s, secrets_of)],
                                       after_switch=after_switch, ship=Ship(remote) if s.app_ship else None))
     if rec.result == "success":
-        removed = sync.prune(remote, s)
-        secrets.prune(secrets_of, sync.list_releases(remote, s))
-        if removed:
-            progress.say(f"    removed {len(removed)} old release dir(s) and their secrets; kept {s.releases_kept}")
+        pruned = sync.prune(remote, s)
+        secrets.prune(secrets_of, pruned.kept)
+        if pruned.removed:
+            progress.say(f"    removed {len(pruned.removed)} old release dir(s) and their secrets; "
+                         f"kept {s.releases_kept}")
     return rec
 
 

@@ -28,6 +28,7 @@ a file made 0600 before any byte is written: never on a command line, never prin
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import os
@@ -35,7 +36,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ConfigError, HandoverError
+from ..errors import CommandError, ConfigError, HandoverError
 from ..settings import HSTS_MAX
 from ..shell import Runner, read_file, run, write_file
 
@@ -231,6 +232,20 @@ def generation_of(link_target: str | None) -> str | None:
 
 
 # -- on the host -----------------------------------------------------------------------------------
+# install()'s look at the directory: $1 directory, $2 its mode, $3 the live link, $4 the pair to keep
+# besides the live one, then the include files, each printed as "+<base64>" or "-" (missing).
+_LOOK = ('d=$1 m=$2 live=$3 want=$4; shift 4; mkdir -p -- "$d" && chmod "$m" "$d" && cd -- "$d" || exit 1; '
+         'cur=$(readlink -- "$live" 2>/dev/null); printf "%s\\n" "$cur"; '
+         'for f in *.pem; do [ -f "$f" ] && [ ! -L "$f" ] || continue; '
+         '[ "$f" = "$want" ] || [ "$f" = "$cur" ] || rm -f -- "$f"; done; '
+         'for f; do if [ -f "$f" ]; then printf "+"; base64 < "$f" | tr -d "\\n"; echo; else echo -; fi; done')
+
+
+def _unpacked(line: str) -> str | None:
+    """A file as :data:`_LOOK` printed it."""
+    return base64.b64decode(line[1:]).decode() if line.startswith("+") else None
+
+
 def write_private(runner: Runner, path: str, content: bytes, mode: int = KEY_MODE) -> None:
     """Write ``content`` to ``path`` with ``mode`` (set before any byte is written), through a temp
     file and a rename: over SFTP on a Fabric connection (as the secrets file goes), on the stdin of a
@@ -318,11 +333,16 @@ class TlsFiles:
         """Put the pair live (validated by nginx first) and write the include files; returns whether
         the include files changed (a reload is needed). Keeps what :meth:`restore` needs."""
         pair, files = self.wanted()
-        self.prepare()
-        current = {name: read_file(self.runner, self._path(name)) for name in files}
-        in_use = self.live()
-        self._previous, self.renewed = None, False
         wanted = pair.generation if pair else None
+        # One command: the directory made private, the live pair read, the pairs that are neither
+        # live nor wanted removed, the include files read.
+        out = run(self.runner, ["sh", "-c", _LOOK, "look", self.directory, DIR_MODE, LIVE_LINK,
+                                f"{wanted}{PAIR_SUFFIX}" if wanted else "", *files]).stdout.split("\n")
+        in_use, lines = generation_of(out[0]), out[1:len(files) + 1]
+        if len(lines) != len(files) or not all(line == "-" or line.startswith("+") for line in lines):
+            raise CommandError(f"reading {self.directory}", 1, "\n".join(out))
+        current = {name: _unpacked(line) for name, line in zip(files, lines, strict=True)}
+        self._previous, self.renewed = None, False
         if wanted is not None and wanted != in_use:
             assert pair is not None
             path = self._path(f"{wanted}{PAIR_SUFFIX}")
@@ -339,7 +359,6 @@ class TlsFiles:
                 write_file(self.runner, self._path(name), text)
         if self.renewed or current != files:
             self._previous = (current, in_use)
-        self._prune(keep={g for g in (in_use, wanted) if g})
         return current != files
 
     def commit(self) -> None:
@@ -365,10 +384,3 @@ class TlsFiles:
                 write_file(self.runner, self._path(name), text)
         self._previous, self.renewed = None, False
         return changed
-
-    def _prune(self, keep: set[str]) -> None:
-        """Remove the pairs that are neither live now nor were before this install."""
-        names = [f"{g}{PAIR_SUFFIX}" for g in sorted(keep)]
-        script = ('cd "$1" || exit 0; shift; for f in *.pem; do [ -f "$f" ] && [ ! -L "$f" ] || continue; keep=0; '
-                  'for k; do [ "$f" = "$k" ] && keep=1; done; [ "$keep" = 1 ] || rm -f -- "$f"; done')
-        run(self.runner, ["sh", "-c", script, "prune", self.directory, *names], check=False)

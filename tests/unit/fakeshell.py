@@ -47,8 +47,11 @@ FINGERPRINT = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -n
                '-print0 2>/dev/null | sort -z | xargs -0 cat')
 FINGERPRINTED = ("*.conf", "*.main", "*.js")
 READ_LINK = 'readlink -- "$1" || :'
-PRUNE_PEMS = ('cd "$1" || exit 0; shift; for f in *.pem; do [ -f "$f" ] && [ ! -L "$f" ] || continue; keep=0; '
-              'for k; do [ "$f" = "$k" ] && keep=1; done; [ "$keep" = 1 ] || rm -f -- "$f"; done')
+TLS_LOOK = ('d=$1 m=$2 live=$3 want=$4; shift 4; mkdir -p -- "$d" && chmod "$m" "$d" && cd -- "$d" || exit 1; '
+            'cur=$(readlink -- "$live" 2>/dev/null); printf "%s\\n" "$cur"; '
+            'for f in *.pem; do [ -f "$f" ] && [ ! -L "$f" ] || continue; '
+            '[ "$f" = "$want" ] || [ "$f" = "$cur" ] || rm -f -- "$f"; done; '
+            'for f; do if [ -f "$f" ]; then printf "+"; base64 < "$f" | tr -d "\\n"; echo; else echo -; fi; done')
 APPEND = ('if [ -s "$2" ] && [ -n "$(tail -c 1 "$2")" ]; then printf "\\n%s\\n" "$1" >> "$2"; '
           'else printf "%s\\n" "$1" >> "$2"; fi')
 RELEASE = 'if grep -qF "$2" "$1/holder.json" 2>/dev/null; then rm -rf "$1"; fi'
@@ -445,19 +448,35 @@ def _read_link(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | No
     return (None if "\n" in target else (target + "\n", "", 0))
 
 
-def _prune_pems(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
-    if not args or not all(_plain(a) for a in args[:1]):
+def _name(word: str) -> bool:
+    return _plain(word) and "/" not in word
+
+
+def _tls_look(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
+    if len(args) < 4 or not _plain(args[0]) or _mode(args[1]) is None or not _name(args[2]):
+        return None
+    if not all(_name(a) for a in args[4:]) or (args[3] and not _name(args[3])):
         return None
     directory = _path(cwd, args[0])
-    if not _real_dir(directory):
-        return None  # cd's own words (or a symlink it would follow)
-    keep = set(args[1:])
+    if os.path.lexists(directory) and not _real_dir(directory):
+        return None  # a file in the way (mkdir's words) or a symlink cd would follow
+    link = os.path.join(directory, args[2])
+    current = os.readlink(link) if os.path.islink(link) else ""
+    if "\n" in current or _text(os.fsencode(current)) is None:
+        return None
+    if _mkdir(["-p", args[0]], cwd) is None:
+        return None
+    os.chmod(directory, _mode(args[1]) or 0)
     for name in os.listdir(directory):
         full = os.path.join(directory, name)
         if (fnmatch.fnmatchcase(name, "*.pem") and not name.startswith(".") and not os.path.islink(full)
-                and os.path.isfile(full) and name not in keep):
+                and os.path.isfile(full) and name not in (args[3], current)):
             os.remove(full)
-    return "", "", 0
+    out = [current]
+    for name in args[4:]:
+        full = os.path.join(directory, name)
+        out.append("+" + base64.b64encode(_bytes(full)).decode() if os.path.isfile(full) else "-")
+    return "\n".join(out) + "\n", "", 0
 
 
 def _append(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
@@ -509,6 +528,6 @@ def _half_made(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | No
 
 _SCRIPTS: dict[str, Callable[[list[str], str, Mapping[str, str]], Answer | None]] = {
     LINKS: _links, CHECK: _check, UNLINK: _unlink, FORGET: _forget, FINGERPRINT: _fingerprint,
-    READ_LINK: _read_link, PRUNE_PEMS: _prune_pems,
+    READ_LINK: _read_link, TLS_LOOK: _tls_look,
     APPEND: _append, RELEASE: _release, HALF_MADE: _half_made,
 }
