@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 BUILD_TIMEOUT = 600
@@ -104,3 +106,30 @@ def keygen(path: Path) -> str:
     """An ed25519 key pair at ``path`` (and ``path.pub``); the public line."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
     return Path(f"{path}.pub").read_text().strip()
+
+
+@dataclass(frozen=True)
+class SshKeys:
+    """The key material of sshd hosts in containers: their host key, the client's key, the
+    authorized_keys file (both mounted into the containers, see :meth:`mounts`) and a known_hosts
+    that names each host by its published port on 127.0.0.1."""
+
+    host_key: Path
+    client_key: Path
+    authorized: Path
+    known_hosts: Path
+
+    @classmethod
+    def make(cls, tmp: Path, ports: Iterable[int]) -> SshKeys:
+        host_pub = keygen(tmp / "host_key")
+        authorized = tmp / "authorized_keys"
+        authorized.write_text(keygen(tmp / "id_ed25519") + "\n")
+        authorized.chmod(0o644)
+        known_hosts = tmp / "known_hosts"
+        known_hosts.write_text("".join(f"[127.0.0.1]:{port} {' '.join(host_pub.split()[:2])}\n" for port in ports))
+        return cls(tmp / "host_key", tmp / "id_ed25519", authorized, known_hosts)
+
+    def mounts(self) -> list[str]:
+        """``docker run`` options that give a host container this host key and authorized_keys."""
+        return ["-v", f"{self.host_key}:/etc/ssh/test_host_key:ro",
+                "-v", f"{self.authorized}:/etc/ssh/test_authorized_keys:ro"]

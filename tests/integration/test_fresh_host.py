@@ -28,7 +28,7 @@ from handover.images import ensure_base_image
 from handover.progress import Progress
 
 from .conftest import LAB_PORT_SHIFT, TEST_PROJECT
-from .dind import nested_docker
+from .dind import SshKeys, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -93,11 +93,6 @@ def host_image(tmp: Path) -> str:
     return image
 
 
-def keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
-    return Path(f"{path}.pub").read_text().strip()
-
-
 def wait_for_sshd(port: int) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -132,23 +127,15 @@ class FreshHost:
 def fresh_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshHost]:
     tmp = tmp_path_factory.mktemp("fresh-host")
     image = host_image(tmp)
-    host_key = tmp / "host_key"
-    host_pub = keygen(host_key)
-    client_key = tmp / "id_ed25519"
-    authorized = tmp / "authorized_keys"
-    authorized.write_text(keygen(client_key) + "\n")
-    authorized.chmod(0o644)
-    known_hosts = tmp / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{PORT} {' '.join(host_pub.split()[:2])}\n")
+    keys = SshKeys.make(tmp, [PORT])
     config = tmp / "fabric.yaml"
-    config.write_text(yaml.safe_dump({"deploy": {"known_hosts": str(known_hosts), "deploy_dir": DEPLOY_DIR}}))
+    config.write_text(yaml.safe_dump({"deploy": {"known_hosts": str(keys.known_hosts), "deploy_dir": DEPLOY_DIR}}))
     docker("rm", "--force", "--volumes", NAME, check=False)
     docker("run", "--detach", "--name", NAME, "--hostname", "fresh-host", "--publish", f"127.0.0.1:{PORT}:22",
-           *NESTED_DOCKER, "-v", f"{host_key}:/etc/ssh/test_host_key:ro",
-           "-v", f"{authorized}:/etc/ssh/test_authorized_keys:ro", image)
+           *NESTED_DOCKER, *keys.mounts(), image)
     try:
         wait_for_sshd(PORT)
-        yield FreshHost(client_key, config)
+        yield FreshHost(keys.client_key, config)
     finally:
         docker("rm", "--force", "--volumes", NAME, check=False)
 

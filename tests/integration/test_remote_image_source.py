@@ -133,7 +133,7 @@ def test_fab_ship_finds_the_image_on_the_host_and_the_stream_goes_through_sshd(b
     plan = lab.fab(config, [host], "deploy", "--version", "s1", "--dry-run").stdout
     assert f"ship: {local_image}:s1 is on {host.server.label} already" in plan, plan
     result = lab.fab(config, [host], "deploy", "--version", "s1")
-    assert "==> ship" in result.stdout and "nothing sent" in result.stdout, result.stdout
+    assert "==> ship" in result.stdout and "(on the host already, nothing sent)" in result.stdout, result.stdout
     assert "==> build: the proxy's image" in result.stdout and "==> pull" not in result.stdout
     assert host.version() == "s1"
     lacking = lab.fab(config, [host], "deploy", "--version", "s9", check=False)

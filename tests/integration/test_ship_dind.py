@@ -32,7 +32,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
 from .conftest import LAB_PORT_SHIFT, PROBE_RATE, PROBE_WS_CLIENTS, TEST_PROJECT, docker_ready
-from .dind import BUILD_TIMEOUT, docker, host_image, load_images, nested_docker
+from .dind import BUILD_TIMEOUT, SshKeys, docker, host_image, load_images, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -140,17 +140,10 @@ def app_images(minbase: str) -> Iterator[dict[str, str]]:
 def docker_host(tmp_path_factory: pytest.TempPathFactory, minbase: str) -> Iterator[DockerHost]:
     tmp = tmp_path_factory.mktemp("dind-host")
     image = host_image(tmp, minbase, NAME)
-    host_key = tmp / "host_key"
-    host_pub = keygen(host_key)
-    client_key = tmp / "id_ed25519"
-    authorized = tmp / "authorized_keys"
-    authorized.write_text(keygen(client_key) + "\n")
-    authorized.chmod(0o644)
-    known_hosts = tmp / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{SSH_PORT} {' '.join(host_pub.split()[:2])}\n")
+    keys = SshKeys.make(tmp, [SSH_PORT])
     config = tmp / "fabric.yaml"
     config.write_text(yaml.safe_dump({"deploy": {
-        "known_hosts": str(known_hosts), "deploy_dir": DEPLOY_DIR, "project": PROJECT,
+        "known_hosts": str(keys.known_hosts), "deploy_dir": DEPLOY_DIR, "project": PROJECT,
         "app_build": "", "app_ship": True, "app_image": APP_IMAGE,
         "http_bind": "0.0.0.0", "http_port": INNER_HTTP_PORT,  # noqa: S104 - inside the host; published to loopback
         "base_image": minbase, "proxy_base_image": minbase,
@@ -159,13 +152,13 @@ def docker_host(tmp_path_factory: pytest.TempPathFactory, minbase: str) -> Itera
     docker("volume", "rm", VOLUME, check=False)
     docker("run", "--detach", "--name", NAME, "--hostname", "dind-host", "--publish", f"127.0.0.1:{SSH_PORT}:22",
            "--publish", f"127.0.0.1:{HTTP_PORT}:{INNER_HTTP_PORT}", *NESTED_DOCKER,
-           "-v", f"{host_key}:/etc/ssh/test_host_key:ro", "-v", f"{authorized}:/etc/ssh/test_authorized_keys:ro",
+           *keys.mounts(),
            image)
     try:
         wait_for_host()
         # The host's provisioning: the debootstrap base the proxy's image is built from (no registry there).
         load_images(NAME, minbase)
-        yield DockerHost(client_key, config)
+        yield DockerHost(keys.client_key, config)
     finally:
         docker("rm", "--force", "--volumes", NAME, check=False)
         docker("volume", "rm", VOLUME, check=False)
@@ -210,7 +203,7 @@ def test_fab_ships_the_image_to_a_host_without_it_and_skips_it_when_the_host_has
     assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
     assert report.ok, report.format_table()
     for version in (v2, v3):
-        assert "(sent)" in outputs[version] and "nothing sent" not in outputs[version], outputs[version]
+        assert "(sent)" in outputs[version] and "on the host already" not in outputs[version], outputs[version]
     # v1 is on the host with the same image ID: nothing travels the second time.
     assert "(on the host already, nothing sent)" in outputs[v1], outputs[v1]
     # The app image was never built or pulled on the host: only the proxy's image was built there.

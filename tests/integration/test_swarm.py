@@ -31,7 +31,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
 from .conftest import PROBE_RATE, PROBE_WS_CLIENTS, TEST_PORT, TEST_PROJECT, docker_ready
-from .dind import BUILD_TIMEOUT, docker, host_image, keygen, load_images, nested_docker
+from .dind import BUILD_TIMEOUT, SshKeys, docker, host_image, load_images, nested_docker
 
 pytestmark = pytest.mark.integration
 
@@ -153,15 +153,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
     image = host_image(tmp, minbase, f"{TEST_PROJECT}-dind-host")
     run_dir = tmp / "run"
     run_dir.mkdir()
-    host_key = tmp / "host_key"
-    host_pub = keygen(host_key)
-    client_key = tmp / "id_ed25519"
-    authorized = tmp / "authorized_keys"
-    authorized.write_text(keygen(client_key) + "\n")
-    authorized.chmod(0o644)
-    known_hosts = tmp / "known_hosts"
-    known_hosts.write_text("".join(f"[127.0.0.1]:{port} {' '.join(host_pub.split()[:2])}\n"
-                                   for port in SSH_PORTS.values()))
+    keys = SshKeys.make(tmp, SSH_PORTS.values())
     remove_nodes()
     docker("network", "create", NETWORK)
     try:
@@ -170,8 +162,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
             if node == MANAGER:  # its engine's socket for inv here; nginx's port on loopback here
                 extra = ["-v", f"{run_dir}:/run/outer", "--publish", f"127.0.0.1:{HTTP_PORT}:{INNER_HTTP_PORT}"]
             if node in SSH_PORTS:  # sshd for fab, on loopback here
-                extra += ["--publish", f"127.0.0.1:{SSH_PORTS[node]}:22", "-v", f"{host_key}:/etc/ssh/test_host_key:ro",
-                          "-v", f"{authorized}:/etc/ssh/test_authorized_keys:ro"]
+                extra += ["--publish", f"127.0.0.1:{SSH_PORTS[node]}:22", *keys.mounts()]
                 sshd = " & exec /usr/sbin/sshd -D -e"
             docker("run", "--detach", "--name", node, "--hostname", node, "--network", NETWORK,
                    *nested_docker(f"{node}-lib"), *extra, image, "sh", "-c",
@@ -196,9 +187,9 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
             "drain_timeout": 2, "stop_grace_period": 6, "swarm_monitor": 3}}))
         fab_config = tmp / "fabric.yaml"
         fab_config.write_text(yaml.safe_dump({"deploy": {
-            **yaml.safe_load(config.read_text())["deploy"], "known_hosts": str(known_hosts),
+            **yaml.safe_load(config.read_text())["deploy"], "known_hosts": str(keys.known_hosts),
             "deploy_dir": REMOTE_DIR, "state_dir": ".state"}}))
-        yield Swarm(config, run_dir / "docker.sock", fab_config, client_key)
+        yield Swarm(config, run_dir / "docker.sock", fab_config, keys.client_key)
     finally:
         remove_nodes()
         subprocess.run(["rm", "-rf", str(ROOT / STATE_DIR)], check=False)
