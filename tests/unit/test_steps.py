@@ -8,6 +8,7 @@ and the record says what happened.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
 from collections.abc import Iterator
@@ -186,6 +187,20 @@ def test_the_plans_read_as_the_sequence() -> None:
     after = plans.deploy(after_switch=[hook])
     assert after[after.index(hook) - 1].name == "switch" and after[after.index(hook) + 1].name == "verify"
     assert plans.first_start(after_switch=[hook])[-1] is hook  # once the proxy serves the new version
+
+
+def test_the_sequence_knows_the_proxy_only_through_its_interface() -> None:
+    """The engine, its steps and plans neither import the proxy implementation nor name it."""
+    import handover
+
+    for module in ("engine.py", "steps.py", "plans.py"):
+        source = (Path(handover.__file__).parent / module).read_text()
+        tree = ast.parse(source)
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [f"{node.module or ''}.{alias.name}" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) for alias in node.names]
+        assert imported and not [name for name in imported if "nginx" in name.lower()], module
+        assert "nginx" not in source.lower(), module
 
 
 # -- a failure at each step --------------------------------------------------------------------------

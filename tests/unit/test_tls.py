@@ -347,7 +347,10 @@ def test_a_deploy_with_an_expired_pair_stops_before_the_lock_and_is_recorded(ca:
 def test_certs_says_what_it_did(pair: tuple[Path, Path], tls_on: bool, renewed: bool, reloaded: bool,
                                 words: str) -> None:
     from handover import cli
+    from handover.backends.compose import ComposeBackend
+    from handover.proxies.nginx import NginxProxy
 
     keys = {"tls_certificate": str(pair[0]), "tls_key": str(pair[1])} if tls_on else {}
     s = settings_module.load(config(**keys))
-    assert cli.certs_outcome(s, renewed=renewed, reloaded=reloaded) == words
+    proxy = NginxProxy(Context(), s, ComposeBackend(Context(), s))
+    assert cli.certs_outcome(s, proxy, renewed=renewed, reloaded=reloaded) == words
