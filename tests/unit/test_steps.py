@@ -333,7 +333,7 @@ FAILURES = {
 @pytest.mark.parametrize("step", FAILURES)
 def test_each_steps_own_failure_leaves_the_old_version_serving(host: FakeHost, step: str) -> None:
     engine = serving(host)
-    before = snapshot(host)
+    before, count = snapshot(host), len(host.records())
     script, result, words = FAILURES[step]
     script(host)
 
@@ -343,6 +343,7 @@ def test_each_steps_own_failure_leaves_the_old_version_serving(host: FakeHost, s
     only(host, OLD)
     if step != "proxy config":
         assert snapshot(host) == before
+    assert len(host.records()) == count + 1  # one run, one line
     record = host.records()[-1]
     assert (record["result"], record["failed_step"]) == (result, step.split(" (")[0])
     assert words in str(record["error"])
