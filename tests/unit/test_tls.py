@@ -476,3 +476,22 @@ def test_the_pair_becomes_the_workers_own(pair: tuple[Path, Path], tmp_path: Pat
              f"{proxy.settings.project}-nginx:1 {workers} /tls/{pem.name}")
     assert (runner.docker, chowned) == (([chown], []) if in_a_container else
                                         ([], [(str(pem), tls.WORKER_UID, tls.WORKER_UID)]))
+
+
+def test_turning_tls_on_is_put_back_by_the_proxys_restore(
+        pair: tuple[Path, Path], tmp_path: Path, chowned: list[tuple[str, int, int]]) -> None:
+    """A deploy that turned TLS on and then failed: the plain includes come back, and restore()
+    says so (a reload is due), though the routes were not touched."""
+    from handover.proxies.nginx import NginxProxy
+
+    plain = settings_module.load(config(), deploy_dir=str(tmp_path))
+    NginxProxy(HostRunner(), plain, ProxyBackend(running=False)).tls.install()  # type: ignore[arg-type]
+    home = Path(plain.state_path) / "tls"
+    includes = (tls.LISTEN_FILE, tls.REDIRECT_FILE)
+    before = {name: (home / name).read_text() for name in includes}
+    proxy = nginx_proxy(pair, tmp_path, HostRunner(), ProxyBackend(running=False))
+    assert proxy.tls.install() is True
+    assert proxy.restore() is True
+    assert {name: (home / name).read_text() for name in includes} == before
+    assert not (home / "live.pem").exists()
+    assert proxy.restore() is False
