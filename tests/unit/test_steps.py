@@ -31,6 +31,7 @@ DEPLOY = [type(step) for step in plans.deploy()]
 TAKEN = [cls for cls in DEPLOY if cls is not steps.Converge]
 DRAIN_AT = TAKEN.index(steps.Drain)
 START_AT = TAKEN.index(steps.Start)
+FIRST = [type(step) for step in plans.first_start()]
 
 
 def engine_for(host: FakeHost) -> Engine:
@@ -86,7 +87,7 @@ def at(monkeypatch: pytest.MonkeyPatch, cls: type[Step], make: type[BaseExceptio
         raise make if isinstance(make, BaseException) else make(f"injected at {self.name}")
 
     monkeypatch.setattr(cls, "run", fail)
-    for each in DEPLOY:
+    for each in dict.fromkeys([*DEPLOY, *FIRST]):
         original = each.undo
 
         def undo(self: Step, run: Run, original: object = original) -> None:
@@ -249,6 +250,28 @@ def test_a_failure_from_the_drain_on_keeps_the_new_version(host: FakeHost, monke
     monkeypatch.undo()
     engine_for(host).deploy(DeployOptions(version=NEW))
     only(host, NEW)
+
+
+@pytest.mark.parametrize("cls", [c for c in FIRST if c.name in FIRST_START], ids=lambda c: c.name)
+def test_a_failure_at_each_first_start_step_undoes_every_step_before_it(host: FakeHost,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        cls: type[Step]) -> None:
+    engine = engine_for(host)
+    planned = [s.name for s in engine.deploy(DeployOptions(version=OLD, action="up", dry_run=True)).steps]
+    assert planned == FIRST_START
+    undone = at(monkeypatch, cls, HandoverError)
+
+    with pytest.raises(HandoverError, match=f"injected at {cls.name}"):
+        engine.up(OLD)
+
+    assert undone == list(reversed(planned[: planned.index(cls.name) + 1]))
+    assert host.app_containers() == [] and host.sockets() == [] and not host.lock_held()
+    assert len(host.records()) == 1
+    record = host.records()[-1]
+    assert (record["action"], record["failed_step"], record["error"]) == ("up", cls.name, f"injected at {cls.name}")
+    monkeypatch.undo()  # the cause gone, the same start succeeds
+    assert engine_for(host).up(OLD).result == "success"
+    only(host, OLD)
 
 
 # -- Ctrl-C at each step -----------------------------------------------------------------------------
