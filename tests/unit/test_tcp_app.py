@@ -225,7 +225,9 @@ def test_a_tcp_app_starts_and_deploys_with_no_reload_at_the_switch(host: FakeHos
     only(host, OLD)
     generated = host.state_path / "nginx"
     assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in (generated / "modules.main").read_text()
-    assert "js_set $handover_target handover.target;" in (generated / "upstream.conf").read_text()
+    routes = (generated / "upstream.conf").read_text()
+    assert "js_set $handover_target handover.target;" in routes
+    assert "js_import handover from /etc/handover/./nginx/handover.js;" in routes  # the release's own script
     reloads = host.nginx_reloads
     assert deploy(engine) == "success"
     only(host, NEW)
@@ -349,9 +351,10 @@ def test_a_container_without_an_address_is_named_and_not_routed_to(host: FakeHos
     lost = dataclasses.replace(new, address="")
     assert engine.proxy.check_http(lost, HEALTH) == (
         f"GET http://?:{PORT}{HEALTH}: {new.name} has no address on the app's network")
+    other = dataclasses.replace(lost, name="p-app-2")
     with pytest.raises(HandoverError) as info:
-        engine.proxy.point([lost])
-    assert str(info.value) == f"the new app has no address on the project's network: {new.name}"
+        engine.proxy.point([lost, other])
+    assert str(info.value) == f"the new app has no address on the project's network: {new.name}, p-app-2"
     assert host.tcp_targets() == before
 
 
@@ -403,6 +406,7 @@ def test_a_configured_change_is_put_back_once(tmp_path: Path, tcp_first: bool) -
              if (generated / name).exists()}
     proxy = NginxProxy(host.runner, dataclasses.replace(host.settings, **then), engine_for(host).backend)
     assert proxy.configure(1, load=False) is True
+    assert (generated / "modules.main").exists() == (not tcp_first)  # njs loaded for a TCP app only
     assert proxy.restore() is True  # the routes it wrote are put back: a reload is due
     assert {name: (generated / name).read_text() for name in ("upstream.conf", "modules.main")
             if (generated / name).exists()} == files

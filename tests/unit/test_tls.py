@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
 import stat
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from invoke.runners import Result
 
 from handover import settings as settings_module
 from handover.backends import Instance
-from handover.errors import ConfigError, ProxyConfigInvalid
+from handover.errors import CommandError, ConfigError, ProxyConfigInvalid
 from handover.probe import ProbeError, ProbeSettings
 from handover.probe.http_client import HttpTarget
 from handover.proxies import tls
@@ -403,6 +404,8 @@ class ProxyBackend:
 
     def exec(self, instance: Instance, argv: list[str], *, check: bool = True) -> Result:
         self.execs.append((instance.id, list(argv)))
+        if check and self.exited:
+            raise CommandError(shlex.join(argv), self.exited, self.says)
         return Result(command=" ".join(argv), stderr=self.says, exited=self.exited)
 
 
