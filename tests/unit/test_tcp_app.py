@@ -262,6 +262,17 @@ def test_forgetting_a_fallback_container_takes_it_out_of_the_targets(host: FakeH
     assert host.tcp_targets()["fallback_ids"] == [] and host.tcp_targets()["live_ids"] == [new.short_id]
 
 
+def test_forgetting_one_of_two_fallback_containers_keeps_the_other(tmp_path: Path) -> None:
+    host = tcp_host(tmp_path, replicas=2)
+    engine = serving(host)
+    gone, kept = engine.backend.instances()
+    engine.backend.build(NEW)
+    new = engine.wait_healthy(engine.backend.start(NEW, 2, {}))
+    engine.proxy.point(new, fallback=[gone, kept])
+    engine.proxy.forget([gone])
+    assert (host.state_path / "nginx" / "targets.json").read_text() == nginx.render_targets(new, [kept], PORT)
+
+
 def test_a_new_container_that_dies_after_the_switch_is_switched_back(host: FakeHost) -> None:
     engine = serving(host)
     host.behave(NEW, Behaviour(dies_after=2, exit_code=4))

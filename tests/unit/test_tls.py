@@ -364,16 +364,17 @@ class HostRunner(Recording):
     """Runs everything on this machine but ``docker``, whose command lines it keeps and answers with
     exit 0; with ``sftp``, files are written as over a Fabric connection (the remote path)."""
 
-    def __init__(self, sftp: bool = False) -> None:
+    def __init__(self, sftp: bool = False, docker_says: str = "") -> None:
         super().__init__()
         self.docker: list[str] = []
+        self.docker_says = docker_says
         if sftp:
             self.sftp = LocalSftp
 
     def run(self, command: str, **kwargs: Any) -> Any:
         if command.startswith("docker "):
             self.docker.append(command)
-            return Result(command=command, exited=0)
+            return Result(command=command, stdout=self.docker_says, exited=0)
         return super().run(command, **kwargs)
 
 
@@ -498,3 +499,31 @@ def test_turning_tls_on_is_put_back_by_the_proxys_restore(
     assert {name: (home / name).read_text() for name in includes} == before
     assert not (home / "live.pem").exists()
     assert proxy.restore() is False
+
+
+@pytest.mark.parametrize(("tls_on", "running", "published", "refused"), [
+    (True, True, "127.0.0.1:8443\n", False),
+    (True, True, "127.0.0.1:9443\n", True),  # made with another https_port
+    (True, True, "", True),  # made with TLS off: nothing published
+    (True, False, "", False),  # no proxy yet: its first start publishes the port
+    (False, True, "", False),  # TLS off: no HTTPS port to publish
+])
+def test_a_proxy_made_without_the_https_port_is_refused_before_anything_changes(
+        pair: tuple[Path, Path], tmp_path: Path, tls_on: bool, running: bool, published: str, refused: bool) -> None:
+    from handover.proxies.nginx import NginxProxy
+
+    keys = {"tls_certificate": str(pair[0]), "tls_key": str(pair[1])} if tls_on else {}
+    s = settings_module.load(config(**keys, https_port=8443), deploy_dir=str(tmp_path))
+    runner = HostRunner(docker_says=published)
+    proxy = NginxProxy(runner, s, ProxyBackend(running=running))  # type: ignore[arg-type]
+    if refused:
+        with pytest.raises(ConfigError) as info:
+            proxy.check()
+        assert str(info.value).startswith(
+            f"config key deploy.https_port: nginx's container p-nginx-1 does not publish {s.http_bind}:8443 "
+            "(it was made with TLS off or another port)")
+    else:
+        proxy.check()
+    asked = [f"docker port {'f00d' * 16} 8443/tcp"] if tls_on and running else []
+    assert runner.docker == asked
+    assert not Path(s.state_path).exists()  # a check changes nothing
