@@ -337,8 +337,11 @@ def test_changing_app_port_under_a_serving_stack_is_refused_and_changes_nothing(
     host.settings = dataclasses.replace(host.settings, **then)
     with pytest.raises(HandoverError) as info:
         engine_for(host).deploy(DeployOptions(version=NEW))
-    assert "config key deploy.app_port says the app listens on" in str(info.value)
-    assert "run `down` and then `up`" in str(info.value)
+    was, now = ("a TCP port", "a unix socket (0)") if tcp_first else ("a unix socket (0)", "a TCP port")
+    assert str(info.value) == (
+        f"config key deploy.app_port says the app listens on {now}, but the running stack of project "
+        f"{host.settings.project!r} reaches it on {was}; a deploy cannot change that without downtime: "
+        "run `down` and then `up` (or set app_port back)")
     assert ([c.id for c in host.app_containers()], host.live_targets(), host.tcp_targets(),
             host.nginx_reloads) == before
 

@@ -527,3 +527,16 @@ def test_a_proxy_made_without_the_https_port_is_refused_before_anything_changes(
     asked = [f"docker port {'f00d' * 16} 8443/tcp"] if tls_on and running else []
     assert runner.docker == asked
     assert not Path(s.state_path).exists()  # a check changes nothing
+
+
+def test_nginxs_tls_files_follow_the_https_port_and_hsts_settings(
+        pair: tuple[Path, Path], tmp_path: Path, chowned: list[tuple[str, int, int]]) -> None:
+    from handover.proxies.nginx import NginxProxy
+
+    s = settings_module.load(config(tls_certificate=str(pair[0]), tls_key=str(pair[1]), https_port=9443,
+                                    hsts=3600), deploy_dir=str(tmp_path))
+    proxy = NginxProxy(HostRunner(), s, ProxyBackend(running=False))  # type: ignore[arg-type]
+    proxy.tls.install()
+    home = Path(proxy.tls_dir)
+    assert (home / tls.REDIRECT_FILE).read_text() == tls.render_redirect(9443)
+    assert (home / tls.LISTEN_FILE).read_text() == tls.render_listen(True, 3600)
