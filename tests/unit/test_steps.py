@@ -407,6 +407,26 @@ def test_a_failing_undo_does_not_stop_the_others(host: FakeHost) -> None:
     assert host.records()[-1]["result"] == "rolled-back"
 
 
+@pytest.mark.parametrize(("error", "said"), [
+    (HandoverError("device busy\nsecond line"), "device busy"),  # the first line only
+    (HandoverError(""), "HandoverError"),  # no words: the error's kind
+])
+def test_a_failing_undo_is_said_in_one_line(host: FakeHost, monkeypatch: pytest.MonkeyPatch, error: HandoverError,
+                                           said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    engine = serving(host)
+    at(monkeypatch, steps.Start, HandoverError)
+
+    def failing_undo(self: Step, run: Run) -> None:
+        raise error
+
+    monkeypatch.setattr(steps.Build, "undo", failing_undo)
+    with pytest.raises(HandoverError, match="injected at start"):
+        engine.deploy(DeployOptions(version=NEW))
+    warned = capsys.readouterr().err
+    assert f"! undo of build failed: {said}\n" in warned and "second line" not in warned
+    only(host, OLD)
+
+
 def test_a_rollback_to_a_missing_image_is_refused_before_the_lock(host: FakeHost) -> None:
     engine = serving(host)
     mark = len(host.commands)
