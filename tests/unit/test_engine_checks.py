@@ -94,6 +94,24 @@ def test_a_long_error_is_kept_bounded_in_the_record(host: FakeHost) -> None:
     assert len(error) == MAX_ERROR_CHARS + 2 and error.endswith(" …")
 
 
+@pytest.mark.parametrize(("raised", "kept"), [
+    (HandoverError("y" * MAX_ERROR_CHARS), "y" * MAX_ERROR_CHARS),  # at the bound: whole
+    (HandoverError("  "), "HandoverError"),  # no words: the error's kind
+])
+def test_an_error_at_the_bound_or_without_words_is_kept_as_it_reads(host: FakeHost,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    raised: HandoverError, kept: str) -> None:
+    from handover import steps
+
+    def fail(self: steps.Step, run: steps.Run) -> None:
+        raise raised
+
+    monkeypatch.setattr(steps.Build, "run", fail)
+    with pytest.raises(HandoverError):
+        engine_for(host).deploy(DeployOptions(version=NEW))
+    assert host.records()[-1]["error"] == kept
+
+
 @pytest.mark.parametrize(("options", "said"), [
     (DeployOptions(version=OLD), f"==> version {OLD} is already live; nothing to do (use --force to redeploy)\n"),
     (DeployOptions(version=OLD, action="up"), f"==> already up: handover-app-1 ({OLD})\n"),
