@@ -444,7 +444,7 @@ def certs(c: Context) -> None:
         engine = _engine(c)
         reloaded = engine.refresh_proxy()
         renewed = bool(getattr(getattr(engine.proxy, "tls", None), "renewed", False))
-        print(cli.certs_outcome(engine.settings, renewed=renewed, reloaded=reloaded))
+        print(cli.certs_outcome(engine.settings, engine.proxy, renewed=renewed, reloaded=reloaded))
 
     cli.guarded(go)
 

@@ -255,7 +255,8 @@ def certs(c: Any) -> None:
         engine = Engine(remote.conn, remote.target.settings, progress)
         reloaded = engine.refresh_proxy()
         renewed = bool(getattr(getattr(engine.proxy, "tls", None), "renewed", False))
-        progress.say(f"{remote.name}: {cli.certs_outcome(remote.target.settings, renewed=renewed, reloaded=reloaded)}")
+        outcome = cli.certs_outcome(remote.target.settings, engine.proxy, renewed=renewed, reloaded=reloaded)
+        progress.say(f"{remote.name}: {outcome}")
 
     cli.guarded(lambda: for_each_host(c, remote_config(c), work))
 

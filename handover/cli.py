@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from invoke.exceptions import Exit, Failure, ParseError
 from invoke.vendor import yaml
@@ -21,6 +21,9 @@ from .progress import Progress
 from .record import RunRecord
 from .settings import DEFAULTS_FILE, PROJECT_ROOT, Settings, check_version
 from .version import source_version
+
+if TYPE_CHECKING:
+    from .proxies import Proxy
 
 T = TypeVar("T")
 SERVER_DIR = PROJECT_ROOT / "server"
@@ -122,15 +125,17 @@ def public_url(s: Settings) -> str:
     return f"https://{s.http_bind}:{s.https_port}" if s.tls else f"http://{s.http_bind}:{s.http_port}"
 
 
-def certs_outcome(s: Settings, *, renewed: bool, reloaded: bool) -> str:
+def certs_outcome(s: Settings, proxy: Proxy, *, renewed: bool, reloaded: bool) -> str:
     """What `certs` did, in one line (never the pair's content or digest)."""
     if not s.tls:
-        return "TLS is off (deploy.tls_certificate is empty)" + ("; nginx reloaded" if reloaded else "; nothing to do")
+        return "TLS is off (deploy.tls_certificate is empty)" + (f"; {proxy.name} reloaded" if reloaded
+                                                                  else "; nothing to do")
     parts = []
     if renewed:
-        parts.append("new certificate and key live (nginx -t passed; new TLS connections get them, no reload)")
+        parts.append(f"new certificate and key live ({proxy.check_words} passed; new TLS connections get them, "
+                     "no reload)")
     if reloaded:
-        parts.append("TLS configuration changed (nginx -t passed, nginx reloaded)")
+        parts.append(f"TLS configuration changed ({proxy.check_words} passed, {proxy.name} reloaded)")
     return "; ".join(parts) if parts else "certificate and key unchanged; nothing done"
 
 

@@ -425,7 +425,7 @@ class Engine:
     # -- the stack as a whole ----------------------------------------------------------------------
     def refresh_proxy(self) -> bool:
         """Load the proxy's configuration as the settings now make it (a renewed TLS certificate),
-        under the lock: validated (``nginx -t``) first, reloaded only when it changed. On a failed
+        under the lock: validated (the proxy's own check) first, reloaded only when it changed. On a failed
         validation the previous files are put back and the proxy keeps what it runs."""
         try:
             return self._refresh_proxy()
@@ -464,7 +464,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _error_text(exc: BaseException) -> str:
-    """The error as the record keeps it: the whole message (e.g. nginx's or pip's own words), bounded."""
+    """The error as the record keeps it: the whole message (e.g. the proxy's or pip's own words), bounded."""
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + " …"
 

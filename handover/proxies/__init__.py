@@ -18,6 +18,8 @@ from ..shell import Runner
 
 
 class Proxy(Protocol):
+    name: str  # what messages call it, e.g. "nginx"
+    check_words: str  # how its configuration is validated, as messages say it, e.g. "nginx -t"
     service: str  # the service of the app's definition (compose file) that runs the proxy
     switch_words: str  # how a switch is done, for plans and progress
     source_dirs: tuple[str, ...]  # directories of the checkout the proxy's configuration lives in

@@ -217,6 +217,8 @@ class NginxProxy:
     runner: Runner
     settings: Settings
     backend: Backend
+    name: str = "nginx"
+    check_words: str = "nginx -t"
     service: str = SERVICE
     switch_words: str = "atomic swap of nginx's live socket links; no reload"
     source_dirs: tuple[str, ...] = ("nginx",)

@@ -94,6 +94,24 @@ def test_a_long_error_is_kept_bounded_in_the_record(host: FakeHost) -> None:
     assert len(error) == MAX_ERROR_CHARS + 2 and error.endswith(" …")
 
 
+@pytest.mark.parametrize(("raised", "kept"), [
+    (HandoverError("y" * MAX_ERROR_CHARS), "y" * MAX_ERROR_CHARS),  # at the bound: whole
+    (HandoverError("  "), "HandoverError"),  # no words: the error's kind
+])
+def test_an_error_at_the_bound_or_without_words_is_kept_as_it_reads(host: FakeHost,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    raised: HandoverError, kept: str) -> None:
+    from handover import steps
+
+    def fail(self: steps.Step, run: steps.Run) -> None:
+        raise raised
+
+    monkeypatch.setattr(steps.Build, "run", fail)
+    with pytest.raises(HandoverError):
+        engine_for(host).deploy(DeployOptions(version=NEW))
+    assert host.records()[-1]["error"] == kept
+
+
 @pytest.mark.parametrize(("options", "said"), [
     (DeployOptions(version=OLD), f"==> version {OLD} is already live; nothing to do (use --force to redeploy)\n"),
     (DeployOptions(version=OLD, action="up"), f"==> already up: handover-app-1 ({OLD})\n"),
@@ -274,3 +292,33 @@ def test_a_source_version_whose_image_exists_is_not_built_again(host: FakeHost) 
     engine_for(host).deploy(DeployOptions(version=named))
     engine_for(host).deploy(DeployOptions(version=named, force=True))
     assert len(host.matching(compose("build", "app"))) == builds + 2
+
+
+# -- the proxy's configuration loaded again (`certs`) -------------------------------------------------
+def test_refreshing_the_proxy_loads_only_a_changed_configuration_under_the_lock(host: FakeHost) -> None:
+    reloads = host.nginx_reloads
+    assert engine_for(host).refresh_proxy() is False  # nothing changed: nothing loaded
+    assert host.nginx_reloads == reloads and not host.lock_held()
+    assert engine_for(host, replicas=2).refresh_proxy() is True
+    assert host.nginx_reloads == reloads + 1 and not host.lock_held()
+    assert "live-1.sock" in (host.state_path / "nginx" / "upstream.conf").read_text()
+
+
+def test_refreshing_a_proxy_that_does_not_run_is_refused_and_frees_the_lock(fake_host: FakeHost) -> None:
+    engine = engine_for(fake_host)
+    with pytest.raises(PreflightError) as info:
+        engine.refresh_proxy()
+    assert str(info.value) == (f"the proxy of project {fake_host.settings.project!r} is not running: start the "
+                               "stack first (its first start installs the certificate)")
+    assert not fake_host.lock_held()
+
+
+def test_refreshing_the_proxy_waits_for_no_deploy(host: FakeHost) -> None:
+    other = DeployLock(host.runner, host.settings.state_path)
+    other.acquire({"holder": "ann@laptop", "since": "2026-01-01T00:00:00+00:00", "action": "deploy", "version": NEW})
+    try:
+        with pytest.raises(LockHeld, match="ann@laptop"):
+            engine_for(host).refresh_proxy()
+        assert host.lock_held()  # still ann's
+    finally:
+        other.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -335,7 +336,14 @@ def get_via_unix_socket(app: ASGIApp, path: str, headers: list[tuple[bytes, byte
     async def send(message: Message) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    # Served from the main thread, as uvicorn serves it, the app puts its drain in front of the signal
+    # handlers it finds there (here asyncio.run's own SIGINT handler, which it then cannot take back).
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        asyncio.run(app(scope, receive, send))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 

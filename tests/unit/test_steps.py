@@ -8,6 +8,7 @@ and the record says what happened.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ DEPLOY = [type(step) for step in plans.deploy()]
 TAKEN = [cls for cls in DEPLOY if cls is not steps.Converge]
 DRAIN_AT = TAKEN.index(steps.Drain)
 START_AT = TAKEN.index(steps.Start)
+FIRST = [type(step) for step in plans.first_start()]
 
 
 def engine_for(host: FakeHost) -> Engine:
@@ -85,7 +87,7 @@ def at(monkeypatch: pytest.MonkeyPatch, cls: type[Step], make: type[BaseExceptio
         raise make if isinstance(make, BaseException) else make(f"injected at {self.name}")
 
     monkeypatch.setattr(cls, "run", fail)
-    for each in DEPLOY:
+    for each in dict.fromkeys([*DEPLOY, *FIRST]):
         original = each.undo
 
         def undo(self: Step, run: Run, original: object = original) -> None:
@@ -188,6 +190,20 @@ def test_the_plans_read_as_the_sequence() -> None:
     assert plans.first_start(after_switch=[hook])[-1] is hook  # once the proxy serves the new version
 
 
+def test_the_sequence_knows_the_proxy_only_through_its_interface() -> None:
+    """The engine, its steps and plans neither import the proxy implementation nor name it."""
+    import handover
+
+    for module in ("engine.py", "steps.py", "plans.py"):
+        source = (Path(handover.__file__).parent / module).read_text()
+        tree = ast.parse(source)
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [f"{node.module or ''}.{alias.name}" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) for alias in node.names]
+        assert imported and not [name for name in imported if "nginx" in name.lower()], module
+        assert "nginx" not in source.lower(), module
+
+
 # -- a failure at each step --------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", TAKEN[:DRAIN_AT], ids=[c.name for c in TAKEN[:DRAIN_AT]])
 def test_a_failure_before_the_drain_undoes_every_step_before_it(host: FakeHost, monkeypatch: pytest.MonkeyPatch,
@@ -234,6 +250,28 @@ def test_a_failure_from_the_drain_on_keeps_the_new_version(host: FakeHost, monke
     monkeypatch.undo()
     engine_for(host).deploy(DeployOptions(version=NEW))
     only(host, NEW)
+
+
+@pytest.mark.parametrize("cls", [c for c in FIRST if c.name in FIRST_START], ids=lambda c: c.name)
+def test_a_failure_at_each_first_start_step_undoes_every_step_before_it(host: FakeHost,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        cls: type[Step]) -> None:
+    engine = engine_for(host)
+    planned = [s.name for s in engine.deploy(DeployOptions(version=OLD, action="up", dry_run=True)).steps]
+    assert planned == FIRST_START
+    undone = at(monkeypatch, cls, HandoverError)
+
+    with pytest.raises(HandoverError, match=f"injected at {cls.name}"):
+        engine.up(OLD)
+
+    assert undone == list(reversed(planned[: planned.index(cls.name) + 1]))
+    assert host.app_containers() == [] and host.sockets() == [] and not host.lock_held()
+    assert len(host.records()) == 1
+    record = host.records()[-1]
+    assert (record["action"], record["failed_step"], record["error"]) == ("up", cls.name, f"injected at {cls.name}")
+    monkeypatch.undo()  # the cause gone, the same start succeeds
+    assert engine_for(host).up(OLD).result == "success"
+    only(host, OLD)
 
 
 # -- Ctrl-C at each step -----------------------------------------------------------------------------
@@ -318,7 +356,7 @@ FAILURES = {
 @pytest.mark.parametrize("step", FAILURES)
 def test_each_steps_own_failure_leaves_the_old_version_serving(host: FakeHost, step: str) -> None:
     engine = serving(host)
-    before = snapshot(host)
+    before, count = snapshot(host), len(host.records())
     script, result, words = FAILURES[step]
     script(host)
 
@@ -328,6 +366,7 @@ def test_each_steps_own_failure_leaves_the_old_version_serving(host: FakeHost, s
     only(host, OLD)
     if step != "proxy config":
         assert snapshot(host) == before
+    assert len(host.records()) == count + 1  # one run, one line
     record = host.records()[-1]
     assert (record["result"], record["failed_step"]) == (result, step.split(" (")[0])
     assert words in str(record["error"])
@@ -366,6 +405,26 @@ def test_a_failing_undo_does_not_stop_the_others(host: FakeHost) -> None:
 
     assert host.live_versions() == {OLD} and not host.lock_held()  # switched back all the same
     assert host.records()[-1]["result"] == "rolled-back"
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (HandoverError("device busy\nsecond line"), "device busy"),  # the first line only
+    (HandoverError(""), "HandoverError"),  # no words: the error's kind
+])
+def test_a_failing_undo_is_said_in_one_line(host: FakeHost, monkeypatch: pytest.MonkeyPatch, error: HandoverError,
+                                           said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    engine = serving(host)
+    at(monkeypatch, steps.Start, HandoverError)
+
+    def failing_undo(self: Step, run: Run) -> None:
+        raise error
+
+    monkeypatch.setattr(steps.Build, "undo", failing_undo)
+    with pytest.raises(HandoverError, match="injected at start"):
+        engine.deploy(DeployOptions(version=NEW))
+    warned = capsys.readouterr().err
+    assert f"! undo of build failed: {said}\n" in warned and "second line" not in warned
+    only(host, OLD)
 
 
 def test_a_rollback_to_a_missing_image_is_refused_before_the_lock(host: FakeHost) -> None:

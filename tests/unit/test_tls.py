@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
 import stat
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from invoke.context import Context
+from invoke.runners import Result
 
 from handover import settings as settings_module
-from handover.errors import ConfigError
+from handover.backends import Instance
+from handover.errors import CommandError, ConfigError, ProxyConfigInvalid
 from handover.probe import ProbeError, ProbeSettings
 from handover.probe.http_client import HttpTarget
 from handover.proxies import tls
@@ -347,7 +350,193 @@ def test_a_deploy_with_an_expired_pair_stops_before_the_lock_and_is_recorded(ca:
 def test_certs_says_what_it_did(pair: tuple[Path, Path], tls_on: bool, renewed: bool, reloaded: bool,
                                 words: str) -> None:
     from handover import cli
+    from handover.backends.compose import ComposeBackend
+    from handover.proxies.nginx import NginxProxy
 
     keys = {"tls_certificate": str(pair[0]), "tls_key": str(pair[1])} if tls_on else {}
     s = settings_module.load(config(**keys))
-    assert cli.certs_outcome(s, renewed=renewed, reloaded=reloaded) == words
+    proxy = NginxProxy(Context(), s, ComposeBackend(Context(), s))
+    assert cli.certs_outcome(s, proxy, renewed=renewed, reloaded=reloaded) == words
+
+
+# -- the pair through nginx's proxy: checked by the running nginx, made the workers' own ------------
+class HostRunner(Recording):
+    """Runs everything on this machine but ``docker``, whose command lines it keeps and answers with
+    exit 0; with ``sftp``, files are written as over a Fabric connection (the remote path)."""
+
+    def __init__(self, sftp: bool = False, docker_says: str = "") -> None:
+        super().__init__()
+        self.docker: list[str] = []
+        self.docker_says = docker_says
+        if sftp:
+            self.sftp = LocalSftp
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        if command.startswith("docker "):
+            self.docker.append(command)
+            return Result(command=command, stdout=self.docker_says, exited=0)
+        return super().run(command, **kwargs)
+
+
+class LocalSftp:
+    """The two SFTP calls write_private makes, on this machine's files."""
+
+    def open(self, path: str, mode: str) -> Any:
+        out = open(path, mode + "b")  # noqa: SIM115 - closed by the caller's with block
+        out.chmod = lambda m: os.chmod(path, m)  # type: ignore[attr-defined]
+        return out
+
+    def posix_rename(self, old: str, new: str) -> None:
+        os.replace(old, new)
+
+
+class ProxyBackend:
+    """The backend as the proxy uses it here: its running container (or none) and `docker exec` in it,
+    which answers ``exited`` and ``says`` on stderr."""
+
+    def __init__(self, running: bool, exited: int = 0, says: str = "") -> None:
+        self.instance = Instance(id="f00d" * 16, name="p-nginx-1", service="nginx", version="", image="p-nginx",
+                                 status="running", health="", restarts=0, created="") if running else None
+        self.exited, self.says = exited, says
+        self.execs: list[tuple[str, list[str]]] = []
+
+    def proxy_instance(self, service: str) -> Instance | None:
+        return self.instance
+
+    def exec(self, instance: Instance, argv: list[str], *, check: bool = True) -> Result:
+        self.execs.append((instance.id, list(argv)))
+        if check and self.exited:
+            raise CommandError(shlex.join(argv), self.exited, self.says)
+        return Result(command=" ".join(argv), stderr=self.says, exited=self.exited)
+
+
+def nginx_proxy(pair: tuple[Path, Path], tmp_path: Path, runner: HostRunner, backend: ProxyBackend) -> Any:
+    from handover.proxies.nginx import NginxProxy
+
+    s = settings_module.load(config(tls_certificate=str(pair[0]), tls_key=str(pair[1])), deploy_dir=str(tmp_path))
+    return NginxProxy(runner, s, backend)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def chowned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """The chowns made on this machine, kept instead of made (a test need not run as root)."""
+    calls: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(os, "chown", lambda path, uid, gid: calls.append((str(path), uid, gid)))
+    return calls
+
+
+def _live_pem(proxy: Any) -> Path:
+    return Path(proxy.tls_dir) / os.readlink(Path(proxy.tls_dir) / "live.pem")
+
+
+def test_the_running_nginx_checks_a_new_pair_before_it_goes_live(
+        ca: Authority, pair: tuple[Path, Path], tmp_path: Path, chowned: list[tuple[str, int, int]]) -> None:
+    backend = ProxyBackend(running=True)
+    proxy = nginx_proxy(pair, tmp_path, HostRunner(), backend)
+    proxy.tls.install()
+    assert backend.execs == [("f00d" * 16, ["nginx", "-t", "-q", "-c", "/etc/nginx/tls/pair-check.nginx"])]
+    assert tls.generation_of(_live_pem(proxy).name) == tls.check_pair(*map(str, pair)).generation
+
+
+def test_a_pair_the_running_nginx_refuses_is_named_with_its_words_and_not_put_live(
+        ca: Authority, pair: tuple[Path, Path], tmp_path: Path, chowned: list[tuple[str, int, int]]) -> None:
+    first = nginx_proxy(pair, tmp_path, HostRunner(), ProxyBackend(running=False))
+    first.tls.install()  # the first start: no nginx runs yet to check it (the pair was checked alone)
+    live = _live_pem(first)
+    renewed = ca.server_pair(tmp_path, "renewed")
+    refusing = ProxyBackend(running=True, exited=1, says='nginx: [emerg] SSL_CTX_use_PrivateKey("x") failed\n')
+    proxy = nginx_proxy(renewed, tmp_path, HostRunner(), refusing)
+    with pytest.raises(ProxyConfigInvalid) as info:
+        proxy.tls.install()
+    assert str(info.value) == ("nginx -t refused the new certificate and key (nothing changed):\n"
+                               'nginx: [emerg] SSL_CTX_use_PrivateKey("x") failed')
+    assert _live_pem(proxy) == live
+
+
+def test_without_a_running_nginx_the_pair_goes_live_unchecked(
+        pair: tuple[Path, Path], tmp_path: Path, chowned: list[tuple[str, int, int]]) -> None:
+    backend = ProxyBackend(running=False)
+    proxy = nginx_proxy(pair, tmp_path, HostRunner(), backend)
+    proxy.tls.install()
+    assert backend.execs == [] and _live_pem(proxy).is_file()
+
+
+@pytest.mark.parametrize(("euid", "sftp", "in_a_container"), [
+    (0, False, False),  # root on this machine: a chown here
+    (1000, False, True),  # a user in the docker group: the file is root's to give only inside a container
+    (0, True, True),  # a host over SSH: the chown runs there, in a container of the proxy's image
+])
+def test_the_pair_becomes_the_workers_own(pair: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          chowned: list[tuple[str, int, int]], euid: int, sftp: bool,
+                                          in_a_container: bool) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    runner = HostRunner(sftp=sftp)
+    proxy = nginx_proxy(pair, tmp_path, runner, ProxyBackend(running=False))
+    proxy.tls.install()
+    pem = _live_pem(proxy)
+    assert _mode(pem) == 0o600
+    workers = f"{tls.WORKER_UID}:{tls.WORKER_UID}"
+    chown = (f"docker run --rm --network none --user 0 --volume {proxy.tls_dir}:/tls --entrypoint chown "
+             f"{proxy.settings.project}-nginx:1 {workers} /tls/{pem.name}")
+    assert (runner.docker, chowned) == (([chown], []) if in_a_container else
+                                        ([], [(str(pem), tls.WORKER_UID, tls.WORKER_UID)]))
+
+
+def test_turning_tls_on_is_put_back_by_the_proxys_restore(
+        pair: tuple[Path, Path], tmp_path: Path, chowned: list[tuple[str, int, int]]) -> None:
+    """A deploy that turned TLS on and then failed: the plain includes come back, and restore()
+    says so (a reload is due), though the routes were not touched."""
+    from handover.proxies.nginx import NginxProxy
+
+    plain = settings_module.load(config(), deploy_dir=str(tmp_path))
+    NginxProxy(HostRunner(), plain, ProxyBackend(running=False)).tls.install()  # type: ignore[arg-type]
+    home = Path(plain.state_path) / "tls"
+    includes = (tls.LISTEN_FILE, tls.REDIRECT_FILE)
+    before = {name: (home / name).read_text() for name in includes}
+    proxy = nginx_proxy(pair, tmp_path, HostRunner(), ProxyBackend(running=False))
+    assert proxy.tls.install() is True
+    assert proxy.restore() is True
+    assert {name: (home / name).read_text() for name in includes} == before
+    assert not (home / "live.pem").exists()
+    assert proxy.restore() is False
+
+
+@pytest.mark.parametrize(("tls_on", "running", "published", "refused"), [
+    (True, True, "127.0.0.1:8443\n", False),
+    (True, True, "127.0.0.1:9443\n", True),  # made with another https_port
+    (True, True, "", True),  # made with TLS off: nothing published
+    (True, False, "", False),  # no proxy yet: its first start publishes the port
+    (False, True, "", False),  # TLS off: no HTTPS port to publish
+])
+def test_a_proxy_made_without_the_https_port_is_refused_before_anything_changes(
+        pair: tuple[Path, Path], tmp_path: Path, tls_on: bool, running: bool, published: str, refused: bool) -> None:
+    from handover.proxies.nginx import NginxProxy
+
+    keys = {"tls_certificate": str(pair[0]), "tls_key": str(pair[1])} if tls_on else {}
+    s = settings_module.load(config(**keys, https_port=8443), deploy_dir=str(tmp_path))
+    runner = HostRunner(docker_says=published)
+    proxy = NginxProxy(runner, s, ProxyBackend(running=running))  # type: ignore[arg-type]
+    if refused:
+        with pytest.raises(ConfigError) as info:
+            proxy.check()
+        assert str(info.value).startswith(
+            f"config key deploy.https_port: nginx's container p-nginx-1 does not publish {s.http_bind}:8443 "
+            "(it was made with TLS off or another port)")
+    else:
+        proxy.check()
+    asked = [f"docker port {'f00d' * 16} 8443/tcp"] if tls_on and running else []
+    assert runner.docker == asked
+    assert not Path(s.state_path).exists()  # a check changes nothing
+
+
+def test_nginxs_tls_files_follow_the_https_port_and_hsts_settings(
+        pair: tuple[Path, Path], tmp_path: Path, chowned: list[tuple[str, int, int]]) -> None:
+    from handover.proxies.nginx import NginxProxy
+
+    s = settings_module.load(config(tls_certificate=str(pair[0]), tls_key=str(pair[1]), https_port=9443,
+                                    hsts=3600), deploy_dir=str(tmp_path))
+    proxy = NginxProxy(HostRunner(), s, ProxyBackend(running=False))  # type: ignore[arg-type]
+    proxy.tls.install()
+    home = Path(proxy.tls_dir)
+    assert (home / tls.REDIRECT_FILE).read_text() == tls.render_redirect(9443)
+    assert (home / tls.LISTEN_FILE).read_text() == tls.render_listen(True, 3600)
