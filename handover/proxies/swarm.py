@@ -67,6 +67,8 @@ def stack_service(settings: Settings, template: str | None = None) -> StackServi
 
 
 class SwarmNginx:
+    name: str = "nginx"
+    check_words: str = "nginx -t"
     service: str = SERVICE
     switch_words: str = "Swarm's DNS: nginx resolves tasks.app every second; Swarm adds and removes the tasks"
     source_dirs: tuple[str, ...] = (SOURCE_DIR,)
