@@ -37,6 +37,7 @@ DEFAULT_HOSTS = ("", f"unix://{SOCKET}")
 ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 (how the CLI shows a port published without an address)
 SWITCH_ENV = "HANDOVER_DOCKER_API"  # "0": always the docker CLI
 REQUEST_TIMEOUT = 30.0
+PING_TIMEOUT = 2.0  # an engine that does not answer its ping by then is left to the CLI
 STOP_EXTRA_SECONDS = 60.0
 # What may change an instance's health as the engine reports it (``health_status`` matches
 # ``health_status: healthy`` and the like; the health check's own exec events are left out).
@@ -132,7 +133,7 @@ class DockerAPI:
             return None
         api = cls(socket_path)
         try:
-            api.request("GET", "/_ping", timeout=2.0)
+            api.request("GET", "/_ping", timeout=PING_TIMEOUT)
         except (OSError, HandoverError, http.client.HTTPException):
             return None  # not reachable (or not answering) from here: the CLI says why, as before
         return api

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from invoke.context import Context
 
-from handover import shell
+from handover import dockerapi, shell
 from handover.backends.compose import ComposeBackend
 from handover.dockerapi import ALL_ADDRESSES, SWITCH_ENV, DockerAPI, cli_uses_default_socket, path, query, tags_of
 from handover.engine import DeployOptions, Engine
@@ -133,7 +133,7 @@ class FakeEngine:
             do_GET = do_POST = do_DELETE = _answer
 
         self.server = _Server(str(socket_path), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -262,7 +262,8 @@ def test_wait_event_without_an_engine_sleeps_the_time_out(sock: Path) -> None:
 
 
 def test_for_runner_only_on_this_machine_and_only_with_an_engine(fake_engine: FakeEngine, sock: Path,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     fake_engine.override["GET /_ping"] = (200, b"OK")
     env = {"DOCKER_CONFIG": str(tmp_path)}
     assert DockerAPI.for_runner(Context(), env, str(sock)) is not None
@@ -275,7 +276,8 @@ def test_for_runner_only_on_this_machine_and_only_with_an_engine(fake_engine: Fa
 
     assert DockerAPI.for_runner(Remote(), env, str(sock)) is None
     assert DockerAPI.for_runner(Context(), env, str(sock.with_name("none.sock"))) is None  # no engine there
-    fake_engine.delay = 2.5
+    monkeypatch.setattr(dockerapi, "PING_TIMEOUT", 0.2)
+    fake_engine.delay = 0.5
     assert DockerAPI.for_runner(Context(), env, str(sock)) is None  # an engine that does not answer
 
 
