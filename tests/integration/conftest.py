@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from handover.probe import Probe, ProbeSettings
+from handover.probe import Probe, ProbeReport, ProbeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 INV = [sys.executable, "-m", "invoke"]
@@ -156,3 +157,12 @@ def scratch(tmp_path: Path) -> Iterator[StackHandle]:
                              "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False).stdout.split()
     if images:
         subprocess.run(["docker", "image", "rm", *images], capture_output=True, check=False)
+
+
+def lost_nothing(report: ProbeReport) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Assert the probe's bar (0 failed requests, 0 abnormal WebSocket closes, 0 lost messages), the
+    whole table in the message when it fails; the report's HTTP and WebSocket numbers, for more."""
+    data = report.to_dict()
+    http, ws = data["http"], data["ws"]
+    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()
+    return http, ws

@@ -34,7 +34,7 @@ from invoke.context import Context
 from handover import images
 from handover.progress import Progress
 
-from .conftest import INV, LAB_TAG, ROOT, TEST_PORT, TEST_PROJECT, docker_ready, loopback, probe_for
+from .conftest import INV, LAB_TAG, ROOT, TEST_PORT, TEST_PROJECT, docker_ready, loopback, lost_nothing, probe_for
 from .sshd import SshLab
 from .test_remote import FAB, fab_env, remove_project
 
@@ -148,11 +148,6 @@ def example(request: pytest.FixtureRequest, python_base: str, tmp_path: Path) ->
         assert down.returncode == 0 and left == "", (down.stdout + down.stderr, left)
 
 
-def ws_numbers(report: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    data = report.to_dict()
-    return data["http"], data["ws"]
-
-
 @pytest.mark.parametrize("example", [("starlette-plain", PLAIN_PORT)], indirect=True)
 def test_the_plain_example_deploys_three_times_locally_losing_nothing(example: Example) -> None:
     up = example.inv("local.up", "--version", "p1")
@@ -174,8 +169,7 @@ def test_the_plain_example_deploys_three_times_locally_losing_nothing(example: E
             time.sleep(SETTLE_SECONDS)
     finally:
         report = probe.stop()
-    http, ws = ws_numbers(report)
-    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()
+    _, ws = lost_nothing(report)
     assert report.ok, report.format_table()
     # uvicorn without the helper: every client closed with 1012 once per deploy, and never a notice.
     assert ws["drain_notices"] == 0, report.format_table()
@@ -199,8 +193,7 @@ def test_the_drain_example_moves_its_clients_with_a_notice(example: Example) -> 
         time.sleep(SETTLE_SECONDS)
     finally:
         report = probe.stop()
-    http, ws = ws_numbers(report)
-    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()
+    _, ws = lost_nothing(report)
     assert report.ok, report.format_table()
     # The drain helper: each client told to reconnect (once), then closed with 1012.
     assert ws["drain_notices"] == PROBE_WS_CLIENTS, report.format_table()
@@ -261,8 +254,7 @@ def test_the_plain_example_deploys_three_times_over_ssh_losing_nothing(python_ba
                 time.sleep(SETTLE_SECONDS)
         finally:
             report = probe.stop()
-        http, ws = ws_numbers(report)
-        assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()
+        _, ws = lost_nothing(report)
         assert report.ok, report.format_table()
         assert ws["drain_notices"] == 0 and ws["close_codes"].get("1012") == 3 * PROBE_WS_CLIENTS, \
             report.format_table()

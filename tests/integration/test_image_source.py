@@ -23,7 +23,7 @@ from invoke.context import Context
 from handover import images
 from handover.progress import Progress
 
-from .conftest import INV, ROOT, TEST_PORT, TEST_PROJECT, StackHandle, docker_ready, probe_for, stack_env
+from .conftest import INV, ROOT, TEST_PORT, TEST_PROJECT, StackHandle, docker_ready, lost_nothing, probe_for, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -160,9 +160,7 @@ def test_a_registry_image_is_deployed_by_reference_and_the_worker_is_never_touch
             time.sleep(SETTLE_SECONDS)
     finally:
         report = probe.stop()
-    data = report.to_dict()
-    http, ws = data["http"], data["ws"]
-    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+    lost_nothing(report)
     assert report.ok, report.format_table()
     assert len(set(servers)) == 4, servers
     assert containers(PROJECT, WORKER) == [worker] and started_at(worker) == worker_state

@@ -27,7 +27,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 from handover.settings import load as load_settings
 
-from .conftest import LAB_PORT_SHIFT, LAB_TAG, ROOT, TEST_PROJECT, docker_ready, loopback
+from .conftest import LAB_PORT_SHIFT, LAB_TAG, ROOT, TEST_PROJECT, docker_ready, loopback, lost_nothing
 from .test_image_source import docker, forget_in_registry, registry_up
 from .test_remote import HostSetup, Lab, open_lab
 
@@ -113,9 +113,7 @@ def test_fab_deploys_a_registry_image_by_reference_and_leaves_the_worker_alone(b
             time.sleep(1.0)
     finally:
         report = probe.stop()
-    data = report.to_dict()
-    http, ws = data["http"], data["ws"]
-    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+    lost_nothing(report)
     assert report.ok, report.format_table()
     assert worker_state(host.project) == worker
     missing = lab.fab(config, [host], "deploy", "--version", "no-such-tag", check=False)

@@ -31,7 +31,7 @@ from handover import images
 from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
-from .conftest import LAB_PORT_SHIFT, PROBE_RATE, PROBE_WS_CLIENTS, TEST_PROJECT, docker_ready
+from .conftest import LAB_PORT_SHIFT, PROBE_RATE, PROBE_WS_CLIENTS, TEST_PROJECT, docker_ready, lost_nothing
 from .dind import BUILD_TIMEOUT, SshKeys, docker, host_image, load_images, nested_docker
 
 pytestmark = pytest.mark.integration
@@ -198,9 +198,7 @@ def test_fab_ships_the_image_to_a_host_without_it_and_skips_it_when_the_host_has
             time.sleep(1.0)
     finally:
         report = probe.stop()
-    data = report.to_dict()
-    http, ws = data["http"], data["ws"]
-    assert (http["failure_total"], ws["abnormal_total"], ws["lost"]) == (0, 0, 0), report.format_table()  # type: ignore[index]
+    lost_nothing(report)
     assert report.ok, report.format_table()
     for version in (v2, v3):
         assert "(sent)" in outputs[version] and "on the host already" not in outputs[version], outputs[version]
