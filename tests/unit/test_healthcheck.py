@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-import http.server
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from . import localhttp
+
 SCRIPT = Path(__file__).resolve().parents[2] / "server" / "healthcheck.sh"
 
 
 @contextmanager
 def answering(status: int) -> Iterator[int]:
-    """A local HTTP server answering every GET with ``status``; yields its port."""
+    """A local HTTP server answering every GET with ``status``; yields its port. Only /healthz is asked."""
     paths: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            paths.append(self.path)
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with localhttp.answering(status, paths) as port:
+        yield port
     assert paths in ([], ["/healthz"])
 
 

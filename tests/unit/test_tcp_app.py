@@ -8,10 +8,8 @@ nginx reads the live ``<ip>:<port>`` targets from ``targets.json``, which a swit
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from handover.proxies import nginx
 from handover.proxies.nginx import NginxProxy
 
 from .fakehost import Behaviour, FakeHost, fake_settings
+from .localhttp import answering
 
 OLD, NEW = "v1", "v2"
 PORT = 8000
@@ -170,24 +169,8 @@ def test_the_health_and_port_clients_take_their_input_as_arguments() -> None:
 @pytest.fixture
 def http_port() -> Iterator[int]:
     """A local HTTP server answering 204 to any GET, on a port of its own."""
-
-    class NoContent(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), NoContent)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with answering(204) as port:
+        yield port
 
 
 def closed_port() -> int:
