@@ -33,7 +33,7 @@ from handover.progress import Progress
 from .conftest import PROBE_RATE, PROBE_WS_CLIENTS, TEST_PORT, TEST_PROJECT, docker_ready, lost_nothing
 from .dind import BUILD_TIMEOUT, SshKeys, docker, host_image, load_images, nested_docker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.swarm]
 
 ROOT = Path(__file__).resolve().parents[2]
 INV = str(Path(sys.executable).parent / "inv")
