@@ -110,8 +110,11 @@ def stack_yaml(definition: Mapping[str, Any]) -> str:
 
 
 def deploy_argv(settings: Settings, stack_file: str) -> list[str]:
-    return ["docker", "stack", "deploy", "--prune", "--resolve-image", "changed", "--compose-file", stack_file,
-            settings.project]
+    """``docker stack deploy``: the image's digest pinned when its tag moved (every node then runs the same
+    image), the manager's registry login handed to the nodes that pull it, services gone from the file
+    removed."""
+    return ["docker", "stack", "deploy", "--prune", "--resolve-image", "changed", "--with-registry-auth",
+            "--compose-file", stack_file, settings.project]
 
 
 def task_rows(text: str) -> list[dict[str, str]]:

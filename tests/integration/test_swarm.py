@@ -6,7 +6,9 @@ machine's own engine's swarm state.
 
 The app's images are the demo app's, built here, one tag per version, and loaded into every node as an
 operator would provision a swarm without a registry (``docker save | docker exec -i NODE docker load``);
-the proxy's image into the manager. nginx publishes in host mode on the manager's port 8080, which the
+the proxy's image into the manager. One update takes its image from a registry instead: a registry of
+the lab's own (this machine's ``docker-registry`` program in a container on the nodes' network), which
+every node pulls from by itself. nginx publishes in host mode on the manager's port 8080, which the
 manager's container maps to 127.0.0.1 here: the probe's traffic stays on loopback.
 """
 
@@ -44,6 +46,17 @@ NETWORK = f"{PREFIX}-net"
 HTTP_PORT = TEST_PORT + 40  # here, on 127.0.0.1
 INNER_HTTP_PORT = 8080  # nginx's host-mode port on the manager node
 SSH_PORTS = {NODES[0]: TEST_PORT + 41, NODES[1]: TEST_PORT + 42}  # sshd of the manager and of one worker
+REGISTRY = f"{PREFIX}-reg"  # the lab's registry, by its name on the nodes' network
+REGISTRY_PORT = TEST_PORT + 43  # the same registry here, on 127.0.0.1 (this engine pushes to it)
+REGISTRY_PROGRAM = "/usr/bin/docker-registry"  # Debian's docker-registry: a static-enough Go binary (libc only)
+REGISTRY_CONFIG = """\
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: ":5000"
+"""
 REMOTE_DIR = "/srv/swarm-shop"
 FAB = str(Path(sys.executable).parent / "fab")
 PROJECT = f"{TEST_PROJECT}-sw"
@@ -84,9 +97,9 @@ class Swarm:
         env["DOCKER_HOST"] = f"unix://{self.socket}"
         return env
 
-    def inv(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([INV, "-f", str(self.config), *args], cwd=ROOT, env=self.env(), capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL, timeout=INV_TIMEOUT)
+    def inv(self, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([INV, "-f", str(self.config), *args], cwd=ROOT, env={**self.env(), **(env or {})},
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=INV_TIMEOUT)
         if ok:
             assert done.returncode == 0, f"inv {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done
@@ -141,10 +154,31 @@ def app_images(minbase: str) -> Iterator[list[str]]:
 
 
 def remove_nodes() -> None:
-    for node in NODES:
+    for node in (*NODES, REGISTRY):
         docker("rm", "--force", "--volumes", node, check=False)
         docker("volume", "rm", f"{node}-lib", check=False)
     docker("network", "rm", NETWORK, check=False)
+
+
+def start_registry(tmp: Path, base: str) -> None:
+    """The lab's registry: this machine's ``docker-registry`` program in a container of the base image, on the
+    nodes' network (the nodes reach it as ``REGISTRY:5000``, plain HTTP, which their engines are told to
+    accept) and on 127.0.0.1 here."""
+    config = tmp / "registry.yml"
+    config.write_text(REGISTRY_CONFIG)
+    docker("run", "--detach", "--name", REGISTRY, "--network", NETWORK,
+           "--publish", f"127.0.0.1:{REGISTRY_PORT}:5000",
+           "-v", f"{REGISTRY_PROGRAM}:/usr/local/bin/docker-registry:ro", "-v", f"{config}:/etc/registry.yml:ro",
+           base, "docker-registry", "serve", "/etc/registry.yml")
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{REGISTRY_PORT}/v2/", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, docker("logs", REGISTRY, check=False).stderr
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +191,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
     remove_nodes()
     docker("network", "create", NETWORK)
     try:
+        start_registry(tmp, minbase)
         for node in NODES:
             extra, sshd = [], ""
             if node == MANAGER:  # its engine's socket for inv here; nginx's port on loopback here
@@ -166,7 +201,8 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
                 sshd = " & exec /usr/sbin/sshd -D -e"
             docker("run", "--detach", "--name", node, "--hostname", node, "--network", NETWORK,
                    *nested_docker(f"{node}-lib"), *extra, image, "sh", "-c",
-                   "dockerd --storage-driver overlay2 -H unix:///var/run/docker.sock"
+                   f"dockerd --storage-driver overlay2 --insecure-registry {REGISTRY}:5000 "
+                   "-H unix:///var/run/docker.sock"
                    + (" -H unix:///run/outer/docker.sock" if node == MANAGER else "")
                    + " >/var/log/dockerd.log 2>&1" + (sshd or " & wait"))
         wait_for_engines()
@@ -338,3 +374,34 @@ def test_a_worker_killed_mid_update_leaves_the_service_converged(swarm: Swarm) -
     http, ws = data["http"], data["ws"]
     assert (http["failure_total"], ws["lost"]) == (0, 0), report.format_table()  # type: ignore[index]
     assert set(ws["abnormal_closes"]) <= {"close_1006"}, report.format_table()  # type: ignore[index]
+
+
+def test_an_update_from_a_registry_is_pulled_by_every_node_itself(swarm: Swarm) -> None:
+    swarm.inv("local.up", "--version", VERSIONS[-1])
+    pushed = f"127.0.0.1:{REGISTRY_PORT}/{PROJECT}-app:r1"
+    docker("tag", f"{APP_IMAGE}:{VERSIONS[0]}", pushed)
+    try:
+        docker("push", pushed, timeout=300)
+    finally:
+        docker("image", "rm", pushed, check=False)
+    image = f"{REGISTRY}:5000/{PROJECT}-app"  # as the nodes name the same registry
+    assert all(node_docker(n, "image", "ls", "--quiet", image).stdout.strip() == "" for n in NODES)
+
+    probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
+                                ws_clients=PROBE_WS_CLIENTS))
+    probe.start()
+    try:
+        with probe.window("from-registry"):
+            swarm.inv("local.deploy", "--version", "r1", env={"INVOKE_DEPLOY_APP_IMAGE": image})
+        time.sleep(1.0)
+    finally:
+        report = probe.stop()
+    print(report.format_table())
+    tasks = swarm.tasks()
+    # Pinned to the registry's digest (--resolve-image): every node runs the very same image.
+    assert len(tasks) == 3 and all(t["Image"].startswith(f"{image}:r1@sha256:") for t in tasks), tasks
+    assert len({t["Image"] for t in tasks}) == 1 and len({t["Node"] for t in tasks}) == 3, tasks
+    assert swarm.version() == "r1"
+    pulled = [n for n in NODES if node_docker(n, "image", "ls", "--quiet", image).stdout.strip()]
+    assert pulled == list(NODES), f"each node pulled the image itself: {pulled}"
+    lost_nothing(report)

@@ -118,7 +118,8 @@ def test_a_changed_nginx_configuration_gets_a_new_config_name() -> None:
 
 def test_deploy_argv_names_the_stack_file_and_the_stack() -> None:
     assert deploy_argv(_settings(), "/s/stack.yml") == [
-        "docker", "stack", "deploy", "--prune", "--resolve-image", "changed", "--compose-file", "/s/stack.yml", "shop"]
+        "docker", "stack", "deploy", "--prune", "--resolve-image", "changed", "--with-registry-auth", "--compose-file",
+        "/s/stack.yml", "shop"]
 
 
 # -- reading Swarm's answers -----------------------------------------------------------------------
