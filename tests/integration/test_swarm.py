@@ -97,8 +97,8 @@ class Swarm:
         env["DOCKER_HOST"] = f"unix://{self.socket}"
         return env
 
-    def inv(self, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([INV, "-f", str(self.config), *args], cwd=ROOT, env={**self.env(), **(env or {})},
+    def inv(self, *args: str, ok: bool = True, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([INV, "-f", str(config or self.config), *args], cwd=ROOT, env=self.env(),
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=INV_TIMEOUT)
         if ok:
             assert done.returncode == 0, f"inv {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
@@ -385,6 +385,9 @@ def test_an_update_from_a_registry_is_pulled_by_every_node_itself(swarm: Swarm) 
     finally:
         docker("image", "rm", pushed, check=False)
     image = f"{REGISTRY}:5000/{PROJECT}-app"  # as the nodes name the same registry
+    config = swarm.config.with_name("from-registry.yaml")
+    settings = yaml.safe_load(swarm.config.read_text())
+    config.write_text(yaml.safe_dump({"deploy": {**settings["deploy"], "app_image": image}}))
     assert all(node_docker(n, "image", "ls", "--quiet", image).stdout.strip() == "" for n in NODES)
 
     probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
@@ -392,7 +395,7 @@ def test_an_update_from_a_registry_is_pulled_by_every_node_itself(swarm: Swarm) 
     probe.start()
     try:
         with probe.window("from-registry"):
-            swarm.inv("local.deploy", "--version", "r1", env={"INVOKE_DEPLOY_APP_IMAGE": image})
+            swarm.inv("local.deploy", "--version", "r1", config=config)
         time.sleep(1.0)
     finally:
         report = probe.stop()
