@@ -364,7 +364,7 @@ def bench_settings(s: Settings, port: int, project: str = BENCH_PROJECT) -> Sett
         "port": "port of the benchmark's own stack",
         "project": "compose project of the benchmark's own stack",
         "same-version": "deploy the live version again each time (--force; its image is on the host, nothing is "
-                        "built), instead of a new tag built from the cache each time",
+                        "built; swarm: Swarm replaces the tasks all the same), instead of a new tag each time",
         "swarm-lab": "the state file of a swarm (lab.json, from `scripts/swarm_lab.py up`) for the swarm sequence; "
                      "given, the sequences run by default include swarm",
     }
@@ -436,7 +436,7 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
                 engine.progress = progress
                 engine.down()
         if lab is not None:
-            results.append(swarm_bench.run_swarm(c, s, lab, deploys, load, progress))
+            results.append(swarm_bench.run_swarm(c, s, lab, deploys, load, progress, same_version=same_version))
         return results
 
     results = cli.guarded(go)

@@ -10,7 +10,8 @@ Each update deploys a new version. Swarm runs ready-made images on every node, s
 tags of the lab's app image, made on every node *before* the probe starts (``docker tag``: the image is
 there, a new name costs nothing). Nothing is built, pulled or loaded inside a deploy's window, as on a
 swarm whose nodes get their images before the update (the Compose sequences build a new tag from the
-cache inside theirs: about 0.3 s of their wall time).
+cache inside theirs: about 0.3 s of their wall time). With ``--same-version`` each update is of the
+live version again (``--force``: Swarm replaces the tasks with ``docker service update --force``).
 
 "to healthy" is Swarm's own account: from the update's start (``UpdateStatus.StartedAt`` of the app
 service) to the first task of the new version reported running (its ``Status.Timestamp``; Swarm calls a
@@ -49,7 +50,7 @@ SWARM_SEQUENCE = "swarm"
 LAB_FILE = "lab.json"
 INNER_HTTP_PORT = 8080  # nginx's host-mode port on the manager node (the lab publishes it here)
 STATE_PREFIX = ".state-bench-"
-LAB_HINT = "start one with `scripts/swarm_lab.py up` (it prints the state file's path)"
+LAB_HINT = "`scripts/swarm_lab.py up` makes a swarm to run on and prints its state file's path"
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
 
@@ -134,9 +135,11 @@ def swarm_settings(settings: Settings, lab: Lab) -> Settings:
                    tls_certificate="", tls_key="", hostnames=())
 
 
-def bench_versions(stamp: str, deploys: int) -> list[str]:
-    """The first version (``up``) and one per update: new tags, never one that ran before."""
-    return [check_version(f"bench-{SWARM_SEQUENCE}-{stamp}-{n}") for n in range(deploys + 1)]
+def bench_versions(stamp: str, deploys: int, *, same_version: bool = False) -> tuple[list[str], list[str]]:
+    """The versions to tag on every node (the first is ``up``'s) and the version of each update: a new
+    tag each, never one that ran before; with ``same_version``, the first one again each time."""
+    tagged = [check_version(f"bench-{SWARM_SEQUENCE}-{stamp}-{n}") for n in range(1 if same_version else deploys + 1)]
+    return tagged, tagged[:1] * deploys if same_version else tagged[1:]
 
 
 def tag_argv(lab: Lab, version: str) -> list[str]:
@@ -201,13 +204,14 @@ def measured_to_healthy(backend: SwarmBackend, version: str) -> float | None:
     return update_to_healthy(started, tasks if isinstance(tasks, list) else [], version)
 
 
-def swarm_deploy(engine: Engine) -> Callable[[str], DeployTiming]:
-    """An update by the engine, timed as the Compose sequences are (wall: the engine's run)."""
+def swarm_deploy(engine: Engine, *, force: bool = False) -> Callable[[str], DeployTiming]:
+    """An update by the engine, timed as the Compose sequences are (wall: the engine's run); ``force``: also
+    of the version that is live."""
     backend = engine.backend
     assert isinstance(backend, SwarmBackend)
 
     def deploy(version: str) -> DeployTiming:
-        rec = engine.deploy(DeployOptions(version=version, host="bench"))
+        rec = engine.deploy(DeployOptions(version=version, host="bench", force=force))
         steps: dict[str, float] = {}
         for s in rec.steps:
             steps[s.name] = steps.get(s.name, 0.0) + s.seconds
@@ -245,11 +249,12 @@ def check_lab(runner: Runner, settings: Settings, lab: Lab, where: str) -> None:
 
 
 def run_swarm(runner: Runner, settings: Settings, lab: Lab, deploys: int, load: ProbeSettings,
-              progress: Progress) -> SequenceResult:
+              progress: Progress, *, same_version: bool = False) -> SequenceResult:
     """Tag the versions on every node, ``up`` the first, then ``deploys`` updates under the probe against the
-    stack's nginx; the stack and the tags are removed afterwards."""
+    stack's nginx (``same_version``: each of the first again, forced); the stack and the tags are removed
+    afterwards."""
     s = swarm_settings(settings, lab)
-    versions = bench_versions(time.strftime("%H%M%S"), deploys)
+    versions, updates = bench_versions(time.strftime("%H%M%S"), deploys, same_version=same_version)
     progress.say(f"==> {deploys} Swarm updates of {s.replicas} tasks on {len(lab.nodes)} nodes ({lab.manager} "
                  f"manages; {s.swarm_parallelism} at a time, start-first, each watched {s.swarm_monitor:g} s)")
     with docker_host(lab.docker_host):
@@ -259,8 +264,8 @@ def run_swarm(runner: Runner, settings: Settings, lab: Lab, deploys: int, load: 
             engine.down()
             engine.up(versions[0])
             engine.progress = Progress(quiet=True)
-            return run_sequence(SWARM_SEQUENCE, swarm_deploy(engine), deploys, replace(load, base_url=lab.url),
-                                progress.say, versions=versions[1:])
+            return run_sequence(SWARM_SEQUENCE, swarm_deploy(engine, force=same_version), deploys,
+                                replace(load, base_url=lab.url), progress.say, versions=updates)
         finally:
             engine.progress = progress
             engine.down()

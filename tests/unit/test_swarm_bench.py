@@ -63,8 +63,8 @@ def test_a_broken_state_file_is_named_with_the_key(text: str, said: str) -> None
 
 
 def test_without_a_state_file_the_error_says_how_to_get_a_swarm(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"needs a swarm: --swarm-lab <its state file>; start one with "
-                                          r"`scripts/swarm_lab.py up`"):
+    with pytest.raises(ConfigError, match=r"needs a swarm: --swarm-lab <its state file>; `scripts/swarm_lab.py up` "
+                                          r"makes a swarm to run on"):
         swarm_bench.load_lab("")
     with pytest.raises(ConfigError, match=r"--swarm-lab .*gone.json: cannot read it \(No such file or directory\)"):
         swarm_bench.load_lab(tmp_path / "gone.json")
@@ -92,9 +92,12 @@ def test_what_a_stack_cannot_do_is_left_out_even_when_configured_for_compose(tmp
 
 
 # -- versions and their tags -----------------------------------------------------------------------
-def test_each_update_has_a_version_of_its_own() -> None:
-    versions = swarm_bench.bench_versions("041500", 5)
-    assert versions == [f"bench-swarm-041500-{n}" for n in range(6)]
+def test_each_update_has_a_version_of_its_own_or_the_live_one_again() -> None:
+    tagged, updates = swarm_bench.bench_versions("041500", 5)
+    assert tagged == [f"bench-swarm-041500-{n}" for n in range(6)]
+    assert updates == tagged[1:]  # the first is the stack's first start
+    tagged, updates = swarm_bench.bench_versions("041500", 3, same_version=True)
+    assert (tagged, updates) == (["bench-swarm-041500-0"], ["bench-swarm-041500-0"] * 3)
 
 
 @dataclass
