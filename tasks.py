@@ -38,7 +38,8 @@ LOCAL_HOST = "local"  # the host name in the local stack's records
 PREPARE_STEP = "prepare"  # a deploy that stopped before the engine ran (config, version, wheels)
 ENGINE_SEQUENCE, SIMPLE_SEQUENCE = "engine", "simple"
 TCP_SEQUENCE, TCP_RELOAD_SEQUENCE = "tcp", "tcp-reload"  # the demo app as a TCP app: njs switch, reload switch
-BENCH_SEQUENCES = (ENGINE_SEQUENCE, SIMPLE_SEQUENCE, TCP_SEQUENCE, TCP_RELOAD_SEQUENCE)
+SWARM_SEQUENCE = "swarm"  # deploy.backend swarm on a swarm of its own (--swarm-lab)
+BENCH_SEQUENCES = (ENGINE_SEQUENCE, SIMPLE_SEQUENCE, TCP_SEQUENCE, TCP_RELOAD_SEQUENCE, SWARM_SEQUENCE)
 MAX_PORT = 65535
 BENCH_PROJECT = "handover-bench"
 BENCH_STATE_DIR = ".state-bench"
@@ -358,22 +359,28 @@ def bench_settings(s: Settings, port: int, project: str = BENCH_PROJECT) -> Sett
         "rate": "HTTP requests per second (open loop)",
         "ws-clients": "WebSocket clients",
         "only": "run just these sequences, comma-separated: engine, simple (the app on its unix socket), "
-                "tcp, tcp-reload (the app on TCP port 8000: the engine's switch, and nginx reloads)",
+                "tcp, tcp-reload (the app on TCP port 8000: the engine's switch, and nginx reloads), swarm "
+                "(Swarm updates of a stack on the swarm of --swarm-lab)",
         "port": "port of the benchmark's own stack",
         "project": "compose project of the benchmark's own stack",
         "same-version": "deploy the live version again each time (--force; its image is on the host, nothing is "
-                        "built), instead of a new tag built from the cache each time",
+                        "built; swarm: Swarm replaces the tasks all the same), instead of a new tag each time",
+        "swarm-lab": "the state file of a swarm (lab.json, from `scripts/swarm_lab.py up`) for the swarm sequence; "
+                     "given, the sequences run by default include swarm",
     }
 )
 def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 100, only: str = "",
-          port: int = 18100, project: str = BENCH_PROJECT, same_version: bool = False) -> None:
+          port: int = 18100, project: str = BENCH_PROJECT, same_version: bool = False, swarm_lab: str = "") -> None:
     """K deploys under the probe per sequence: this engine vs the simple scale/reload/stop sequence
-    (the app on its unix socket), then the engine's TCP switch vs reloading nginx (the app on TCP)."""
+    (the app on its unix socket), then the engine's TCP switch vs reloading nginx (the app on TCP), then
+    Swarm updates of a stack on a swarm (--swarm-lab; see handover/swarm_bench.py)."""
     from handover import bench as bench_mod
+    from handover import swarm_bench
     from handover.probe import ProbeSettings
 
     def go() -> list[bench_mod.SequenceResult]:
-        wanted = [name for name in only.split(",") if name] if only else list(BENCH_SEQUENCES)
+        every = [n for n in BENCH_SEQUENCES if n != SWARM_SEQUENCE or swarm_lab]
+        wanted = [name for name in only.split(",") if name] if only else every
         unknown = [name for name in wanted if name not in BENCH_SEQUENCES]
         if unknown:
             raise ConfigError(f"--only: expected some of {', '.join(BENCH_SEQUENCES)}, got {unknown[0]!r}")
@@ -382,6 +389,9 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
         if not 1 <= port <= MAX_PORT:
             raise ConfigError(f"--port: expected a port from 1 to {MAX_PORT}, got {port}")
         s = bench_settings(_settings(c), port, check_project(project))
+        lab = swarm_bench.load_lab(swarm_lab) if SWARM_SEQUENCE in wanted else None
+        if lab is not None:
+            swarm_bench.check_lab(c, s, lab, swarm_lab)
         progress = Progress()
         quiet = Progress(quiet=True)
         images.build_wheelhouse(cli.SERVER_DIR, progress)
@@ -425,6 +435,8 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
             finally:
                 engine.progress = progress
                 engine.down()
+        if lab is not None:
+            results.append(swarm_bench.run_swarm(c, s, lab, deploys, load, progress, same_version=same_version))
         return results
 
     results = cli.guarded(go)
@@ -432,7 +444,7 @@ def bench(c: Context, deploys: int = 20, rate: float = 200.0, ws_clients: int = 
     print()
     print(bench_mod.format_per_deploy(results))
     for r in results:
-        if r.name in (ENGINE_SEQUENCE, TCP_SEQUENCE) and (r.errors or not (r.report and r.report.ok)):
+        if r.name in (ENGINE_SEQUENCE, TCP_SEQUENCE, SWARM_SEQUENCE) and (r.errors or not (r.report and r.report.ok)):
             raise Exit(code=1)
 
 

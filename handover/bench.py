@@ -37,12 +37,14 @@ WARMUP_SECONDS = 2.0
 @dataclass
 class DeployTiming:
     wall: float
-    to_healthy: float  # from starting the new container until Docker reports it healthy
+    # From starting the new container until Docker reports it healthy (a Swarm update: see
+    # handover/swarm_bench.py); None when that cannot be told.
+    to_healthy: float | None
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step, from the release record
 
     @property
-    def overhead(self) -> float:
-        return self.wall - self.to_healthy
+    def overhead(self) -> float | None:
+        return None if self.to_healthy is None else self.wall - self.to_healthy
 
 
 @dataclass
@@ -57,17 +59,24 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _known(values: list[float | None]) -> list[float]:
+    """The values that were measured (a mean or max over them; "-" when none was)."""
+    return [v for v in values if v is not None]
+
+
 def run_sequence(name: str, deploy: Callable[[str], DeployTiming], deploys: int, settings: ProbeSettings,
-                 say: Callable[[str], None], same_version: str = "") -> SequenceResult:
+                 say: Callable[[str], None], same_version: str = "",
+                 versions: Sequence[str] = ()) -> SequenceResult:
     """``deploys`` deploys under the probe, each of a new tag (``bench-<name>-...``: a build from the
-    cache each time) or, with ``same_version``, each of that version again (its image is on the host)."""
+    cache each time), or, with ``same_version``, each of that version again (its image is on the host),
+    or, with ``versions``, of each of those in turn (made ready before the probe starts)."""
     result = SequenceResult(name)
     probe = ProbeProcess(settings)
     probe.start()
     try:
         time.sleep(WARMUP_SECONDS)
         for n in range(deploys):
-            version = same_version or f"bench-{name}-{time.strftime('%H%M%S')}-{n}"
+            version = versions[n] if versions else same_version or f"bench-{name}-{time.strftime('%H%M%S')}-{n}"
             try:
                 with probe.window(f"deploy-{n}"):
                     timing = deploy(version)
@@ -76,7 +85,7 @@ def run_sequence(name: str, deploy: Callable[[str], DeployTiming], deploys: int,
                 say(f"    {name} deploy {n + 1}/{deploys}: FAILED {result.errors[-1]}")
                 break
             result.timings.append(timing)
-            say(f"    {name} deploy {n + 1}/{deploys}: {timing.wall:.2f} s (healthy after {timing.to_healthy:.2f} s)")
+            say(f"    {name} deploy {n + 1}/{deploys}: {timing.wall:.2f} s (healthy after {_f(timing.to_healthy)} s)")
             time.sleep(SETTLE_SECONDS)
     finally:
         result.report = probe.stop()
@@ -229,9 +238,9 @@ def format_comparison(results: list[SequenceResult], rate: float, ws_clients: in
         f"{_ms(ws(r)['reconnect_gap']['p99_ms'])}")  # type: ignore[index]
     add("deploy wall s (mean / max)", lambda r: f"{_f(_mean([t.wall for t in r.timings]))} / "
         f"{_f(max((t.wall for t in r.timings), default=None))}")
-    add("to healthy s (mean)", lambda r: _f(_mean([t.to_healthy for t in r.timings])))
-    add("wall - to healthy s (mean / max)", lambda r: f"{_f(_mean([t.overhead for t in r.timings]))} / "
-        f"{_f(max((t.overhead for t in r.timings), default=None))}")
+    add("to healthy s (mean)", lambda r: _f(_mean(_known([t.to_healthy for t in r.timings]))))
+    add("wall - to healthy s (mean / max)", lambda r: f"{_f(_mean(_known([t.overhead for t in r.timings])))} / "
+        f"{_f(max(_known([t.overhead for t in r.timings]), default=None))}")
     add("probe max send lag ms", lambda r: _ms(http(r)["max_send_lag_ms"]))
     add("result", lambda r: "OK" if r.report and r.report.ok and not r.errors else "FAIL")
     width = max(len(label) for label, _ in rows)
@@ -267,13 +276,14 @@ def format_per_deploy(results: list[SequenceResult]) -> str:
             lat = w["latency"]
             ratio = f"{lat['p99_ms'] / steady:.2f}x" if steady and lat["p99_ms"] is not None else "-"
             lines.append(f"  {n + 1:>6}  {w['count']:>8}  {_ms(lat['p99_ms']):>7}  {_ms(lat['max_ms']):>7}  "
-                         f"{ratio:>10}  {w['failure_total']:>6}  {timing.wall:>6.2f}  {timing.to_healthy:>9.2f}  "
-                         f"{timing.overhead:>6.2f}")
+                         f"{ratio:>10}  {w['failure_total']:>6}  {timing.wall:>6.2f}  {_f(timing.to_healthy):>9}  "
+                         f"{_f(timing.overhead):>6}")
         names = list(dict.fromkeys(name for t in r.timings for name in t.steps))
         if names:
             means = [(name, _mean([t.steps.get(name, 0.0) for t in r.timings]) or 0.0) for name in names]
             lines.append("  step means s: " + ", ".join(f"{name} {value:.2f}" for name, value in means))
             tool = [name for name in names if name not in ("start", "health")]
-            lines.append(f"  tool's steps (all but start and health) s: "
-                         f"{sum(value for name, value in means if name in tool):.2f}")
+            if len(tool) < len(names):  # (a Swarm update has no such steps: Swarm starts its tasks in the rollout)
+                lines.append(f"  tool's steps (all but start and health) s: "
+                             f"{sum(value for name, value in means if name in tool):.2f}")
     return "\n".join(lines)

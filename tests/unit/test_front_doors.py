@@ -75,8 +75,11 @@ BAD_INPUT = [
     (["probe", "--url", "ftp://example.invalid", "--duration", "1"], {}, "probe: base_url must be", 2),
     (["probe", "--duration", "-1"], {}, "--duration: expected seconds above 0", 2),
     (["bench", "--only", "fast"], {}, "--only: expected some of", 2),
-    (["bench", "--only", "tcp,fast"], {}, "--only: expected some of engine, simple, tcp, tcp-reload, got 'fast'",
-     2),
+    (["bench", "--only", "tcp,fast"], {},
+     "--only: expected some of engine, simple, tcp, tcp-reload, swarm, got 'fast'", 2),
+    (["bench", "--only", "engine,swarm"], {}, "the swarm sequence needs a swarm: --swarm-lab <its state file>", 2),
+    (["bench", "--only", "swarm", "--swarm-lab", "/nonexistent/lab.json"], {},
+     "--swarm-lab /nonexistent/lab.json: cannot read it (No such file or directory)", 2),
     (["bench", "--project", "Not A Project"], {}, "project 'Not A Project': expected a compose project name", 2),
     (["local.status"], {"app_port": 70000}, "config key deploy.app_port", 2),
     (["local.status"], {"app_health": "/healthz"}, "config key deploy.app_health ('/healthz') needs", 2),
@@ -122,6 +125,26 @@ def test_bad_input_to_the_real_inv_is_a_message(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert says in result.stderr and result.stderr.startswith("error: ")
     assert result.returncode == code
+
+
+def test_a_swarm_lab_whose_manager_does_not_answer_is_a_message_before_anything_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from handover import swarm_bench
+
+    gone = f"unix://{tmp_path}/manager.sock"  # no engine listens there
+    lab = swarm_bench.Lab(prefix="lab", project="lab-swarm", url="http://127.0.0.1:1", nodes={"m": gone},
+                          manager="m", app_image="lab-swarm-app", app_tag="lab", proxy_image="lab-swarm-nginx:1",
+                          base_image="debian:bookworm-slim")
+    (tmp_path / "lab.json").write_text(swarm_bench.lab_json(lab))
+    built: list[object] = []
+    monkeypatch.setattr(images, "build_wheelhouse", lambda *args: built.append(args))
+    returncode, stderr = inv_in_process(["bench", "--only", "swarm", "--swarm-lab", str(tmp_path / "lab.json")],
+                                        monkeypatch, capsys)
+    assert "Traceback" not in stderr and returncode == 1, stderr
+    assert stderr.startswith(f"error: --swarm-lab {tmp_path}/lab.json: the swarm manager m ({gone}) does not answer "
+                             "as one: "), stderr
+    assert "scripts/swarm_lab.py up" in stderr
+    assert built == []  # refused before the first sequence's preparations
 
 
 def test_a_failed_wheel_download_is_a_message(tmp_path: Path) -> None:
