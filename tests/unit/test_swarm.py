@@ -33,6 +33,8 @@ from handover.proxies import make_proxy
 from handover.proxies.swarm import SwarmNginx, config_name, nginx_config, stack_service
 from handover.steps import Rollout, SwarmImages
 
+from .scripted import Answer, Scripted
+
 SWARM = {"backend": "swarm", "app_build": "", "app_port": 8000, "http_bind": "0.0.0.0",  # noqa: S104
          "replicas": 3}
 
@@ -171,28 +173,6 @@ def test_an_update_is_over_only_once_swarm_says_so_for_this_update() -> None:
 
 
 # -- a scripted engine -----------------------------------------------------------------------------
-@dataclass
-class Answer:
-    stdout: str = ""
-    stderr: str = ""
-    exited: int = 0
-
-
-@dataclass
-class Scripted:
-    """A runner that answers by the start of the command line and keeps what it was asked."""
-
-    answers: dict[str, Answer]
-    asked: list[str] = field(default_factory=list)
-
-    def run(self, command: str, **kwargs: Any) -> Answer:
-        self.asked.append(command)
-        for start, answer in self.answers.items():
-            if command.startswith(start):
-                return answer
-        return Answer()
-
-
 def test_setup_says_how_to_make_a_node_a_manager() -> None:
     inactive = Scripted({"docker info": Answer("inactive false\n")})
     check = check_manager(inactive)

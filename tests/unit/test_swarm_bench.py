@@ -5,7 +5,6 @@ the table's columns when a time is not known."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from handover.errors import ConfigError, HandoverError
 from handover.probe import ProbeReport
 from handover.swarm_bench import Lab
 
+from .scripted import Answer, Scripted
 from .test_probe_verdict import _clean_http, _clean_ws_stats, _ws_summary
 
 LAB = Lab(prefix="swb-lab", project="swb-swarm", url="http://127.0.0.1:22040",
@@ -98,25 +98,6 @@ def test_each_update_has_a_version_of_its_own_or_the_live_one_again() -> None:
     assert updates == tagged[1:]  # the first is the stack's first start
     tagged, updates = swarm_bench.bench_versions("041500", 3, same_version=True)
     assert (tagged, updates) == (["bench-swarm-041500-0"], ["bench-swarm-041500-0"] * 3)
-
-
-@dataclass
-class Answer:
-    stdout: str = ""
-    stderr: str = ""
-    exited: int = 0
-
-
-@dataclass
-class Scripted:
-    """A runner that answers by a part of the command line and keeps what it was asked."""
-
-    answers: dict[str, Answer] = field(default_factory=dict)
-    asked: list[str] = field(default_factory=list)
-
-    def run(self, command: str, **kwargs: Any) -> Answer:
-        self.asked.append(command)
-        return next((a for part, a in self.answers.items() if part in command), Answer())
 
 
 def test_every_version_is_tagged_on_every_node_through_its_own_engine() -> None:
