@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -323,6 +324,20 @@ def test_fab_setup_refuses_a_worker_and_fab_deploys_through_the_manager(swarm: S
     assert swarm.version() == VERSIONS[2]
     status = swarm.fab(MANAGER, "status")
     assert status.returncode == 0 and status.stdout.count(f"{PROJECT}_app.") == 3, status.stdout + status.stderr
+
+    # The deploy lock, the rollback and the logs, over SSH as for Compose.
+    assert swarm.fab(MANAGER, "lock", "--reason", "db migration").returncode == 0
+    refused = swarm.fab(MANAGER, "deploy", "--version", VERSIONS[3])
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert re.search(r"held by \S+ since \S+ \(\d+ s\): db migration", refused.stderr), refused.stderr
+    assert swarm.version() == VERSIONS[2]
+    freed = swarm.fab(MANAGER, "unlock")
+    assert freed.returncode == 0 and "lock released" in freed.stdout, freed.stdout + freed.stderr
+    back = swarm.fab(MANAGER, "rollback")
+    assert back.returncode == 0 and f"{VERSIONS[2]} -> {VERSIONS[-1]}" in back.stdout, back.stdout + back.stderr
+    assert swarm.version() == VERSIONS[-1]
+    logs = swarm.fab(MANAGER, "logs", "--tail", "5")
+    assert logs.returncode == 0 and "webapp INFO" in logs.stdout, logs.stdout + logs.stderr
 
 
 def test_a_worker_killed_mid_update_leaves_the_service_converged(swarm: Swarm) -> None:
