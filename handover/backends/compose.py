@@ -353,7 +353,12 @@ class ComposeBackend:
         return ""
 
     def host_checks(self) -> list[Check]:
-        """The Docker engine reachable and Compose v2 present, each with what to do when not."""
+        """The Docker engine reachable and Compose v2 present, each with what to do when not. With the
+        Engine API the engine answered it already: its version comes from there, no client started."""
+        if self.api is not None:
+            with suppress(HandoverError):
+                docker = Check("docker", True, f"engine {self.api.version()}")
+                return [docker, check_compose(self.runner)]
         return [check_docker(self.runner, local_docker_host(self.runner)), check_compose(self.runner)]
 
     def diagnose(self) -> None:
