@@ -52,7 +52,8 @@ TLS_LOOK = ('d=$1 m=$2 live=$3 want=$4; shift 4; mkdir -p -- "$d" && chmod "$m" 
             'for f in *.pem; do [ -f "$f" ] && [ ! -L "$f" ] || continue; '
             '[ "$f" = "$want" ] || [ "$f" = "$cur" ] || rm -f -- "$f"; done; '
             'for f; do if [ -f "$f" ]; then printf "+"; base64 < "$f" | tr -d "\\n"; echo; else echo -; fi; done')
-APPEND = ('if [ -s "$2" ] && [ -n "$(tail -c 1 "$2")" ]; then printf "\\n%s\\n" "$1" >> "$2"; '
+APPEND = ('mkdir -p -- "$3" || exit 1; '
+          'if [ -s "$2" ] && [ -n "$(tail -c 1 "$2")" ]; then printf "\\n%s\\n" "$1" >> "$2"; '
           'else printf "%s\\n" "$1" >> "$2"; fi')
 RELEASE = 'if grep -qF "$2" "$1/holder.json" 2>/dev/null; then rm -rf "$1"; fi'
 HALF_MADE = 'test -d "$1" && ! test -e "$1/$2"'
@@ -480,7 +481,10 @@ def _tls_look(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | Non
 
 
 def _append(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
-    if len(args) != 2 or not _plain(args[1]):
+    if len(args) != 3 or not _plain(args[1]) or not _plain(args[2]):
+        return None
+    made = _mkdir(["-p", args[2]], cwd)  # the state directory first, as the script does
+    if made is None or made[2] != 0:
         return None
     path = _path(cwd, args[1])
     if not os.path.isdir(os.path.dirname(path) or ".") or (os.path.lexists(path) and not os.path.isfile(path)):
