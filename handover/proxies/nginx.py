@@ -71,6 +71,11 @@ START_POLL_SECONDS = 0.05
 START_TIMEOUT = 30.0
 START_LOG_LINES = 30
 LOADED_FINGERPRINT = ".loaded"
+# The files nginx loads, concatenated in name order (their digest is the fingerprint).
+_FINGERPRINT = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
+                '-print0 2>/dev/null | sort -z | xargs -0 cat')
+# The fingerprint nginx loaded last ($1, one line, empty when there is none), then the same files.
+_LOADED_AND_FINGERPRINT = 'printf "%s\\n" "$(cat -- "$1" 2>/dev/null | head -n 1)"; shift; ' + _FINGERPRINT
 SOCKET_DIR_MODE = "1777"  # app containers (their own uid) create sockets; sticky: none removes another's
 _LINK = re.compile(r"live-(\d+)\.sock")
 _TARGET = re.compile(r"app-([0-9a-f]{12})\.sock")
@@ -500,15 +505,20 @@ class NginxProxy:
         """A digest of the files nginx loads (its nginx/ directory, the generated files and the TLS
         includes, which name the certificate and key by a digest of their content)."""
         self.copy_sources()
-        files = f"{self.settings.source_path}/nginx"
-        script = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
-                  '-print0 2>/dev/null | sort -z | xargs -0 cat')
-        text = run(self.files, ["sh", "-c", script, "fingerprint", files, self.nginx_dir, self.tls_dir]).stdout
+        text = run(self.files, ["sh", "-c", _FINGERPRINT, "fingerprint", *self._loaded_dirs()]).stdout
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def _loaded_dirs(self) -> list[str]:
+        return [f"{self.settings.source_path}/nginx", self.nginx_dir, self.tls_dir]
+
     def config_changed(self) -> bool:
-        loaded = read_file(self.files, f"{self.nginx_dir}/{LOADED_FINGERPRINT}")
-        return (loaded or "").strip() != self.fingerprint()
+        """Whether the files differ from what nginx loaded last (its ``.loaded`` fingerprint): the
+        fingerprint file and the files read in one command."""
+        self.copy_sources()
+        out = run(self.files, ["sh", "-c", _LOADED_AND_FINGERPRINT, "changed",
+                               f"{self.nginx_dir}/{LOADED_FINGERPRINT}", *self._loaded_dirs()]).stdout
+        loaded, _, text = out.partition("\n")
+        return loaded.strip() != hashlib.sha256(text.encode()).hexdigest()
 
     def write_modules(self) -> bool:
         """modules.main for a TCP app (njs), none otherwise; returns whether it changed."""

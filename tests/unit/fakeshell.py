@@ -46,6 +46,7 @@ FORGET = 'cd "$1" && shift && rm -f -- "$@"'
 FINGERPRINT = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
                '-print0 2>/dev/null | sort -z | xargs -0 cat')
 FINGERPRINTED = ("*.conf", "*.main", "*.js")
+LOADED_AND_FINGERPRINT = 'printf "%s\\n" "$(cat -- "$1" 2>/dev/null | head -n 1)"; shift; ' + FINGERPRINT
 READ_LINK = 'readlink -- "$1" || :'
 TLS_LOOK = ('d=$1 m=$2 live=$3 want=$4; shift 4; mkdir -p -- "$d" && chmod "$m" "$d" && cd -- "$d" || exit 1; '
             'cur=$(readlink -- "$live" 2>/dev/null); printf "%s\\n" "$cur"; '
@@ -439,6 +440,22 @@ def _fingerprint(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | 
     return None if text is None else (text, "", 0)
 
 
+def _loaded_and_fingerprint(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
+    if not args or not _plain(args[0]):
+        return None
+    loaded = _path(cwd, args[0])
+    if os.path.lexists(loaded) and not (os.path.isfile(loaded) and not os.path.islink(loaded)):
+        return None  # a directory, a link: what cat makes of it is left to the real shell
+    first = ""
+    if os.path.isfile(loaded):
+        text = _text(_bytes(loaded))
+        if text is None or "\0" in text:
+            return None
+        first = text.split("\n", 1)[0].rstrip("\n")
+    files = _fingerprint(args[1:], cwd, env)
+    return None if files is None else (f"{first}\n{files[0]}", "", 0)
+
+
 def _read_link(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
     if len(args) != 1 or not _plain(args[0]):
         return None
@@ -532,6 +549,6 @@ def _half_made(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | No
 
 _SCRIPTS: dict[str, Callable[[list[str], str, Mapping[str, str]], Answer | None]] = {
     LINKS: _links, CHECK: _check, UNLINK: _unlink, FORGET: _forget, FINGERPRINT: _fingerprint,
-    READ_LINK: _read_link, TLS_LOOK: _tls_look,
+    READ_LINK: _read_link, TLS_LOOK: _tls_look, LOADED_AND_FINGERPRINT: _loaded_and_fingerprint,
     APPEND: _append, RELEASE: _release, HALF_MADE: _half_made,
 }
