@@ -40,6 +40,8 @@ _WRITE = re.compile(r"umask 077 && printf '%s' (\S+) \| base64 -d > (.+) && chmo
 
 LINKS = ('cd "$1" 2>/dev/null || exit 0; '
          'for f in live-*.sock; do [ -L "$f" ] && echo "$f $(readlink "$f")"; done; :')
+LINKS_AND_TARGETS = ('(' + LINKS + '); printf "%s\\n" "--- targets"; '
+                     'if [ -f "$2" ]; then cat -- "$2" || exit 5; fi')
 CHECK = 'cd "$1" && shift && for s; do [ -S "$s" ] || echo "$s"; done'
 UNLINK = 'cd "$1" 2>/dev/null || exit 0; rm -f -- prev-*.sock'
 FORGET = 'cd "$1" && shift && rm -f -- "$@"'
@@ -380,6 +382,17 @@ def _links(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
     return "".join(out), "", 0
 
 
+def _links_and_targets(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
+    if len(args) != 2 or not _plain(args[1]):
+        return None
+    links = _links(args[:1], cwd, env)
+    target = _path(cwd, args[1])
+    if links is None or os.path.islink(target):
+        return None
+    text = _text(_bytes(target)) if os.path.isfile(target) else ""
+    return None if text is None else (f"{links[0]}--- targets\n{text}", "", 0)
+
+
 def _check(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
     if not args or not os.path.isdir(directory := _path(cwd, args[0])):
         return None
@@ -550,5 +563,6 @@ def _half_made(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | No
 _SCRIPTS: dict[str, Callable[[list[str], str, Mapping[str, str]], Answer | None]] = {
     LINKS: _links, CHECK: _check, UNLINK: _unlink, FORGET: _forget, FINGERPRINT: _fingerprint,
     READ_LINK: _read_link, TLS_LOOK: _tls_look, LOADED_AND_FINGERPRINT: _loaded_and_fingerprint,
+    LINKS_AND_TARGETS: _links_and_targets,
     APPEND: _append, RELEASE: _release, HALF_MADE: _half_made,
 }
