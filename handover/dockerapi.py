@@ -63,6 +63,9 @@ WATCHED_EVENTS = ("health_status", "die", "oom", "start", "restart", "pause", "u
 DIAL_ARGV = ("docker", "system", "dial-stdio")
 CHANNEL_OPEN_TIMEOUT = 15.0
 IDLE_CHANNELS = 4  # kept open for the next requests; more at once are closed after use
+# Stops at once over SSH: each is a channel of its own while it waits, and sshd allows 10 sessions per
+# connection by default (MaxSessions), the lock's keeper and the event wait among them.
+SSH_PARALLEL_STOPS = 5
 
 
 def query(params: Mapping[str, object]) -> str:
@@ -247,12 +250,15 @@ class DockerAPI:
         self._idle: list[http.client.HTTPConnection] = []
         self._idle_lock = threading.Lock()
         self._clock_offset: float | None = 0.0 if same_clock else None
+        self.parallel_stops: int | None = None  # None: every stop at once
 
     @classmethod
     def over_ssh(cls, transport: Any) -> DockerAPI:
         """A client through channels of ``transport`` (see the module docstring); not yet checked."""
-        return cls(f"ssh:{DIAL_ARGV[-1]}", opener=lambda timeout: _ChannelConnection(transport, timeout),
-                   keep=True, same_clock=False)
+        api = cls(f"ssh:{DIAL_ARGV[-1]}", opener=lambda timeout: _ChannelConnection(transport, timeout),
+                  keep=True, same_clock=False)
+        api.parallel_stops = SSH_PARALLEL_STOPS
+        return api
 
     @classmethod
     def for_runner(cls, runner: object, env: Mapping[str, str] | None = None,
@@ -389,16 +395,19 @@ class DockerAPI:
         return found if isinstance(found, dict) else None
 
     def stop(self, containers: Sequence[str], grace: float) -> None:
-        """Stop each of ``containers`` with ``grace`` seconds, all at once (as ``docker stop`` does);
-        returns when every one has exited. One that is gone or stopped already is no error."""
+        """Stop each of ``containers`` with ``grace`` seconds, all at once (as ``docker stop`` does; over
+        SSH :data:`SSH_PARALLEL_STOPS` at once); returns when every one has exited. One that is gone or
+        stopped already is no error."""
         timeout = grace + STOP_EXTRA_SECONDS
         errors: list[HandoverError] = []
+        slots = threading.BoundedSemaphore(self.parallel_stops or max(len(containers), 1))
 
         def one(cid: str) -> None:
-            try:
-                self.request("POST", path("containers", cid, "stop", params={"t": int(grace)}), timeout=timeout)
-            except HandoverError as exc:
-                errors.append(exc)
+            with slots:  # over SSH at most parallel_stops at once (a channel each)
+                try:
+                    self.request("POST", path("containers", cid, "stop", params={"t": int(grace)}), timeout=timeout)
+                except HandoverError as exc:
+                    errors.append(exc)
 
         threads = [threading.Thread(target=one, args=(cid,), daemon=True) for cid in containers]
         with holding_interrupts():  # as `docker stop`: a Ctrl-C comes after the containers stopped

@@ -82,6 +82,9 @@ class KeepAliveEngine:
         self.requests: list[str] = []
         self.connections = 0
         self.events: list[str] = []
+        self.stopping = 0
+        self.most_stopping = 0
+        count = threading.Lock()
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -124,6 +127,17 @@ class KeepAliveEngine:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_POST(self) -> None:  # a stop that takes its time
+                engine.requests.append(self.path)
+                with count:
+                    engine.stopping += 1
+                    engine.most_stopping = max(engine.most_stopping, engine.stopping)
+                time.sleep(0.2)
+                with count:
+                    engine.stopping -= 1
+                self.send_response(204)
+                self.end_headers()
 
         self.server = _Server(str(path), Handler)
         threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
@@ -230,3 +244,16 @@ def test_a_refused_channel_is_a_command_error_not_a_traceback(engine: Any) -> No
     transport.refuse = True
     with pytest.raises(CommandError, match="docker engine API GET /_ping"):
         DockerAPI.over_ssh(transport).request("GET", "/_ping")
+
+
+def test_stops_over_ssh_share_a_few_channels_not_one_each(engine: Any) -> None:
+    fake, transport = engine
+    api = DockerAPI.over_ssh(transport)
+    ids = [f"c{n}" for n in range(8)]
+    t0 = time.monotonic()
+    api.stop(ids, 5)
+    assert fake.most_stopping == dockerapi.SSH_PARALLEL_STOPS < len(ids)  # sshd's MaxSessions is 10
+    assert len(transport.channels) == dockerapi.SSH_PARALLEL_STOPS
+    assert time.monotonic() - t0 < 8 * 0.2  # still side by side, in two waves
+    assert sorted(fake.requests) == sorted(f"/containers/{c}/stop?t=5" for c in ids)
+
