@@ -17,8 +17,11 @@ program on the host, 30-80 ms each. Instead, one channel of the connection's own
 same host key check, the same user) runs the fixed command ``docker system dial-stdio`` (the docker
 CLI on the host, 20.10 and newer, connecting to the engine that host's CLI uses), and HTTP/1.1 with
 keep-alive goes through it: one channel and one program on the host for the whole deploy's requests,
-a second one while a wait on ``/events`` or a stop runs beside them. The host's engine may keep
-another clock: the event waits ask for times in its clock (``SystemTime`` of ``/info``, read once).
+another while an event stream is read to its end beside them, and one per container stopped at once
+(at most :data:`SSH_PARALLEL_STOPS`). That took a redeploy over SSH from 50 SSH commands to 28 (23-24
+with the commands merged since; BENCHMARK.md, "Over SSH, the Engine API through the connection").
+The host's engine may keep another clock: the event waits ask for times in its clock (``SystemTime``
+of ``/info``, read once).
 When the channel does not work (no ``dial-stdio``, no permission on the engine's socket, no docker)
 the first ``/_ping`` fails and that connection uses the CLI, as before.
 
