@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from handover import ops
 from handover.backends import make_backend
+from handover.backends.compose import ComposeBackend
 from handover.checks import require
 from handover.engine import DeployOptions, Engine
 from handover.errors import HandoverError, PreflightError
@@ -207,11 +208,20 @@ def _engine(remote: Remote, progress: Progress) -> tuple[Engine, Settings, secre
 
 
 def _ready(remote: Remote) -> None:
-    """The deploy directory exists and docker + Compose v2 answer, before anything else runs."""
+    """The deploy directory exists and docker + Compose v2 answer, before anything else runs. When the
+    host's engine answers through the Engine API (handover.dockerapi) that is the docker check, and the
+    Compose check rides on the directories' command: one SSH command for all three."""
+    backend = make_backend(remote.conn, remote.target.settings)
+    if isinstance(backend, ComposeBackend) and backend.api is not None:
+        dirs, compose = hostready.prepare_dirs_and_compose(remote, remote.target.settings)
+        if not dirs.ok:
+            raise PreflightError(f"{remote.name}: {dirs.detail}")
+        require(backend.host_checks(compose), "the host")
+        return
     dirs = hostready.prepare_dirs(remote, remote.target.settings)
     if not dirs.ok:
         raise PreflightError(f"{remote.name}: {dirs.detail}")
-    require(make_backend(remote.conn, remote.target.settings).host_checks(), "the host")
+    require(backend.host_checks(), "the host")
 
 
 def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry_run: bool = False,
@@ -222,6 +232,7 @@ def deploy(remote: Remote, version: str, *, force: bool, progress: Progress, dry
         _ready(remote)
         front.claim(remote.conn, remote.target.settings, progress)
     engine, s, secrets_of = _engine(remote, progress)
+    engine.lock.state_made = not dry_run  # by _ready, a moment ago
     rec = engine.deploy(DeployOptions(version=version, force=force, dry_run=dry_run, host=remote.name,
                                       via=FRONT_DOOR, after_lock=[Sync(remote, s, secrets_of)],
                                       after_switch=after_switch, ship=Ship(remote) if s.app_ship else None))

@@ -143,6 +143,9 @@ class DeployLock:
     runner: Runner
     state_path: str
     notify: Callable[[str], None] = field(default=_warn, repr=False)  # how a takeover is reported
+    # The state directory was made just before by the caller (fab's first command on the host): not
+    # made again here (one SSH command less).
+    state_made: bool = False
     _keeper: _Keeper | None = field(default=None, init=False, repr=False)
     _token: str = field(default="", init=False, repr=False)
 
@@ -182,7 +185,8 @@ class DeployLock:
         if self._keeper is not None:
             raise LockUnavailable(f"the lock at {self.path} is already held by this run")
         persistent = info.get("action") == MANUAL_ACTION
-        run(self.runner, ["mkdir", "-p", self.state_path])
+        if not self.state_made:
+            run(self.runner, ["mkdir", "-p", self.state_path])
         keeper = self._start_keeper()
         created = tried = False
         try:

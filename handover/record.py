@@ -76,8 +76,10 @@ class RunRecord:
 
 # Appends one line with a single printf (one write under O_APPEND). When the log does not end in a
 # newline (a run died mid-write), the line starts with one, so the next record is not glued to the
-# torn one. ``tail -c 1`` prints nothing for a final newline once $(...) strips it.
+# torn one. ``tail -c 1`` prints nothing for a final newline once $(...) strips it. The state
+# directory ($3) is made first, in the same command (one SSH round trip, not two).
 _APPEND_SCRIPT = (
+    'mkdir -p -- "$3" || exit 1; '
     'if [ -s "$2" ] && [ -n "$(tail -c 1 "$2")" ]; then printf "\\n%s\\n" "$1" >> "$2"; '
     'else printf "%s\\n" "$1" >> "$2"; fi'
 )
@@ -85,10 +87,9 @@ _APPEND_SCRIPT = (
 
 def append(runner: Runner, state_path: str, record: RunRecord) -> None:
     line = json.dumps(record.to_dict(), sort_keys=True)
-    run(runner, ["mkdir", "-p", state_path])
-    # The line and the path are arguments of sh: no quoting of the JSON by hand.
+    # The line and the paths are arguments of sh: no quoting of the JSON by hand.
     path = f"{state_path}/{RELEASE_LOG}"
-    result = run(runner, ["sh", "-c", _APPEND_SCRIPT, "append", line, path], check=False)
+    result = run(runner, ["sh", "-c", _APPEND_SCRIPT, "append", line, path, state_path], check=False)
     if result.exited != 0:  # name the file, not the command (it carries the whole record)
         raise CommandError(f"appending to {path}", result.exited, result.stderr or result.stdout)
 

@@ -93,12 +93,20 @@ def check_docker(runner: Runner, docker_host: str = "") -> Check:
     return Check("docker", True, f"engine {result.stdout.strip()}")
 
 
+COMPOSE_VERSION_ARGV = ("docker", "compose", "version", "--short")
+
+
 def check_compose(runner: Runner) -> Check:
-    result = run(runner, ["docker", "compose", "version", "--short"], check=False)
-    if result.exited == COMMAND_NOT_FOUND:
+    result = run(runner, list(COMPOSE_VERSION_ARGV), check=False)
+    return compose_check(result.exited, result.stdout)
+
+
+def compose_check(exited: int, stdout: str) -> Check:
+    """What ``docker compose version --short`` ending with ``exited`` and printing ``stdout`` says."""
+    if exited == COMMAND_NOT_FOUND:
         return Check("compose", False, "cannot be checked without docker (install Docker Engine first)")
-    version = result.stdout.strip().lstrip("v")
-    if result.exited != 0 or not version.startswith(COMPOSE_MAJOR):
+    version = stdout.strip().lstrip("v")
+    if exited != 0 or not version.startswith(COMPOSE_MAJOR):
         return Check("compose", False, f"Docker Compose v{COMPOSE_MAJOR} is missing (`docker compose version` "
                                        f"failed): {COMPOSE_INSTALL_HINT}")
     return Check("compose", True, f"v{version}")
@@ -352,9 +360,16 @@ class ComposeBackend:
                     f"file is read with `format: raw`); this host has v{found}: {COMPOSE_INSTALL_HINT}")
         return ""
 
-    def host_checks(self) -> list[Check]:
-        """The Docker engine reachable and Compose v2 present, each with what to do when not."""
-        return [check_docker(self.runner, local_docker_host(self.runner)), check_compose(self.runner)]
+    def host_checks(self, compose: Check | None = None) -> list[Check]:
+        """The Docker engine reachable and Compose v2 present, each with what to do when not. With the
+        Engine API the engine answered it already: its version comes from there, no client started.
+        ``compose``: the Compose check made already (in one command with others, see fabfile.hostready)."""
+        if self.api is not None:
+            with suppress(HandoverError):
+                docker = Check("docker", True, f"engine {self.api.version()}")
+                return [docker, compose if compose is not None else check_compose(self.runner)]
+        return [check_docker(self.runner, local_docker_host(self.runner)),
+                compose if compose is not None else check_compose(self.runner)]
 
     def diagnose(self) -> None:
         """Raise :class:`PreflightError` naming what is missing, if the engine or Compose v2 is (exit 2,

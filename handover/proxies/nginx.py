@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from ..backends import Backend, Instance
 from ..backends.compose import volume_names
-from ..errors import ConfigError, HandoverError, PreflightError, ProxyConfigInvalid
+from ..errors import CommandError, ConfigError, HandoverError, PreflightError, ProxyConfigInvalid
 from ..settings import CONTAINER_ROOT, Settings
 from ..shell import Runner, read_file, run, write_file
 from .daemonfiles import DaemonFiles
@@ -71,6 +71,19 @@ START_POLL_SECONDS = 0.05
 START_TIMEOUT = 30.0
 START_LOG_LINES = 30
 LOADED_FINGERPRINT = ".loaded"
+# The live-N.sock links of the sockets directory ($1), one "name target" line each.
+_LINKS = ('cd "$1" 2>/dev/null || exit 0; '
+          'for f in live-*.sock; do [ -L "$f" ] && echo "$f $(readlink "$f")"; done; :')
+# Those links, a line of their own, then a TCP app's targets.json ($2) when there is one (exit 5: it
+# cannot be read).
+_TARGETS_MARK = "--- targets"
+_LINKS_AND_TARGETS = ('(' + _LINKS + '); printf "%s\\n" "' + _TARGETS_MARK + '"; '
+                      'if [ -f "$2" ]; then cat -- "$2" || exit 5; fi')
+# The files nginx loads, concatenated in name order (their digest is the fingerprint).
+_FINGERPRINT = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
+                '-print0 2>/dev/null | sort -z | xargs -0 cat')
+# The fingerprint nginx loaded last ($1, one line, empty when there is none), then the same files.
+_LOADED_AND_FINGERPRINT = 'printf "%s\\n" "$(cat -- "$1" 2>/dev/null | head -n 1)"; shift; ' + _FINGERPRINT
 SOCKET_DIR_MODE = "1777"  # app containers (their own uid) create sockets; sticky: none removes another's
 _LINK = re.compile(r"live-(\d+)\.sock")
 _TARGET = re.compile(r"app-([0-9a-f]{12})\.sock")
@@ -374,9 +387,16 @@ class NginxProxy:
     # -- live links ------------------------------------------------------------------------------
     def live_links(self) -> dict[int, str]:
         """slot -> short ID of the container the slot's symlink points to."""
-        script = ('cd "$1" 2>/dev/null || exit 0; '
-                  'for f in live-*.sock; do [ -L "$f" ] && echo "$f $(readlink "$f")"; done; :')
-        return parse_links(run(self.files, ["sh", "-c", script, "links", self.sockets_dir]).stdout)
+        return parse_links(run(self.files, ["sh", "-c", _LINKS, "links", self.sockets_dir]).stdout)
+
+    def _links_and_targets(self) -> tuple[dict[int, str], dict[str, list[str]]]:
+        """:meth:`live_links` and :meth:`targets` in one command (one SSH round trip)."""
+        done = run(self.files, ["sh", "-c", _LINKS_AND_TARGETS, "routes", self.sockets_dir, self.targets_path],
+                   check=False)
+        if done.exited != 0:  # targets.json there but unreadable: said as reading it alone says it
+            raise CommandError(f"cat {self.targets_path}", done.exited, done.stderr)
+        links, _, targets = done.stdout.partition(f"{_TARGETS_MARK}\n")
+        return parse_links(links), parse_targets(targets if targets.strip() else None)
 
     def live_ids(self) -> set[str]:
         """What the proxy routes to. When the configured mode routes to nothing while the other one
@@ -385,7 +405,8 @@ class NginxProxy:
         daemon = self.daemon_files
         if daemon is not None and not daemon.running() and self.running() is None:
             return set()  # the stack is down (its files container too): nothing routes, nothing to start
-        links, targets = set(self.live_links().values()), set(self.targets()["live_ids"])
+        found_links, found_targets = self._links_and_targets()
+        links, targets = set(found_links.values()), set(found_targets["live_ids"])
         mine, other = (targets, links) if self.settings.tcp else (links, targets)
         if not mine and other:
             was, now = ("a unix socket (0)", "a TCP port") if self.settings.tcp else ("a TCP port", "a unix socket (0)")
@@ -500,15 +521,20 @@ class NginxProxy:
         """A digest of the files nginx loads (its nginx/ directory, the generated files and the TLS
         includes, which name the certificate and key by a digest of their content)."""
         self.copy_sources()
-        files = f"{self.settings.source_path}/nginx"
-        script = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
-                  '-print0 2>/dev/null | sort -z | xargs -0 cat')
-        text = run(self.files, ["sh", "-c", script, "fingerprint", files, self.nginx_dir, self.tls_dir]).stdout
+        text = run(self.files, ["sh", "-c", _FINGERPRINT, "fingerprint", *self._loaded_dirs()]).stdout
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def _loaded_dirs(self) -> list[str]:
+        return [f"{self.settings.source_path}/nginx", self.nginx_dir, self.tls_dir]
+
     def config_changed(self) -> bool:
-        loaded = read_file(self.files, f"{self.nginx_dir}/{LOADED_FINGERPRINT}")
-        return (loaded or "").strip() != self.fingerprint()
+        """Whether the files differ from what nginx loaded last (its ``.loaded`` fingerprint): the
+        fingerprint file and the files read in one command."""
+        self.copy_sources()
+        out = run(self.files, ["sh", "-c", _LOADED_AND_FINGERPRINT, "changed",
+                               f"{self.nginx_dir}/{LOADED_FINGERPRINT}", *self._loaded_dirs()]).stdout
+        loaded, _, text = out.partition("\n")
+        return loaded.strip() != hashlib.sha256(text.encode()).hexdigest()
 
     def write_modules(self) -> bool:
         """modules.main for a TCP app (njs), none otherwise; returns whether it changed."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import LAB_TAG
 from .test_remote import ROOT, HostSetup, Lab, loopback, open_lab
 
 RUNS = int(os.environ.get("HANDOVER_BENCH_RUNS", "4"))
@@ -49,7 +50,8 @@ def one_run(lab: Lab, config: Path, host: HostSetup, root: Path) -> dict[str, ob
 
 def test_bench(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert (OLD / "fabfile").is_dir(), f"HANDOVER_BENCH_OLD={OLD} is not a copy of the project"
-    with open_lab(tmp_path_factory, "bench", "ssc-bench", [loopback(2), loopback(3)], port_base=PORT_BASE) as lab:
+    with open_lab(tmp_path_factory, "bench", f"ssc{LAB_TAG}-bench", [loopback(2), loopback(3)],
+                  port_base=PORT_BASE) as lab:
         old, new = lab.hosts("old", lab.ssh.servers[:1]) + lab.hosts("new", lab.ssh.servers[1:2])
         sides = {"old": (old, OLD), "new": (new, ROOT)}
         configs = {}

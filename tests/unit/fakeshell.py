@@ -40,19 +40,23 @@ _WRITE = re.compile(r"umask 077 && printf '%s' (\S+) \| base64 -d > (.+) && chmo
 
 LINKS = ('cd "$1" 2>/dev/null || exit 0; '
          'for f in live-*.sock; do [ -L "$f" ] && echo "$f $(readlink "$f")"; done; :')
+LINKS_AND_TARGETS = ('(' + LINKS + '); printf "%s\\n" "--- targets"; '
+                     'if [ -f "$2" ]; then cat -- "$2" || exit 5; fi')
 CHECK = 'cd "$1" && shift && for s; do [ -S "$s" ] || echo "$s"; done'
 UNLINK = 'cd "$1" 2>/dev/null || exit 0; rm -f -- prev-*.sock'
 FORGET = 'cd "$1" && shift && rm -f -- "$@"'
 FINGERPRINT = ('find "$@" -maxdepth 1 \\( -name "*.conf" -o -name "*.main" -o -name "*.js" \\) -type f '
                '-print0 2>/dev/null | sort -z | xargs -0 cat')
 FINGERPRINTED = ("*.conf", "*.main", "*.js")
+LOADED_AND_FINGERPRINT = 'printf "%s\\n" "$(cat -- "$1" 2>/dev/null | head -n 1)"; shift; ' + FINGERPRINT
 READ_LINK = 'readlink -- "$1" || :'
 TLS_LOOK = ('d=$1 m=$2 live=$3 want=$4; shift 4; mkdir -p -- "$d" && chmod "$m" "$d" && cd -- "$d" || exit 1; '
             'cur=$(readlink -- "$live" 2>/dev/null); printf "%s\\n" "$cur"; '
             'for f in *.pem; do [ -f "$f" ] && [ ! -L "$f" ] || continue; '
             '[ "$f" = "$want" ] || [ "$f" = "$cur" ] || rm -f -- "$f"; done; '
             'for f; do if [ -f "$f" ]; then printf "+"; base64 < "$f" | tr -d "\\n"; echo; else echo -; fi; done')
-APPEND = ('if [ -s "$2" ] && [ -n "$(tail -c 1 "$2")" ]; then printf "\\n%s\\n" "$1" >> "$2"; '
+APPEND = ('mkdir -p -- "$3" || exit 1; '
+          'if [ -s "$2" ] && [ -n "$(tail -c 1 "$2")" ]; then printf "\\n%s\\n" "$1" >> "$2"; '
           'else printf "%s\\n" "$1" >> "$2"; fi')
 RELEASE = 'if grep -qF "$2" "$1/holder.json" 2>/dev/null; then rm -rf "$1"; fi'
 HALF_MADE = 'test -d "$1" && ! test -e "$1/$2"'
@@ -378,6 +382,17 @@ def _links(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
     return "".join(out), "", 0
 
 
+def _links_and_targets(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
+    if len(args) != 2 or not _plain(args[1]):
+        return None
+    links = _links(args[:1], cwd, env)
+    target = _path(cwd, args[1])
+    if links is None or os.path.islink(target):
+        return None
+    text = _text(_bytes(target)) if os.path.isfile(target) else ""
+    return None if text is None else (f"{links[0]}--- targets\n{text}", "", 0)
+
+
 def _check(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
     if not args or not os.path.isdir(directory := _path(cwd, args[0])):
         return None
@@ -438,6 +453,22 @@ def _fingerprint(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | 
     return None if text is None else (text, "", 0)
 
 
+def _loaded_and_fingerprint(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
+    if not args or not _plain(args[0]):
+        return None
+    loaded = _path(cwd, args[0])
+    if os.path.lexists(loaded) and not (os.path.isfile(loaded) and not os.path.islink(loaded)):
+        return None  # a directory, a link: what cat makes of it is left to the real shell
+    first = ""
+    if os.path.isfile(loaded):
+        text = _text(_bytes(loaded))
+        if text is None or "\0" in text:
+            return None
+        first = text.split("\n", 1)[0].rstrip("\n")
+    files = _fingerprint(args[1:], cwd, env)
+    return None if files is None else (f"{first}\n{files[0]}", "", 0)
+
+
 def _read_link(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
     if len(args) != 1 or not _plain(args[0]):
         return None
@@ -480,7 +511,10 @@ def _tls_look(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | Non
 
 
 def _append(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | None:
-    if len(args) != 2 or not _plain(args[1]):
+    if len(args) != 3 or not _plain(args[1]) or not _plain(args[2]):
+        return None
+    made = _mkdir(["-p", args[2]], cwd)  # the state directory first, as the script does
+    if made is None or made[2] != 0:
         return None
     path = _path(cwd, args[1])
     if not os.path.isdir(os.path.dirname(path) or ".") or (os.path.lexists(path) and not os.path.isfile(path)):
@@ -528,6 +562,7 @@ def _half_made(args: list[str], cwd: str, env: Mapping[str, str]) -> Answer | No
 
 _SCRIPTS: dict[str, Callable[[list[str], str, Mapping[str, str]], Answer | None]] = {
     LINKS: _links, CHECK: _check, UNLINK: _unlink, FORGET: _forget, FINGERPRINT: _fingerprint,
-    READ_LINK: _read_link, TLS_LOOK: _tls_look,
+    READ_LINK: _read_link, TLS_LOOK: _tls_look, LOADED_AND_FINGERPRINT: _loaded_and_fingerprint,
+    LINKS_AND_TARGETS: _links_and_targets,
     APPEND: _append, RELEASE: _release, HALF_MADE: _half_made,
 }

@@ -316,6 +316,19 @@ def test_a_lock_is_taken_once_per_run_and_its_holder_file_says_who(fake_host: Fa
     assert not fake_host.lock_held()
 
 
+def test_a_state_directory_made_by_the_caller_is_not_made_again(fake_host: FakeHost) -> None:
+    fake_host.state_path.mkdir(parents=True, exist_ok=True)
+    mkdirs = ["mkdir", "-p", str(fake_host.state_path)]
+    lock = _lock(fake_host, state_made=True)
+    lock.acquire({"holder": "ann@box", "action": "deploy"})
+    assert fake_host.lock_held() and mkdirs not in fake_host.commands
+    lock.release()
+    again = _lock(fake_host)
+    again.acquire({"holder": "ann@box", "action": "deploy"})
+    assert mkdirs in fake_host.commands  # without the hint it is made as always
+    again.release()
+
+
 def test_a_lock_taken_by_hand_keeps_no_keeper(fake_host: FakeHost) -> None:
     lock = _lock(fake_host)
     assert lock.acquire({"holder": "ops", "action": "lock", "reason": "migration"}) is None

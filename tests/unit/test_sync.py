@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,45 @@ def test_a_deploy_directory_of_another_user_or_one_that_cannot_be_made_is_named(
     check, _ = prepared(tmp_path, me, tmp_path / "file" / "app")
     assert not check.ok and check.detail.startswith(f"cannot create {tmp_path}/file/app as {me} (mkdir: ")
     assert "install -d -m 0750" in check.detail
+
+
+def test_the_compose_check_rides_on_the_directories_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a deploy: one command makes the directories and asks `docker compose version`."""
+    import pwd
+
+    from fabfile import hostready
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    settings = replace(fake_settings(tmp_path), deploy_dir=str(tmp_path / "srv"))
+    target = hostconfig.Target(name="web1", host="web1", user=None, port=None, settings=settings, env_file=None)
+    remote = Remote(target, Conn(me), tmp_path / "kh")  # type: ignore[arg-type]
+
+    docker.write_text('#!/bin/sh\n[ "$*" = "compose version --short" ] && echo v2.40.3\n')
+    docker.chmod(0o755)
+    dirs, compose = hostready.prepare_dirs_and_compose(remote, settings)
+    assert dirs.ok and Path(settings.state_path).is_dir()
+    assert compose is not None and compose.ok and compose.detail == "v2.40.3"
+
+    docker.write_text("#!/bin/sh\necho \"docker: 'compose' is not a docker command.\" >&2\nexit 1\n")
+    _, compose = hostready.prepare_dirs_and_compose(remote, settings)
+    assert compose is not None and not compose.ok and compose.detail.startswith("Docker Compose v2 is missing")
+
+    other = Remote(target, Conn("someone"), tmp_path / "kh")  # type: ignore[arg-type]
+    dirs, compose = hostready.prepare_dirs_and_compose(other, settings)
+    assert not dirs.ok and "not someone" in dirs.detail and compose is None  # the directories first
+
+
+@pytest.mark.parametrize(("stdout", "expected"), [
+    ("deploy\n2.40.3\n\ncompose-exit 0\n", ("deploy", 0, "2.40.3")),
+    ("deploy\n\ncompose-exit 127\n", ("deploy", 127, "")),
+    ("deploy\nv1.29.2\nmore\n\ncompose-exit 0\n", ("deploy", 0, "v1.29.2\nmore")),
+    ("deploy\n", ("deploy", 1, "")),  # cut off: no exit line, no answer
+])
+def test_split_compose_reads_the_owner_and_the_compose_answer(stdout: str, expected: tuple[str, int, str]) -> None:
+    from fabfile.hostready import split_compose
+
+    assert split_compose(stdout) == expected
