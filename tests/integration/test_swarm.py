@@ -111,8 +111,8 @@ class Swarm:
         """What to read when the probe saw a failure: nginx's error log (why it answered 502, where a WebSocket
         went), the app's tasks with Swarm's errors, and what each node's engine said about its peers and
         health checks."""
-        parts = [node_docker(MANAGER, "service", "logs", "--raw", "--tail", "60", f"{PROJECT}_nginx",
-                             check=False).stdout,
+        nginx = node_docker(MANAGER, "service", "logs", "--raw", "--tail", "60", f"{PROJECT}_nginx", check=False)
+        parts = [nginx.stdout + nginx.stderr,  # nginx logs to its stderr, which the CLI passes on as its own
                  node_docker(MANAGER, "service", "ps", "--no-trunc", "--format",
                              "{{.Name}} {{.Node}} {{.Image}} {{.DesiredState}} {{.CurrentState}} {{.Error}}",
                              f"{PROJECT}_app", check=False).stdout]
