@@ -18,7 +18,12 @@ period) is said here the same way, and what Swarm needs besides is fixed in one 
 
 What happens between a task's removal from DNS and its stop signal is measured in the README
 ("Docker Swarm"): Swarm removes it from DNS first and waits about 2 s before the signal, longer than
-the proxy keeps an answer; the app's drain then moves its WebSockets and finishes its requests.
+the proxy keeps an answer; the app's drain then moves its WebSockets and finishes its requests. Not
+always, though: the manager (where nginx asks) learns of a worker's task leaving by gossip, which a
+loaded node delays (measured: once 0.9 s *after* the signal). So the app's environment carries
+``DRAIN_REFUSE_NEW_SOCKETS=1``: a task that drains answers a new WebSocket with 503 before the
+handshake (the drain helper, :mod:`handover.asgi`), and nginx tries the next address on it, so a
+client reconnecting from one draining task never lands on another, nor back on it.
 
 Instances are the app service's tasks (``docker service ps``): their ``id`` is the task ID, their
 name ``<service>.<slot>@<node>``. Swarm reports a task as running only after its health check
@@ -83,7 +88,7 @@ def stack_definition(settings: Settings, version: str, proxy: StackService,
     app = {
         "image": f"{s.app_image}:{version}",
         "environment": {"APP_VERSION": version, "DRAIN_TIMEOUT": f"{s.drain_timeout:g}", "PORT": str(s.app_port),
-                        "UNIX_SOCKET_DIR": ""},
+                        "UNIX_SOCKET_DIR": "", "DRAIN_REFUSE_NEW_SOCKETS": "1"},
         "labels": {"io.handover.role": "app", "io.handover.version": version},
         "stop_grace_period": _seconds(s.stop_grace_period),
         "stop_signal": s.app_stop_signal,

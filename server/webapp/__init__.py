@@ -9,8 +9,9 @@ Replace it with your own application. What the deploy relies on:
 Run it with ``python -m webapp`` from the directory above this package. Configuration comes
 from environment variables, read and validated at startup (see ``settings``): ``APP_VERSION``,
 ``HOST``, ``PORT``, ``DRAIN_TIMEOUT``, ``DRAIN_SPREAD``, ``TICK_INTERVAL``, ``APP_FAULT``,
-``WS_MAX_MESSAGE``, ``UNIX_SOCKET_DIR``, ``FORWARDED_ALLOW_IPS`` and ``LIMIT_CONCURRENCY``.
-An empty value counts as unset.
+``WS_MAX_MESSAGE``, ``UNIX_SOCKET_DIR``, ``FORWARDED_ALLOW_IPS`` and ``LIMIT_CONCURRENCY``, and
+``DRAIN_REFUSE_NEW_SOCKETS`` (read by the drain helper: 1 answers a WebSocket that connects while
+draining with 503, for a proxy to retry elsewhere). An empty value counts as unset.
 
 Modules: ``settings`` (environment), ``faults`` (APP_FAULT), ``protocol`` (WebSocket messages),
 ``runtime`` (process identity and its drain), ``routes`` (endpoints), ``edge`` (header middleware),

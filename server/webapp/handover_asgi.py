@@ -10,7 +10,9 @@ HTTP requests without a bound. Wrapped by this module, the app instead, on the f
 2. sends every open WebSocket a JSON notice, ``{"type": "reconnect", "reason": "draining"}`` by
    default, then closes it with code 1012 (Service Restart: reconnect at once), spreading the
    notices over ``spread`` seconds (never more than half of ``timeout``); a WebSocket that
-   connects meanwhile gets the same notice and close right after its handshake;
+   connects meanwhile gets the same notice and close right after its handshake, or, with
+   ``refuse_new_sockets`` (``DRAIN_REFUSE_NEW_SOCKETS=1``), an HTTP 503 instead of the handshake,
+   which a proxy can retry on another instance (nginx: ``proxy_next_upstream ... http_503``);
 3. waits up to ``timeout`` seconds for the WebSocket handlers to return;
 4. hands the signal to the server (uvicorn: stop listening, finish in-flight HTTP requests, run
    the lifespan shutdown, exit), and cancels whatever request still runs ``timeout`` seconds later.
@@ -19,6 +21,14 @@ So the whole stop takes at most about ``2 * timeout + spread`` seconds; give the
 longer stop grace period. ``timeout`` and ``spread`` default to the ``DRAIN_TIMEOUT`` and
 ``DRAIN_SPREAD`` environment variables, else 10 s and 0.5 s. A second signal skips the rest of the
 WebSocket phase; a third also stops waiting for HTTP requests.
+
+Refusing a new WebSocket matters where a proxy may still route to a draining instance for a moment:
+in a Swarm stack nginx follows Swarm's DNS, which can lag behind the stop signal on a loaded node.
+An accepted socket whose first frame is the reconnect notice sends the client round again, maybe to
+the same instance; a 503 before the accept lets the proxy try the next instance at once, so the
+client never sees the draining one. The refusal needs the server to offer ASGI's
+``websocket.http.response`` extension (uvicorn does); without it the notice and close stay. Plain
+HTTP requests are served as always: what reaches a draining process is finished, not refused.
 
 Usage, with ``uvicorn module:app`` as usual::
 
@@ -66,6 +76,9 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_SPREAD = 0.5
 TIMEOUT_ENV = "DRAIN_TIMEOUT"
 SPREAD_ENV = "DRAIN_SPREAD"
+REFUSE_ENV = "DRAIN_REFUSE_NEW_SOCKETS"
+REFUSAL_STATUS = 503
+REFUSAL_BODY = b'{"status":"draining"}'
 DEFAULT_NOTICE: Mapping[str, Any] = {"type": "reconnect", "reason": "draining"}
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Through uvicorn's own error logger, so ``uvicorn module:app`` shows the drain with its own lines.
@@ -92,6 +105,25 @@ def _seconds(name: str, value: float | None, env_name: str, default: float, *, a
         kind = "zero or a positive" if allow_zero else "a positive"
         raise ValueError(f"drain {name} must be {kind} finite number of seconds, got {source}")
     return value
+
+
+def _flag(name: str, value: bool | None, env_name: str) -> bool:
+    """``value``, else the environment variable (1/true/yes/on or 0/false/no/off, empty: off);
+    ValueError naming a bad one."""
+    if value is not None:
+        return value
+    raw = os.environ.get(env_name, "").strip()
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"drain {name} must be 1 or 0 (true/false, yes/no, on/off), got {env_name}={raw!r}")
+
+
+def _draining_response() -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of a 503 answered while draining (the health path, a refused WebSocket)."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(REFUSAL_BODY)).encode())]
+    return headers, REFUSAL_BODY
 
 
 class _Socket:
@@ -153,9 +185,11 @@ class Drain:
         notice: Mapping[str, Any] | None = DEFAULT_NOTICE,
         health_path: str | None = None,
         signals: bool = True,
+        refuse_new_sockets: bool | None = None,
     ) -> None:
         self.timeout = _seconds("timeout", timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT, allow_zero=False)
         self.spread = _seconds("spread", spread, SPREAD_ENV, DEFAULT_SPREAD, allow_zero=True)
+        self.refuse_new_sockets = _flag("refuse_new_sockets", refuse_new_sockets, REFUSE_ENV)
         self.notice = None if notice is None else json.dumps(dict(notice))
         self.health_path = health_path
         self.signals = signals
@@ -291,9 +325,8 @@ class DrainingApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         drain = self.drain
         if drain.draining and drain.health_path is not None and scope.get("path") == drain.health_path:
-            body = b'{"status":"draining"}'
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            headers, body = _draining_response()
+            await send({"type": "http.response.start", "status": REFUSAL_STATUS, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         task = asyncio.current_task()
@@ -307,9 +340,16 @@ class DrainingApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         drain = self.drain
         if drain.draining:
-            # Too late for this process: accept, tell the client where to go, close.
+            # Too late for this process: refuse the handshake (a proxy retries elsewhere), or accept,
+            # tell the client where to go, close.
             message = await receive()
             if message["type"] != "websocket.connect":
+                return
+            if drain.refuse_new_sockets and "websocket.http.response" in (scope.get("extensions") or {}):
+                headers, body = _draining_response()
+                await send({"type": "websocket.http.response.start", "status": REFUSAL_STATUS, "headers": headers})
+                await send({"type": "websocket.http.response.body", "body": body})
+                log.info("draining: refused a new WebSocket with %d", REFUSAL_STATUS)
                 return
             refused = _Socket(send)
             await refused.send({"type": "websocket.accept"})
@@ -331,9 +371,11 @@ def drain(
     spread: float | None = None,
     notice: Mapping[str, Any] | None = DEFAULT_NOTICE,
     health_path: str | None = None,
+    refuse_new_sockets: bool | None = None,
 ) -> DrainingApp:
     """Wrap ``app`` so that SIGTERM drains it (see the module docstring); ``app.drain`` is its state."""
-    return Drain(timeout=timeout, spread=spread, notice=notice, health_path=health_path).wrap(app)
+    return Drain(timeout=timeout, spread=spread, notice=notice, health_path=health_path,
+                 refuse_new_sockets=refuse_new_sockets).wrap(app)
 
 
 def _ignore_signal(sig: int, frame: FrameType | None) -> None:

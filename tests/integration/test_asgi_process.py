@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.test_server_process import open_unresponsive_socket
 from tests.server_process import LOOPBACK, Reply, SlowRequest, free_port, healthy
@@ -190,6 +190,37 @@ def test_a_websocket_that_connects_during_the_drain_is_told_to_reconnect() -> No
     assert late.close_code == WS_CLOSE_SERVICE_RESTART
     assert health.status_code == 503
     assert health.json() == {"status": "draining"}
+
+
+async def refused_during_drain(process: subprocess.Popen[str], port: int) -> tuple[int, bytes, httpx.Response]:
+    """SIGTERM with many sockets open, then a new WebSocket handshake and a plain request."""
+    sockets = await open_sockets(port, LONG_DRAIN_SOCKETS)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    try:
+        async with connect(f"ws://{LOOPBACK}:{port}/ws"):
+            raise AssertionError("the handshake must be refused while draining")
+    except InvalidStatus as refused:
+        status, body = refused.response.status_code, refused.response.body or b""
+    async with httpx.AsyncClient() as client:
+        plain = await client.get(f"http://{LOOPBACK}:{port}/api/info", timeout=2)
+    assert time.monotonic() - started < LONG_DRAIN_SPREAD, "the drain must still be running"
+    await asyncio.gather(*(read_until_closed(ws, started) for ws in sockets))
+    return status, body, plain
+
+
+def test_refusing_new_sockets_a_websocket_that_connects_during_the_drain_gets_503_and_a_request_is_served() -> None:
+    """``DRAIN_REFUSE_NEW_SOCKETS=1`` (what a Swarm stack sets): uvicorn answers the handshake with the 503,
+    which nginx retries on another task; a plain request that arrives is still served."""
+    with running(DRAINING, DRAIN_SPREAD=str(LONG_DRAIN_SPREAD), DRAIN_REFUSE_NEW_SOCKETS="1") as (process, port):
+        status, body, plain = asyncio.run(refused_during_drain(process, port))
+        assert process.wait(EXIT_BOUND) == EXIT_BY_SIGTERM
+        assert process.stdout is not None
+        output = process.stdout.read()
+    assert (status, json.loads(body)) == (503, {"status": "draining"})
+    assert plain.status_code == 200
+    assert "draining: refused a new WebSocket with 503" in output
 
 
 def test_an_unresponsive_client_cannot_stall_the_exit() -> None:

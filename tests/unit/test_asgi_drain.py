@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from handover.asgi import WS_CLOSE_SERVICE_RESTART, Drain, DrainingApp, drain
@@ -105,6 +105,36 @@ def test_a_socket_opened_while_draining_gets_the_notice_and_1012_without_the_app
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == WS_CLOSE_SERVICE_RESTART
+
+
+def test_refusing_new_sockets_a_socket_opened_while_draining_gets_503_before_any_handshake() -> None:
+    with TestClient(wrapped(refuse_new_sockets=True)) as client:
+        assert client.portal is not None
+        with client.websocket_connect("/ws") as ws:  # before the drain: served as always
+            assert ws.receive_json() == {"type": "hello"}
+        client.portal.call(state(client).drain)
+        with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/ws"):
+            pass
+        assert (refused.value.status_code, refused.value.json()) == (503, {"status": "draining"})
+        assert not state(client).sockets
+        assert client.get("/other").status_code == 200  # a plain request is still served
+
+
+def test_refusing_new_sockets_falls_back_to_the_notice_on_a_server_without_http_responses() -> None:
+    app = wrapped(refuse_new_sockets=True)
+    app.drain.signals = False  # called here, in the main thread, with no server's handlers to wrap
+    app.drain.draining = True
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    asyncio.run(app({"type": "websocket", "path": "/ws", "extensions": {}}, receive, send))
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert sent[-1]["code"] == WS_CLOSE_SERVICE_RESTART
 
 
 def test_notice_none_closes_without_a_message() -> None:
@@ -203,6 +233,8 @@ def test_sigterm_drains_then_hands_the_signal_to_the_servers_handler() -> None:
         ({}, {"DRAIN_TIMEOUT": "soon"}, "drain timeout must be a number of seconds, got DRAIN_TIMEOUT='soon'"),
         ({}, {"DRAIN_SPREAD": "inf"}, "drain spread must be zero or a positive finite number of seconds, "
                                       "got DRAIN_SPREAD='inf'"),
+        ({}, {"DRAIN_REFUSE_NEW_SOCKETS": "maybe"}, "drain refuse_new_sockets must be 1 or 0 (true/false, yes/no, "
+                                                    "on/off), got DRAIN_REFUSE_NEW_SOCKETS='maybe'"),
     ],
 )
 def test_bad_settings_are_refused_naming_them(
@@ -221,6 +253,11 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     settings = Drain()
     assert (settings.timeout, settings.spread) == (4.5, 0.5)
     assert (Drain(timeout=1, spread=0).timeout, Drain(timeout=1, spread=0).spread) == (1, 0)
+    assert not settings.refuse_new_sockets
+    monkeypatch.setenv("DRAIN_REFUSE_NEW_SOCKETS", " Yes ")
+    assert Drain().refuse_new_sockets and not Drain(refuse_new_sockets=False).refuse_new_sockets
+    monkeypatch.setenv("DRAIN_REFUSE_NEW_SOCKETS", "0")
+    assert not Drain().refuse_new_sockets
 
 
 def test_the_helper_imports_without_starlette_or_uvicorn() -> None:

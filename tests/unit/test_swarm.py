@@ -87,6 +87,7 @@ def test_the_stack_rolls_start_first_health_gated_and_back_on_failure() -> None:
     app = stack["services"]["app"]
     assert app["image"] == "shop-app:v7" and app["environment"]["APP_VERSION"] == "v7"
     assert app["environment"]["PORT"] == "8000" and app["environment"]["UNIX_SOCKET_DIR"] == ""
+    assert app["environment"]["DRAIN_REFUSE_NEW_SOCKETS"] == "1"  # a draining task refuses, nginx retries
     assert (app["stop_grace_period"], app["stop_signal"]) == ("30s", "SIGQUIT")
     deploy = app["deploy"]
     assert deploy["endpoint_mode"] == "dnsrr" and deploy["replicas"] == 3
@@ -110,6 +111,9 @@ def test_nginx_resolves_the_tasks_by_swarm_dns_each_second() -> None:
     assert "resolver 127.0.0.11 valid=1s" in conf
     assert 'set $handover_target "tasks.app:9000";' in conf and "proxy_pass http://$handover_target;" in conf
     assert "proxy_next_upstream error timeout;" in conf and "@APP" not in conf
+    assert "proxy_next_upstream_tries 0;" in conf  # every address of the answer, stale ones among them
+    websocket = conf.split("location @websocket {", 1)[1].split("}", 1)[0]
+    assert "proxy_next_upstream error timeout http_503;" in websocket  # past a task that drains
 
 
 def test_a_changed_nginx_configuration_gets_a_new_config_name() -> None:
