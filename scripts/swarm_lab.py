@@ -22,7 +22,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +32,9 @@ from invoke.context import Context  # noqa: E402
 from handover import images  # noqa: E402
 from handover.progress import Progress  # noqa: E402
 from handover.swarm_bench import INNER_HTTP_PORT, LAB_FILE, Lab, lab_json, load_lab  # noqa: E402
-from tests.integration.dind import BUILD_TIMEOUT, docker, host_image, load_images, nested_docker  # noqa: E402
+from tests.integration.dind import BUILD_TIMEOUT, docker, form_swarm, host_image, load_images, run_node  # noqa: E402
 
 BASE = "debian:bookworm"
-START_TIMEOUT = 90.0
 APP_TAG = "lab"
 
 
@@ -49,17 +47,6 @@ def remove(prefix: str) -> None:
         docker("rm", "--force", "--volumes", node, check=False)
         docker("volume", "rm", f"{node}-lib", check=False)
     docker("network", "rm", f"{prefix}-net", check=False)
-
-
-def wait_for_engines(nodes: tuple[str, ...]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    waiting = list(nodes)
-    while waiting and time.monotonic() < deadline:
-        waiting = [n for n in waiting if docker("exec", n, "docker", "info", check=False).returncode != 0]
-        time.sleep(0.3)
-    if waiting:
-        logs = "".join(docker("exec", n, "tail", "-5", "/var/log/dockerd.log", check=False).stdout for n in waiting)
-        raise SystemExit(f"dockerd did not start in {', '.join(waiting)}:\n{logs}")
 
 
 def up(args: argparse.Namespace) -> None:
@@ -86,17 +73,9 @@ def up(args: argparse.Namespace) -> None:
     docker("network", "create", network)
     for node in nodes:
         publish = ["--publish", f"127.0.0.1:{args.http_port}:{INNER_HTTP_PORT}"] if node == manager else []
-        docker("run", "--detach", "--name", node, "--hostname", node, "--network", network,
-               *nested_docker(f"{node}-lib"), "-v", f"{run_dir}:/run/outer", *publish, node_image, "sh", "-c",
-               f"rm -f /run/outer/{node}.sock; exec dockerd --storage-driver overlay2 -H unix:///var/run/docker.sock"
-               f" -H unix:///run/outer/{node}.sock >/var/log/dockerd.log 2>&1")
-    wait_for_engines(nodes)
-    address = docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
-                     manager).stdout.strip()
-    docker("exec", manager, "docker", "swarm", "init", "--advertise-addr", address)
-    token = docker("exec", manager, "docker", "swarm", "join-token", "--quiet", "worker").stdout.strip()
-    for node in nodes[1:]:
-        docker("exec", node, "docker", "swarm", "join", "--token", token, f"{address}:2377")
+        run_node(node, network, node_image, ["-v", f"{run_dir}:/run/outer", *publish],
+                 outer_socket=f"/run/outer/{node}.sock")
+    form_swarm(nodes, network)
     say("==> loading the images into the nodes (docker save | docker load)")
     for node in nodes:
         load_images(node, f"{app_image}:{APP_TAG}", *([proxy_image] if node == manager else []))

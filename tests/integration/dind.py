@@ -6,19 +6,23 @@ The image is the debootstrap base with docker.io, openssh-server, rsync and this
 plugin, tagged by its content (a rerun reuses it). ``--privileged`` is refused on this machine, so the
 container gets what a nested dockerd needs instead (:func:`nested_docker`) and a volume of its own for
 /var/lib/docker. Its engine starts empty: :func:`load_images` gives it images as an operator would
-(``docker save`` here, ``docker load`` there).
+(``docker save`` here, ``docker load`` there). :func:`run_node` and :func:`form_swarm` make a swarm of
+such nodes (test_swarm.py, and scripts/swarm_lab.py for the benchmark).
 """
 
 from __future__ import annotations
 
 import hashlib
+import shlex
 import subprocess
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 BUILD_TIMEOUT = 600
 LOAD_TIMEOUT = 600
+ENGINE_START_TIMEOUT = 90.0
 COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
 EXTRA_CAS = Path("/usr/local/share/ca-certificates")
 
@@ -133,3 +137,41 @@ class SshKeys:
         """``docker run`` options that give a host container this host key and authorized_keys."""
         return ["-v", f"{self.host_key}:/etc/ssh/test_host_key:ro",
                 "-v", f"{self.authorized}:/etc/ssh/test_authorized_keys:ro"]
+
+
+def run_node(node: str, network: str, image: str, extra: Sequence[str] = (), *, dockerd_flags: Sequence[str] = (),
+             outer_socket: str = "", sshd: bool = False) -> None:
+    """Start ``node`` (container and host name) on ``network``: a nested dockerd (overlay2, ``dockerd_flags``),
+    listening also on ``outer_socket`` when given (a path in the container on a directory mounted from here,
+    for an engine client here), and sshd in the foreground when ``sshd``. ``extra``: more ``docker run``
+    options (mounts, published ports)."""
+    listen = ["-H", "unix:///var/run/docker.sock", *(["-H", f"unix://{outer_socket}"] if outer_socket else [])]
+    dockerd = shlex.join(["dockerd", "--storage-driver", "overlay2", *dockerd_flags, *listen])
+    clear = f"rm -f {shlex.quote(outer_socket)}; " if outer_socket else ""
+    docker("run", "--detach", "--name", node, "--hostname", node, "--network", network, *nested_docker(f"{node}-lib"),
+           *extra, image, "sh", "-c",
+           f"{clear}{dockerd} >/var/log/dockerd.log 2>&1 & " + ("exec /usr/sbin/sshd -D -e" if sshd else "wait"))
+
+
+def wait_for_engines(nodes: Sequence[str], timeout: float = ENGINE_START_TIMEOUT) -> None:
+    """Until the engine inside each of ``nodes`` answers; its log's end in the failure when one does not."""
+    deadline = time.monotonic() + timeout
+    waiting = list(nodes)
+    while waiting and time.monotonic() < deadline:
+        waiting = [n for n in waiting if docker("exec", n, "docker", "info", check=False).returncode != 0]
+        time.sleep(0.3)
+    assert not waiting, f"dockerd did not start in {waiting}: " + "".join(
+        docker("exec", n, "tail", "-5", "/var/log/dockerd.log", check=False).stdout for n in waiting)
+
+
+def form_swarm(nodes: Sequence[str], network: str) -> None:
+    """The first of ``nodes`` inits a swarm (advertising its address on ``network``), the others join it as
+    workers, once every engine answers."""
+    wait_for_engines(nodes)
+    manager, workers = nodes[0], nodes[1:]
+    address = docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
+                     manager).stdout.strip()
+    docker("exec", manager, "docker", "swarm", "init", "--advertise-addr", address)
+    token = docker("exec", manager, "docker", "swarm", "join-token", "--quiet", "worker").stdout.strip()
+    for node in workers:
+        docker("exec", node, "docker", "swarm", "join", "--token", token, f"{address}:2377")

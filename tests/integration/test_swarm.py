@@ -34,7 +34,7 @@ from handover.probe import Probe, ProbeSettings
 from handover.progress import Progress
 
 from .conftest import PROBE_RATE, PROBE_WS_CLIENTS, TEST_PORT, TEST_PROJECT, docker_ready, lost_nothing
-from .dind import BUILD_TIMEOUT, SshKeys, docker, host_image, load_images, nested_docker
+from .dind import BUILD_TIMEOUT, SshKeys, docker, form_swarm, host_image, load_images, run_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.swarm]
 
@@ -73,16 +73,6 @@ INV_TIMEOUT = 600
 
 def node_docker(node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return docker("exec", node, "docker", *args, check=check)
-
-
-def wait_for_engines() -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    waiting = list(NODES)
-    while waiting and time.monotonic() < deadline:
-        waiting = [n for n in waiting if node_docker(n, "info", check=False).returncode != 0]
-        time.sleep(0.3)
-    assert not waiting, f"dockerd did not start in {waiting}: " + "".join(
-        docker("exec", n, "tail", "-5", "/var/log/dockerd.log", check=False).stdout for n in waiting)
 
 
 @dataclass
@@ -213,25 +203,16 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, minbase: str, app_images: li
     try:
         start_registry(tmp, minbase)
         for node in NODES:
-            extra, sshd = [], ""
-            if node == MANAGER:  # its engine's socket for inv here; nginx's port on loopback here
-                extra = ["-v", f"{run_dir}:/run/outer", "--publish", f"127.0.0.1:{HTTP_PORT}:{INNER_HTTP_PORT}"]
+            extra = []
+            if node == MANAGER:  # nginx's port on loopback here
+                extra = ["--publish", f"127.0.0.1:{HTTP_PORT}:{INNER_HTTP_PORT}"]
             if node in SSH_PORTS:  # sshd for fab, on loopback here
                 extra += ["--publish", f"127.0.0.1:{SSH_PORTS[node]}:22", *keys.mounts()]
-                sshd = " & exec /usr/sbin/sshd -D -e"
-            docker("run", "--detach", "--name", node, "--hostname", node, "--network", NETWORK,
-                   *nested_docker(f"{node}-lib"), *extra, image, "sh", "-c",
-                   f"dockerd --storage-driver overlay2 --insecure-registry {REGISTRY}:5000 "
-                   "-H unix:///var/run/docker.sock"
-                   + (" -H unix:///run/outer/docker.sock" if node == MANAGER else "")
-                   + " >/var/log/dockerd.log 2>&1" + (sshd or " & wait"))
-        wait_for_engines()
-        address = docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}',
-                         MANAGER).stdout.strip()
-        node_docker(MANAGER, "swarm", "init", "--advertise-addr", address)
-        token = node_docker(MANAGER, "swarm", "join-token", "--quiet", "worker").stdout.strip()
-        for node in NODES[1:]:
-            node_docker(node, "swarm", "join", "--token", token, f"{address}:2377")
+            run_node(node, NETWORK, image, ["-v", f"{run_dir}:/run/outer", *extra],
+                     dockerd_flags=["--insecure-registry", f"{REGISTRY}:5000"],
+                     outer_socket="/run/outer/docker.sock" if node == MANAGER else "",  # the engine for inv here
+                     sshd=node in SSH_PORTS)
+        form_swarm(NODES, NETWORK)
         for node in NODES:
             load_images(node, *app_images, *([PROXY_IMAGE] if node == MANAGER else []))
         config = tmp / "swarm.yaml"
@@ -366,8 +347,43 @@ def test_fab_setup_refuses_a_worker_and_fab_deploys_through_the_manager(swarm: S
     assert logs.returncode == 0 and "webapp INFO" in logs.stdout, logs.stdout + logs.stderr
 
 
-def test_a_worker_killed_mid_update_leaves_the_service_converged(swarm: Swarm) -> None:
+def test_an_update_from_a_registry_is_pulled_by_every_node_itself(swarm: Swarm) -> None:
     swarm.inv("local.up", "--version", VERSIONS[2])  # serving already after the test above: nothing to do
+    pushed = f"127.0.0.1:{REGISTRY_PORT}/{PROJECT}-app:r1"
+    docker("tag", f"{APP_IMAGE}:{VERSIONS[0]}", pushed)
+    try:
+        docker("push", pushed, timeout=300)
+    finally:
+        docker("image", "rm", pushed, check=False)
+    image = f"{REGISTRY}:5000/{PROJECT}-app"  # as the nodes name the same registry
+    config = swarm.config.with_name("from-registry.yaml")
+    settings = yaml.safe_load(swarm.config.read_text())
+    config.write_text(yaml.safe_dump({"deploy": {**settings["deploy"], "app_image": image}}))
+    assert all(node_docker(n, "image", "ls", "--quiet", image).stdout.strip() == "" for n in NODES)
+
+    probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
+                                ws_clients=PROBE_WS_CLIENTS))
+    probe.start()
+    try:
+        with probe.window("from-registry"):
+            swarm.inv("local.deploy", "--version", "r1", config=config)
+        time.sleep(1.0)
+    finally:
+        report = probe.stop()
+    print(report.format_table())
+    tasks = swarm.tasks()
+    # Pinned to the registry's digest (--resolve-image): every node runs the very same image.
+    assert len(tasks) == 3 and all(t["Image"].startswith(f"{image}:r1@sha256:") for t in tasks), tasks
+    running_on = {t["Node"] for t in tasks}
+    assert len({t["Image"] for t in tasks}) == 1 and running_on - {MANAGER}, tasks  # workers among them
+    assert swarm.version() == "r1"
+    pulled = {n for n in NODES if node_docker(n, "image", "ls", "--quiet", image).stdout.strip()}
+    assert running_on <= pulled, f"each node that runs it pulled the image itself: {pulled}"
+    lost_nothing(report)
+
+
+def test_a_worker_killed_mid_update_leaves_the_service_converged(swarm: Swarm) -> None:
+    swarm.inv("local.up", "--version", VERSIONS[2])  # back from the registry's image of the test above
     target = VERSIONS[0]
     probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
                                 ws_clients=PROBE_WS_CLIENTS))
@@ -417,37 +433,3 @@ def test_a_worker_killed_mid_update_leaves_the_service_converged(swarm: Swarm) -
     http, ws = data["http"], data["ws"]
     assert (http["failure_total"], ws["lost"]) == (0, 0), report.format_table()  # type: ignore[index]
     assert set(ws["abnormal_closes"]) <= {"close_1006"}, report.format_table()  # type: ignore[index]
-
-
-def test_an_update_from_a_registry_is_pulled_by_every_node_itself(swarm: Swarm) -> None:
-    swarm.inv("local.up", "--version", VERSIONS[-1])
-    pushed = f"127.0.0.1:{REGISTRY_PORT}/{PROJECT}-app:r1"
-    docker("tag", f"{APP_IMAGE}:{VERSIONS[0]}", pushed)
-    try:
-        docker("push", pushed, timeout=300)
-    finally:
-        docker("image", "rm", pushed, check=False)
-    image = f"{REGISTRY}:5000/{PROJECT}-app"  # as the nodes name the same registry
-    config = swarm.config.with_name("from-registry.yaml")
-    settings = yaml.safe_load(swarm.config.read_text())
-    config.write_text(yaml.safe_dump({"deploy": {**settings["deploy"], "app_image": image}}))
-    assert all(node_docker(n, "image", "ls", "--quiet", image).stdout.strip() == "" for n in NODES)
-
-    probe = Probe(ProbeSettings(base_url=f"http://127.0.0.1:{HTTP_PORT}", rate=PROBE_RATE,
-                                ws_clients=PROBE_WS_CLIENTS))
-    probe.start()
-    try:
-        with probe.window("from-registry"):
-            swarm.inv("local.deploy", "--version", "r1", config=config)
-        time.sleep(1.0)
-    finally:
-        report = probe.stop()
-    print(report.format_table())
-    tasks = swarm.tasks()
-    # Pinned to the registry's digest (--resolve-image): every node runs the very same image.
-    assert len(tasks) == 3 and all(t["Image"].startswith(f"{image}:r1@sha256:") for t in tasks), tasks
-    assert len({t["Image"] for t in tasks}) == 1 and len({t["Node"] for t in tasks}) == 3, tasks
-    assert swarm.version() == "r1"
-    pulled = [n for n in NODES if node_docker(n, "image", "ls", "--quiet", image).stdout.strip()]
-    assert pulled == list(NODES), f"each node pulled the image itself: {pulled}"
-    lost_nothing(report)
