@@ -46,7 +46,7 @@ HSTS_MAX = 63072000  # Strict-Transport-Security max-age: two years, the usual p
 # What the app needs between SIGTERM and its exit (see server/webapp.py): reconnect notices spread
 # over min(DRAIN_SPREAD, drain_timeout / 2), then up to drain_timeout for the WebSocket handlers,
 # then uvicorn's graceful HTTP shutdown of ceil(drain_timeout) seconds, then the process exit.
-APP_DRAIN_SPREAD = 0.5  # the app's DRAIN_SPREAD default; the deploy does not set DRAIN_SPREAD
+APP_DRAIN_SPREAD = 1.0  # the app's DRAIN_SPREAD default; the deploy does not set DRAIN_SPREAD
 APP_EXIT_MARGIN = 1.0  # lifespan shutdown and interpreter exit after the drain
 APP_IMAGE_SUFFIX = "-app"  # app_image defaults to <project>-app
 # The compose services that are handover's own: the user's compose file must not define them.

@@ -21,8 +21,9 @@ DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the app listens inside its container
 DEFAULT_PORT = 8000
 DEFAULT_DRAIN_TIMEOUT = 10.0
 # Reconnect notices go out spread over this long, so the clients do not all land on the new
-# server in the same instant (a burst of handshakes would delay its HTTP requests).
-DEFAULT_DRAIN_SPREAD = 0.5
+# server in the same instant (a burst of handshakes would delay its HTTP requests; measured in
+# BENCHMARK.md, "Reconnects: what is left of the deploy window").
+DEFAULT_DRAIN_SPREAD = 1.0
 DEFAULT_TICK_INTERVAL = 1.0
 DEFAULT_WS_MAX_MESSAGE = 64 * 1024
 MIN_PORT = 1

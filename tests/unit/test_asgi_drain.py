@@ -251,7 +251,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DRAIN_TIMEOUT", "4.5")
     monkeypatch.setenv("DRAIN_SPREAD", "")
     settings = Drain()
-    assert (settings.timeout, settings.spread) == (4.5, 0.5)
+    assert (settings.timeout, settings.spread) == (4.5, 1.0)
     assert (Drain(timeout=1, spread=0).timeout, Drain(timeout=1, spread=0).spread) == (1, 0)
     assert not settings.refuse_new_sockets
     monkeypatch.setenv("DRAIN_REFUSE_NEW_SOCKETS", " Yes ")
