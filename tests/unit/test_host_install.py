@@ -20,6 +20,8 @@ from handover.errors import CommandTimeout
 from handover.progress import Progress
 from handover.shell import command_line
 
+from .scripted import Answer
+
 SCRIPT = hostinstall.SCRIPT
 
 
@@ -191,13 +193,6 @@ def test_install_argv_quotes_the_script_and_values_as_single_words() -> None:
 def test_root_directly_through_sudo_or_not_at_all(uid: str, sudo_exit: int | None,
                                                   prefix: tuple[str, ...] | None) -> None:
     assert hostinstall.root_prefix(uid, sudo_exit) == prefix
-
-
-@dataclass
-class Answer:
-    stdout: str = ""
-    stderr: str = ""
-    exited: int = 0
 
 
 @dataclass
