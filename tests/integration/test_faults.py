@@ -93,7 +93,15 @@ def test_death_right_after_the_switch_switches_back(stack: StackHandle) -> None:
     assert "error: after the switch:" in result.stderr and "crashed" in result.stderr, result.stderr
     assert f"APP_FAULT=exit-after:{EXIT_AFTER_SECONDS}: exiting with status 4" in result.stderr  # its logs
     assert "==> switch back" in result.stdout and "==> rollback" in result.stdout
-    assert report.ok, report.format_table()
+    # The process dies at a random instant (os._exit): a response it is writing at that instant dies with it,
+    # and no proxy can finish it (its first bytes are on their way to the client already; seen once in
+    # several full runs, as a reset). Every other request is answered: before the death by the new version,
+    # after it by nginx's retry on the old one, then by the old one alone.
+    data = report.to_dict()
+    http, ws = data["http"], data["ws"]
+    failed = {kind for kind, count in http["failures"].items() if count}  # type: ignore[index, union-attr]
+    assert failed <= {"reset"} and http["failure_total"] <= 1, report.format_table()  # type: ignore[index, operator]
+    assert (ws["lost"], ws["abnormal_closes"]) == (0, {}), report.format_table()  # type: ignore[index]
     assert stack.info()["server_id"] == before["server_id"]
     assert_one_live_container(stack, str(before["version"]))
     assert_unlocked(stack.state_dir)
